@@ -1,0 +1,1 @@
+"""Serving: the Lambda handler, HTTP API and S3-upload worker. Runtime dependencies only."""

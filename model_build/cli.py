@@ -1,0 +1,32 @@
+"""`python -m model_build <command>`: a thin layer over the Python API, one module per command.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("model_build.commands.synth_cmd", "write a synthetic COCO-format dataset"),
+    "pretrain-tiny": ("model_build.commands.pretrain_cmd", "train the embedded tiny Florence-2 from scratch"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model_build", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)

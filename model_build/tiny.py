@@ -1,0 +1,145 @@
+"""The embedded default: a tiny native Florence-2 and an offline tokenizer with Florence-2's special tokens.
+
+Real Florence-2 weights cannot be downloaded here, so the demo, tests and CI run on this model. It keeps
+the real architecture (DaViT vision tower, projector, BART encoder-decoder) at toy widths, so every code
+path (processor, LoRA targets `q_proj`/`v_proj`, merge, int8, generation) is the one used at full size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from handler.tasks import IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, LOC_BINS, TASK_PROMPTS, loc_token, num_image_tokens
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded" / "tiny-florence2"
+TINY_BASE_ID = "tiny"
+
+# Florence-2's task tokens and the extra markers its tokenizer carries, so prompts tokenize the same way.
+FLORENCE_TASK_TOKENS = [
+    "<OCR>", "<OCR_WITH_REGION>", "<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>",
+    "<DENSE_REGION_CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REFERRING_EXPRESSION_SEGMENTATION>",
+    "<REGION_TO_SEGMENTATION>", "<OPEN_VOCABULARY_DETECTION>", "<REGION_TO_CATEGORY>",
+    "<REGION_TO_DESCRIPTION>", "<REGION_TO_OCR>", "<REGION_PROPOSAL>",
+    "<od>", "</od>", "<ocr>", "</ocr>", "<poly>", "</poly>", "<sep>",
+]
+TOKENIZER_VOCAB_SIZE = 400
+"""Byte-level BPE merges learned from the prompts and the synthetic vocabulary; bytes cover the rest."""
+
+
+def build_tokenizer(corpus: list[str]):
+    """Train a byte-level BPE offline and add Florence-2's task, image and `<loc_N>` tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(list(TASK_PROMPTS.values()) + corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        model_max_length=1024,
+    )
+    tokenizer.add_tokens(FLORENCE_TASK_TOKENS + [loc_token(i) for i in range(LOC_BINS)], special_tokens=False)
+    return tokenizer
+
+
+def build_image_processor(image_size: int = IMAGE_SIZE):
+    """CLIP-style preprocessing as Florence-2 uses it: squash-resize (no crop), ImageNet mean/std."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        crop_size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+        resample=3,
+        image_seq_length=num_image_tokens(image_size),
+    )
+
+
+def build_processor(tokenizer, image_size: int = IMAGE_SIZE):
+    from transformers import Florence2Processor
+
+    return Florence2Processor(image_processor=build_image_processor(image_size), tokenizer=tokenizer)
+
+
+def tiny_config(tokenizer):
+    """Florence-2's layout at toy widths (~2M parameters): every module type of the real model is present."""
+    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
+
+    text = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=128,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=384,
+        decoder_ffn_dim=384,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id,
+        dropout=0.0,
+        attention_dropout=0.0,
+        scale_embedding=False,
+    )
+    vision = Florence2VisionConfig(
+        embed_dim=[16, 32, 64, 128],
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 2, 4],
+        num_groups=[1, 2, 2, 4],
+        projection_dim=128,
+        window_size=12,
+        drop_path_rate=0.0,
+    )
+    return Florence2Config(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id)
+
+
+def new_tiny_model(tokenizer, seed: int = 0):
+    """A freshly initialised tiny Florence-2 (random weights, deterministic by seed)."""
+    import torch
+    from transformers import Florence2ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(tiny_config(tokenizer))
+    _init_location_embeddings(model, tokenizer)
+    return model
+
+
+def _init_location_embeddings(model, tokenizer) -> None:
+    """Give `<loc_i>` embeddings a smooth sinusoidal code of i, so neighbouring bins start out similar.
+
+    With tied input/output embeddings, a near miss then costs little from the first step, and a tiny
+    model learns to place boxes in minutes instead of hours.
+    """
+    import math
+
+    import torch
+
+    embeddings = model.get_input_embeddings().weight
+    dim = embeddings.shape[1]
+    ids = tokenizer.convert_tokens_to_ids([loc_token(i) for i in range(LOC_BINS)])
+    position = torch.arange(LOC_BINS, dtype=torch.float32).unsqueeze(1) / LOC_BINS
+    frequencies = torch.pow(2.0, torch.arange(dim // 2, dtype=torch.float32) * 7 / (dim // 2)) * math.pi
+    code = torch.cat([torch.sin(position * frequencies), torch.cos(position * frequencies)], dim=1)
+    with torch.no_grad():
+        embeddings[ids] = code * embeddings.std()

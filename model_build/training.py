@@ -1,0 +1,169 @@
+"""One training loop for both the tiny base pretraining and LoRA fine-tuning.
+
+Reads top to bottom: shuffle, batch, forward with labels, accumulate, step, log. A run folder gets
+`metrics.csv`, `metrics.json`, `loss.png` and `checkpoint.pt` (trainable weights, optimizer, step, rng),
+which is enough to resume exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from model_build.data import Sample, collate
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batches(samples: list[Sample], batch_size: int, seed: int):
+    """Endless shuffled batches; the order depends only on the seed and the epoch."""
+    epoch = 0
+    while True:
+        order = list(range(len(samples)))
+        random.Random(f"{seed}-{epoch}").shuffle(order)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield [samples[i] for i in order[start : start + batch_size]]
+        epoch += 1
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in names}
+
+
+def write_loss_plot(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write_metrics(run_dir: Path, history: list[dict], config: TrainConfig, title: str, extra: dict) -> None:
+    with open(run_dir / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr", "seconds"])
+        writer.writeheader()
+        writer.writerows(history)
+    summary = {"config": asdict(config), "history": history, **extra}
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    if history:
+        write_loss_plot(history, run_dir / "loss.png", title)
+
+
+def train(
+    model: torch.nn.Module,
+    processor,
+    samples: list[Sample],
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    title: str = "training loss",
+) -> list[dict]:
+    """Train the model's trainable parameters in place; return the logged loss history."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device()
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: list[dict] = []
+    start_step = 0
+
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    if resume and checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        model.load_state_dict(checkpoint["trainable"], strict=False)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_step, history = checkpoint["step"], checkpoint["history"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+    elif not resume:
+        torch.manual_seed(config.seed)
+
+    batches = _batches(samples, config.batch_size, config.seed)
+    for _ in range(start_step * config.grad_accum):  # replay the data order so a resume sees the same batches
+        next(batches)
+
+    def save_checkpoint(step: int) -> None:
+        torch.save(
+            {"trainable": _trainable_state(model), "optimizer": optimizer.state_dict(), "step": step,
+             "history": history, "torch_rng": torch.get_rng_state(), "config": asdict(config)},
+            checkpoint_path,
+        )
+
+    started = time.perf_counter()
+    running, count = 0.0, 0
+    progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=title, unit="step")
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * _lr_factor(step, config)
+        for _ in range(config.grad_accum):
+            batch = {k: v.to(device) for k, v in collate(next(batches), processor).items()}
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = model(**batch).loss / config.grad_accum
+            scaler.scale(loss).backward()
+            running += loss.item()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        count += 1
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            entry = {"step": step + 1, "loss": round(running / count, 5), "lr": optimizer.param_groups[0]["lr"],
+                     "seconds": round(time.perf_counter() - started, 1)}
+            history.append(entry)
+            progress.set_postfix(loss=entry["loss"])
+            running, count = 0.0, 0
+        if (step + 1) % config.checkpoint_every == 0:
+            save_checkpoint(step + 1)
+            _write_metrics(run_dir, history, config, title, {})
+    save_checkpoint(config.steps)
+    _write_metrics(run_dir, history, config, title, {"train_seconds": round(time.perf_counter() - started, 1)})
+    model.eval()
+    return history
