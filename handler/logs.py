@@ -21,11 +21,23 @@ LOGGER_NAME = "handler.requests"
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("request_log", default=None)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is now, so redirected or captured stdout still gets the line."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def logger(level: str = "INFO") -> logging.Logger:
     """The request logger writes bare JSON lines to stdout, which CloudWatch stores as-is."""
     log = logging.getLogger(LOGGER_NAME)
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.propagate = False
