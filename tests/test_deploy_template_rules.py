@@ -235,3 +235,36 @@ def test_sam_builds_this_dockerfile() -> None:
     assert (ROOT / metadata["DockerContext"] / metadata["Dockerfile"]).resolve() == DOCKERFILE
     artifact_arg = metadata.get("DockerBuildArgs", {}).get("ARTIFACT_SRC")
     assert artifact_arg and f"ARG ARTIFACT_SRC={artifact_arg}" in DOCKERFILE.read_text()
+
+
+def _pin_script() -> str:
+    """The build stage's shell step that turns manifest.json + the serve extra into pip inputs."""
+    joined = re.sub(r"\\\n", "", DOCKERFILE.read_text())
+    step = next(l for l in joined.splitlines() if l.startswith("RUN python -c"))
+    return step[len("RUN "):].split(" && python -m venv")[0]
+
+
+def test_image_build_pins_the_artifacts_runtime(tiny_artifact: Path, tmp_path: Path) -> None:
+    """Run the Dockerfile's pinning step on a real manifest: same torch/transformers, serve extra only."""
+    import platform
+    import subprocess
+    import sys
+    import tomllib
+
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    shell = _pin_script().replace("python -c", f"{sys.executable} -c", 1)
+    subprocess.run(["sh", "-c", shell], cwd=tmp_path, check=True)
+    torch_pin = f"torch=={manifest['torch'].split('+')[0]}"
+    assert (tmp_path / "torch.txt").read_text().split() == [torch_pin]
+    assert (tmp_path / "constraints.txt").read_text().split() == [torch_pin, f"transformers=={manifest['transformers']}"]
+    serve = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    assert (tmp_path / "requirements.txt").read_text().split("\n")[:-1] == serve
+    assert not any(name in (tmp_path / "requirements.txt").read_text() for name in ("peft", "pycocotools", "matplotlib"))
+
+    major, minor, _ = platform.python_version_tuple()
+    manifest["python"] = f"{major}.{int(minor) + 1}.0"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    mismatch = subprocess.run(["sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True)
+    assert mismatch.returncode != 0 and "BASE_IMAGE" in mismatch.stderr
