@@ -1,7 +1,9 @@
 """Lambda entry point and ASGI app: `handler.app.lambda_handler` and `handler.app:app`.
 
-Importing this module must stay cheap (no torch, transformers or boto3): Lambda runs it during
-init, and `/health` must answer before any model is loaded.
+Importing this module must stay cheap (no torch, transformers, boto3, or even FastAPI): Lambda
+runs it during init, S3 events and direct invokes never need the HTTP stack, and `/health` must
+answer before any model is loaded. `app` is built on first access (uvicorn's `handler.app:app`,
+or the first API Gateway event).
 """
 
 from __future__ import annotations
@@ -9,26 +11,45 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 from typing import Any
 
-from handler.api import create_app
 from handler.config import settings
 from handler.errors import error_body
 from handler.logs import request_id_from, request_log
-
-app = create_app()
 
 TEXT_MIME_TYPES = ["application/json", "application/problem+json", "text/plain", "text/html"]
 """Everything else (image/png) leaves API Gateway base64-encoded, byte for byte."""
 
 _log = logging.getLogger(__name__)
+_build_lock = threading.Lock()
+
+
+@functools.cache
+def _asgi_app() -> Any:
+    from handler.api import create_app
+
+    return create_app()
+
+
+def asgi_app() -> Any:
+    """The FastAPI app, built once (FastAPI and pydantic cost ~0.4 s to import)."""
+    with _build_lock:
+        return _asgi_app()
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `handler.app.app` and `from handler.app import app` build the app on first use.
+    if name == "app":
+        return asgi_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
 def _mangum() -> Any:
     from mangum import Mangum
 
-    return Mangum(app, lifespan="off", text_mime_types=TEXT_MIME_TYPES)
+    return Mangum(asgi_app(), lifespan="off", text_mime_types=TEXT_MIME_TYPES)
 
 
 def event_kind(event: Any) -> str:

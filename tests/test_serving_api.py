@@ -219,3 +219,26 @@ def test_one_json_log_line_per_request(client: TestClient, png_bytes: bytes, cap
     line = lines[0]
     assert line["task"] == "caption" and line["status"] == 200 and line["path"] == "/caption"
     assert line["image"]["width"] == 96 and line["model_sha"] and line["latency_ms"] > 0 and line["request_id"]
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (image_bytes("PNG", (1, 1)), (1, 1)),
+        (image_bytes("PNG", (1, 1500)), (1, 1500)),
+        (_encode(Image.new("CMYK", (30, 20), (0, 50, 100, 0)), "JPEG"), (30, 20)),
+        (_encode(Image.new("F", (20, 30), 3.5), "TIFF"), (20, 30)),
+        (_encode(Image.new("RGB", (32, 32), "red"), "ICO"), (32, 32)),
+    ],
+    ids=["1x1", "1x1500", "cmyk-jpeg", "float-tiff", "ico"],
+)
+def test_odd_but_valid_images_are_served(client: TestClient, data: bytes, size: tuple[int, int]) -> None:
+    response = _raw(client, "/analyze", data, "image/x-anything")
+    assert response.status_code == 200, response.text
+    assert (response.json()["image"]["width"], response.json()["image"]["height"]) == size

@@ -192,3 +192,12 @@ def test_direct_invoke_logs_one_line(ctx: Context, png_bytes: bytes, capsys: pyt
     assert len(lines) == 1
     assert lines[0]["request_id"] == "abc" and lines[0]["task"] == "detect" and lines[0]["source"] == "direct"
     assert lines[0]["model_sha"] and lines[0]["image"]["height"] == 64 and lines[0]["latency_ms"] > 0
+
+
+def test_api_gateway_request_logs_the_lambda_request_id(ctx: Context, png_bytes: bytes, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    lambda_handler(_v2("POST", "/caption", png_bytes, {"content-type": "image/png"}), Context("gw-42"))
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert len(lines) == 1
+    assert lines[0]["request_id"] == "gw-42" and lines[0]["task"] == "caption" and lines[0]["status"] == 200
+    assert lines[0]["image"]["bytes"] == len(png_bytes) and lines[0]["model_sha"]
