@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=_DEFAULTS.out_dir, help="where the HF-layout model is written")
     parser.add_argument("--run-dir", type=Path, default=_DEFAULTS.run_dir, help="metrics, loss plot, checkpoint")
     parser.add_argument("--train-images", type=int, default=_DEFAULTS.train_images)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

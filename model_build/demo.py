@@ -1,0 +1,133 @@
+"""The main job on the embedded default: synth → finetune → fuse → local API → a caption and boxes.
+
+It runs the same code a user runs by hand, in order, and ends by calling the real HTTP API (uvicorn
+serving `handler.app:app`) on a held-out image, so a fresh clone proves the whole product works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+@dataclass
+class DemoConfig:
+    data_dir: Path = Path("data/synth")
+    run_dir: Path = Path("runs/demo")
+    artifact_dir: Path = Path("artifacts/demo")
+    base: str = "tiny"
+    steps: int | None = None
+    """Fine-tuning steps; None keeps `finetune`'s default."""
+    serve: bool = False
+    """Keep the API running after the sample request (Ctrl-C to stop)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: bytes, content_type: str, timeout: float = 120) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_healthy(base_url: str, server: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"API server exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(base_url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"API server did not answer /health within {timeout:.0f} s")
+
+
+def _run_command(module, argv: list[str]) -> None:
+    """Run a CLI command module with its own defaults, so the demo trains exactly as `finetune` does."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    code = module.run(parser.parse_args(argv))
+    if code:
+        raise SystemExit(code)
+
+
+def build(config: DemoConfig) -> Path:
+    """Synthetic data, LoRA fine-tune, fuse (with its parity gate); return the artifact folder."""
+    from model_build.commands import finetune_cmd, fuse_cmd
+    from model_build.synth import synthesize
+
+    if not (config.data_dir / "annotations" / "instances_val2017.json").is_file():
+        print(f"[1/4] synthesizing COCO-format data in {config.data_dir}")
+        synthesize(config.data_dir)
+    else:
+        print(f"[1/4] using existing data in {config.data_dir}")
+    finetune_dir = config.run_dir / "finetune"
+    print(f"[2/4] LoRA fine-tuning {config.base} → {finetune_dir}")
+    steps = [] if config.steps is None else ["--steps", str(config.steps)]
+    _run_command(finetune_cmd, ["--base", config.base, "--data", str(config.data_dir), "--run-dir", str(finetune_dir), *steps])
+    print(f"[3/4] fusing (merge → 384 → int8 → parity gate) → {config.artifact_dir}")
+    _run_command(fuse_cmd, ["--adapter", str(finetune_dir), "--data", str(config.data_dir), "--out", str(config.artifact_dir)])
+    return config.artifact_dir
+
+
+def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: bool) -> dict:
+    """Start uvicorn on the artifact, POST one image to /analyze and /detect?format=png, print the answers."""
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "ARTIFACT_DIR": str(artifact_dir.resolve())}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "handler.app:app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        env=env,
+    )
+    try:
+        _wait_healthy(base_url, server)
+        print(f"[4/4] API up at {base_url} (OpenAPI at {base_url}/docs); POST {image_path.name} to /analyze")
+        body = image_path.read_bytes()
+        status, payload = _post(base_url + "/analyze", body, "image/jpeg")
+        if status != 200:
+            raise RuntimeError(f"/analyze answered {status}: {payload[:300]!r}")
+        result = json.loads(payload)
+        print(f"      caption:    {result.get('caption')!r}")
+        for det in result.get("detections", []):
+            print(f"      detection:  {det['label']:<10} box {det['box']}")
+        print(f"      timings ms: {result.get('timings_ms')}")
+        status, png = _post(base_url + "/detect?format=png", body, "image/jpeg")
+        if status == 200:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "detections.png").write_bytes(png)
+            print(f"      boxes drawn on the image: {out_dir / 'detections.png'}")
+        if keep_serving:
+            print(f"serving at {base_url} until Ctrl-C")
+            server.wait()
+        return result
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def run_demo(config: DemoConfig) -> dict:
+    artifact = build(config)
+    from model_build.evaluate import split_images
+
+    sample = split_images(config.data_dir, "val2017", 1)[0]
+    return call_api(artifact, config.data_dir / "val2017" / sample["file_name"], config.run_dir, config.serve)
+
