@@ -126,7 +126,7 @@ def test_415_unsupported_content_type(client: TestClient, png_bytes: bytes) -> N
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"[1, 2]", b'{"image": "x"}', b'{"image_base64": "***"}', b'{"image_base64": 5}', b'{"s3": "x"}'],
+    [b"{not json", b"[" * 100_000, b"\xff\xfe{}", b"[1, 2]", b'{"image": "x"}', b'{"image_base64": "***"}', b'{"image_base64": 5}', b'{"s3": "x"}'],
 )
 def test_422_bad_json(client: TestClient, body: bytes) -> None:
     _assert_error(_raw(client, "/caption", body, "application/json"), 422, "invalid_request")
