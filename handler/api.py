@@ -116,12 +116,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("invalid_request", "; ".join(parts) or "invalid request"), status_code=422)
 
 
-async def _serve(request: Request, tasks: list[Task]) -> tuple[dict, Any, list]:
+async def _serve(request: Request, tasks: list[Task], full_resolution: bool = False) -> tuple[dict, Any, list]:
     from handler import service
 
     config = settings()
     data = await image_bytes(request, config)
-    return await run_in_threadpool(service.analyze, data, tasks, config)
+    return await run_in_threadpool(service.analyze, data, tasks, config, full_resolution)
 
 
 def create_app() -> FastAPI:
@@ -159,7 +159,7 @@ def create_app() -> FastAPI:
         format: Literal["json", "png"] = Query("json", description="png: the image with boxes drawn"),
     ) -> Any:
         """Objects with labels and boxes in the original image's pixel coordinates."""
-        payload, decoded, detections = await _serve(request, [Task.DETECT])
+        payload, decoded, detections = await _serve(request, [Task.DETECT], full_resolution=format == "png")
         if format == "json":
             return payload
         from handler.drawing import draw_detections, to_png

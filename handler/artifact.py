@@ -130,6 +130,8 @@ class LoadedArtifact:
 
 def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
     """Verify, then unpickle the model (memory-mapped) and load the processor."""
+    import time
+
     start = time.perf_counter()
     manifest = Manifest.read(artifact_dir)
     model_path = verify(artifact_dir, manifest)

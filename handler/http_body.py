@@ -68,7 +68,7 @@ async def _json_image(request: Request, settings: Settings) -> bytes:
     body = await read_limited(request, settings.max_image_bytes * 4 // 3 + FORM_OVERHEAD)
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting is a hostile body too
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     from starlette.concurrency import run_in_threadpool
 

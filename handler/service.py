@@ -9,7 +9,7 @@ from handler.config import Settings
 from handler.errors import Forbidden, InvalidRequest
 from handler.logs import annotate
 from handler.runtime import runtime_for
-from handler.tasks import Task
+from handler.tasks import IMAGE_SIZE, Detection, Task
 
 if TYPE_CHECKING:  # Pillow is imported on the first request, not with the app
     from handler.images import DecodedImage
@@ -35,19 +35,38 @@ def parse_tasks(value: str | list[str] | None, default: list[Task] = ALL_TASKS) 
     return tasks
 
 
-def decode(data: bytes, settings: Settings) -> tuple[DecodedImage, float]:
+DRAFT_TO = 2 * IMAGE_SIZE
+"""JPEGs decode at reduced scale down to twice the model's input; the final resize does the filtering."""
+
+
+def decode(data: bytes, settings: Settings, full_resolution: bool = False) -> tuple[DecodedImage, float]:
     from handler.images import decode_image
 
     start = time.perf_counter()
-    decoded = decode_image(data, settings.max_image_bytes, settings.max_image_pixels)
+    draft_to = 0 if full_resolution else DRAFT_TO
+    decoded = decode_image(data, settings.max_image_bytes, settings.max_image_pixels, draft_to)
     annotate(image=decoded.describe())
     return decoded, round((time.perf_counter() - start) * 1000, 1)
 
 
-def analyze(data: bytes, tasks: list[Task], settings: Settings) -> tuple[dict[str, Any], DecodedImage, list]:
-    """Decode and run `tasks`; return the JSON payload, the decoded image and the raw detections."""
+def to_original(detections: list[Detection], scale: tuple[float, float]) -> list[Detection]:
+    """Boxes found on a reduced-scale decode, in the original image's pixels."""
+    if scale == (1.0, 1.0):
+        return list(detections)
+    sx, sy = scale
+    return [Detection(d.label, (d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy)) for d in detections]
+
+
+def analyze(
+    data: bytes, tasks: list[Task], settings: Settings, full_resolution: bool = False
+) -> tuple[dict[str, Any], DecodedImage, list[Detection]]:
+    """Decode and run `tasks`; return the JSON payload, the decoded image and the detections.
+
+    `full_resolution` skips the reduced-scale JPEG decode, for callers that need every pixel
+    (drawing boxes on the image).
+    """
     annotate(task=",".join(t.api_name for t in tasks), image_bytes=len(data))
-    decoded, decode_ms = decode(data, settings)
+    decoded, decode_ms = decode(data, settings, full_resolution)
     result = runtime_for(settings).run(decoded.image, tasks)
     annotate(model_sha=result.manifest.short_sha)
     payload: dict[str, Any] = {}
@@ -56,7 +75,8 @@ def analyze(data: bytes, tasks: list[Task], settings: Settings) -> tuple[dict[st
         prediction = result.predictions[task]
         payload.update(prediction.as_dict())
         if task is Task.DETECT:
-            detections = list(prediction.detections)
+            detections = to_original(prediction.detections, decoded.scale)
+            payload["detections"] = [d.as_dict() for d in detections]
     timings = {"decode": decode_ms, **result.timings_ms}
     timings["total"] = round(decode_ms + result.timings_ms.get("total", 0.0), 1)
     payload.update(model_sha=result.manifest.short_sha, image=decoded.describe(), timings_ms=timings)

@@ -126,7 +126,7 @@ def test_415_unsupported_content_type(client: TestClient, png_bytes: bytes) -> N
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"[1, 2]", b'{"image": "x"}', b'{"image_base64": "***"}', b'{"image_base64": 5}', b'{"s3": "x"}'],
+    [b"{not json", b"[" * 100_000, b"\xff\xfe{}", b"[1, 2]", b'{"image": "x"}', b'{"image_base64": "***"}', b'{"image_base64": 5}', b'{"s3": "x"}'],
 )
 def test_422_bad_json(client: TestClient, body: bytes) -> None:
     _assert_error(_raw(client, "/caption", body, "application/json"), 422, "invalid_request")
@@ -242,3 +242,14 @@ def test_odd_but_valid_images_are_served(client: TestClient, data: bytes, size: 
     response = _raw(client, "/analyze", data, "image/x-anything")
     assert response.status_code == 200, response.text
     assert (response.json()["image"]["width"], response.json()["image"]["height"]) == size
+
+
+def test_large_jpeg_boxes_and_png_are_in_the_original_frame(client: TestClient) -> None:
+    data = image_bytes("JPEG", (1800, 1200), quality=80)
+    body = _raw(client, "/analyze", data, "image/jpeg").json()
+    assert (body["image"]["width"], body["image"]["height"]) == (1800, 1200)
+    for det in body["detections"]:
+        x0, y0, x1, y1 = det["box"]
+        assert 0 <= x0 <= x1 <= 1800 and 0 <= y0 <= y1 <= 1200
+    png = _raw(client, "/detect?format=png", data, "image/jpeg")
+    assert Image.open(io.BytesIO(png.content)).size == (1800, 1200)

@@ -125,3 +125,31 @@ def test_truncated_images_are_bad_image(fmt: str) -> None:
     data = image_bytes(fmt, (64, 64))
     with pytest.raises(BadImage):
         decode_image(data[: len(data) * 2 // 3], **LIMITS)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_but_reports_the_original_size() -> None:
+    data = image_bytes("JPEG", (2000, 1600), quality=85)
+    full = decode_image(data, **LIMITS)
+    drafted = decode_image(data, **LIMITS, draft_to=768)
+    assert full.image.size == (2000, 1600) and full.scale == (1.0, 1.0)
+    assert drafted.image.size == (1000, 800) and (drafted.width, drafted.height) == (2000, 1600)
+    assert drafted.scale == (2.0, 2.0)
+    assert decode_image(image_bytes("PNG", (2000, 1600)), **LIMITS, draft_to=768).image.size == (2000, 1600)
+
+
+def test_reduced_scale_decode_respects_exif_rotation() -> None:
+    img = Image.new("RGB", (2000, 1600), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", exif=exif.tobytes())
+    drafted = decode_image(buffer.getvalue(), **LIMITS, draft_to=768)
+    assert (drafted.width, drafted.height) == (1600, 2000) and drafted.image.size == (800, 1000)
+
+
+def test_boxes_from_a_reduced_decode_map_back_to_original_pixels() -> None:
+    from handler.service import to_original
+    from handler.tasks import Detection
+
+    boxes = to_original([Detection("cat", (10.0, 20.0, 30.0, 40.0))], (2.0, 4.0))
+    assert boxes == [Detection("cat", (20.0, 80.0, 60.0, 160.0))]
