@@ -112,7 +112,7 @@ def make_image(
 ) -> tuple[Image.Image, list[ShapeObject]]:
     """One scene: 1..max_objects non-overlapping shapes, sorted left to right."""
     width, height = rng.randint(320, 512), rng.randint(256, 448)
-    image = _background(rng, width, height)
+    image = _background(rng, width, height) if max_objects > 1 else Image.new("RGB", (width, height), BACKGROUNDS[rng.choice(list(BACKGROUNDS))])
     draw = ImageDraw.Draw(image)
     objects: list[ShapeObject] = []
     for _ in range(rng.randint(1, max_objects)):
