@@ -10,14 +10,14 @@ from pathlib import Path
 from model_build.commands.finetune_cmd import parse_tasks
 from model_build.fuse import FuseConfig
 
-_DEFAULTS = FuseConfig(out_dir=Path("artifact"))
+_DEFAULTS = FuseConfig(out_dir=Path("artifacts/florence2"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", type=Path, default=None,
                         help="finetune run folder (or its adapter/); omit to fuse --base alone")
     parser.add_argument("--base", default=None, help="override the base recorded with the adapter")
-    parser.add_argument("--out", type=Path, default=_DEFAULTS.out_dir, help="artifact folder (default: artifact)")
+    parser.add_argument("--out", type=Path, default=_DEFAULTS.out_dir, help="artifact folder (default: artifacts/florence2)")
     parser.add_argument("--image-size", type=int, default=None, help="serving size (default: the adapter's)")
     parser.add_argument("--tasks", type=parse_tasks, default=None, help="served tasks (default: caption,detect)")
     gate = parser.add_argument_group("parity gate (int8 vs fp32 merged model, on held-out images)")
