@@ -166,3 +166,14 @@ def test_artifact_in_fresh_process_matches_in_process_fused_model(artifact: Path
         predictions = engine.run(image, [Task.CAPTION, Task.DETECT]).predictions
         in_process.append({task.api_name: [p.text, p.as_dict()] for task, p in predictions.items()})
     assert fresh == json.loads(json.dumps(in_process))
+
+
+def test_finetune_resume_continues_from_the_checkpoint(build_data: Path, tmp_path: Path) -> None:
+    args = ["finetune", "--base", "tiny", "--data", str(build_data), "--run-dir", str(tmp_path), "--batch-size", "2",
+            "--warmup-steps", "1", "--log-every", "1", "--checkpoint-every", "1", "--tasks", "caption"]
+    assert cli(args + ["--steps", "1"]) == 0
+    first = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert cli(args + ["--steps", "2", "--resume"]) == 0
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1, 2] and history[0] == first[0]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
