@@ -8,7 +8,6 @@ up a model that failed it.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +38,10 @@ class FuseConfig:
 def held_out_images(data_dir: str | Path, split: str, count: int) -> list:
     """The first `count` images of a COCO split, by image id, as RGB PIL images."""
     from model_build.data import open_rgb
+    from model_build.evaluate import split_images
 
     root = Path(data_dir)
-    for name in (f"instances_{split}.json", f"captions_{split}.json"):
-        path = root / "annotations" / name
-        if path.is_file():
-            records = sorted(json.loads(path.read_text())["images"], key=lambda img: img["id"])[:count]
-            return [open_rgb(root / split / img["file_name"]) for img in records]
-    raise FileNotFoundError(f"no instances_{split}.json or captions_{split}.json under {root / 'annotations'}")
+    return [open_rgb(root / split / img["file_name"]) for img in split_images(root, split, count)]
 
 
 def merged_model(config: FuseConfig):
