@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated module names (default: q_proj,v_proj = language-model attention)")
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--steps", type=int, default=150, help="optimizer steps (default: 150)")
+    train.add_argument("--steps", type=int, default=200, help="optimizer steps (default: 200)")
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
+    train.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default: 1e-2, tuned for the tiny base)")
     train.add_argument("--warmup-steps", type=int, default=10)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--log-every", type=int, default=10)
