@@ -12,6 +12,9 @@ import logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model_build.commands.synth_cmd", "write a synthetic COCO-format dataset"),
     "pretrain-tiny": ("model_build.commands.pretrain_cmd", "train the embedded tiny Florence-2 from scratch"),
+    "finetune": ("model_build.commands.finetune_cmd", "LoRA-fine-tune Florence-2 on COCO-format data"),
+    "fuse": ("model_build.commands.fuse_cmd", "merge, quantize, parity-check and write the served artifact"),
+    "eval": ("model_build.commands.eval_cmd", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
 }
 
 

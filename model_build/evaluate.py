@@ -1,0 +1,168 @@
+"""Scoring a model on a COCO-format split: CIDEr, BLEU-4 and exact match for captions, COCO mAP for boxes.
+
+Captions are scored with pycocoevalcap's standard `Cider` and `Bleu(4)` after its PTB tokenizer (a
+Java program). Boxes go through pycocotools' `COCOeval`. Florence-2 emits no confidences, so each
+detection gets a rank score (1.0 for the first box of an image, lower for later ones): generation
+order is the only ranking the model offers. Predictions come from `handler.inference.predict_batch`,
+the served decode path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from handler.inference import Prediction, predict_batch
+from handler.tasks import IMAGE_SIZE, Task
+
+
+@dataclass
+class EvalConfig:
+    data_dir: Path
+    split: str = "val2017"
+    tasks: tuple[Task, ...] = (Task.CAPTION, Task.DETECT)
+    caption_style: str = ""
+    """"" scores against `captions_{split}.json` (COCO style); "base" against our synthetic base style."""
+    max_images: int | None = None
+    batch_size: int = 8
+
+
+def load_model(source: str | Path | None, base: str | None = None, image_size: int | None = None):
+    """(model, processor, description) for an artifact folder, a finetune run/adapter folder, or a base."""
+    if source is not None and (Path(source) / "manifest.json").is_file():
+        from handler.artifact import load_artifact
+
+        loaded = load_artifact(source)
+        return loaded.model, loaded.processor, {"kind": "artifact", "path": str(source),
+                                                "model_sha256": loaded.manifest.model_sha256}
+    if source is not None:
+        from model_build.finetune import load_adapter
+
+        peft_model, processor, info = load_adapter(source, base=base, image_size=image_size)
+        return peft_model.merge_and_unload().eval(), processor, {"kind": "adapter", "path": str(source),
+                                                                 "base": base or info.base,
+                                                                 "adapter_sha256": info.adapter_sha256}
+    if base is None:
+        raise ValueError("evaluate needs a model folder or --base")
+    from model_build.loading import load_base
+
+    model, processor = load_base(base, image_size or IMAGE_SIZE)
+    return model.eval(), processor, {"kind": "base", "base": base}
+
+
+def split_images(data_dir: Path, split: str, max_images: int | None) -> list[dict]:
+    """Image records of a split, by id (from the instances file, else the captions file)."""
+    for name in (f"instances_{split}.json", f"captions_{split}.json"):
+        path = data_dir / "annotations" / name
+        if path.is_file():
+            records = sorted(json.loads(path.read_text())["images"], key=lambda img: img["id"])
+            return records[:max_images] if max_images else records
+    raise FileNotFoundError(f"no instances_{split}.json or captions_{split}.json in {data_dir / 'annotations'}")
+
+
+def predict_split(model, processor, config: EvalConfig, records: list[dict]) -> dict[Task, dict[int, Prediction]]:
+    """Greedy predictions for every image and task, batched, with a progress bar."""
+    from model_build.data import open_rgb
+
+    predictions: dict[Task, dict[int, Prediction]] = {task: {} for task in config.tasks}
+    batches = [records[i : i + config.batch_size] for i in range(0, len(records), config.batch_size)]
+    with tqdm(total=len(records) * len(config.tasks), desc="eval predictions", unit="img") as progress:
+        for batch in batches:
+            images = [open_rgb(config.data_dir / config.split / r["file_name"]) for r in batch]
+            for task in config.tasks:
+                for record, prediction in zip(batch, predict_batch(model, processor, images, task)):
+                    predictions[task][record["id"]] = prediction
+                progress.update(len(batch))
+    return predictions
+
+
+def _tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
+    """PTB tokenization as in the COCO caption evaluation; a lowercase word split when Java is missing."""
+    if shutil.which("java"):
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    return {k: [" ".join(re.findall(r"[a-z0-9]+", c.lower())) for c in v] for k, v in captions.items()}
+
+
+def caption_metrics(predicted: dict[int, str], references: dict[int, list[str]]) -> dict:
+    """CIDEr (CIDEr-D as in coco-caption), BLEU-4 and the rate of captions equal to some reference."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    ids = [i for i in predicted if i in references]
+    if not ids:
+        return {"images": 0, "cider": None, "bleu4": None, "exact_match": None}
+    res = _tokenize({i: [predicted[i] or ""] for i in ids})
+    gts = _tokenize({i: references[i] for i in ids})
+    cider, _ = Cider().compute_score(gts, res)
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    exact = sum(" ".join(predicted[i].split()) in {" ".join(r.split()) for r in references[i]} for i in ids)
+    return {"images": len(ids), "cider": round(float(cider), 4), "bleu4": round(float(bleu[3]), 4),
+            "exact_match": round(exact / len(ids), 4), "tokenizer": "ptb" if shutil.which("java") else "simple"}
+
+
+def read_references(data_dir: Path, split: str, style: str) -> dict[int, list[str]]:
+    name = f"captions_{style + '_' if style else ''}{split}.json"
+    data = json.loads((data_dir / "annotations" / name).read_text())
+    references: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        references.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    return references
+
+
+def detection_metrics(predicted: dict[int, Prediction], instances_file: Path) -> dict:
+    """mAP@[.5:.95] and mAP@.5 from pycocotools, on the evaluated images only."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(instances_file))
+    category = {c["name"]: c["id"] for c in truth.loadCats(truth.getCatIds())}
+    results, unknown = [], 0
+    for image_id, prediction in predicted.items():
+        for rank, det in enumerate(prediction.detections):
+            if det.label not in category:
+                unknown += 1
+                continue
+            x0, y0, x1, y1 = det.box
+            results.append({"image_id": image_id, "category_id": category[det.label],
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": round(1.0 / (1 + rank), 4)})
+    summary = {"images": len(predicted), "detections": len(results), "unknown_labels": unknown}
+    if not results:
+        return {**summary, "map": 0.0, "map50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluator.params.imgIds = sorted(predicted)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {**summary, "map": round(max(0.0, float(evaluator.stats[0])), 4),
+            "map50": round(max(0.0, float(evaluator.stats[1])), 4)}
+
+
+def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict:
+    """Predict a split and score it; include a few example outputs so a reader sees the style."""
+    records = split_images(config.data_dir, config.split, config.max_images)
+    predictions = predict_split(model, processor, config, records)
+    report: dict = {"data": str(config.data_dir), "split": config.split, "images": len(records)}
+    if Task.CAPTION in config.tasks:
+        captions = {i: p.caption or "" for i, p in predictions[Task.CAPTION].items()}
+        references = read_references(config.data_dir, config.split, config.caption_style)
+        report["caption"] = {"references": config.caption_style or "coco",
+                             **caption_metrics(captions, references),
+                             "examples": [{"image_id": i, "caption": captions[i], "reference": references.get(i, [""])[0]}
+                                          for i in list(captions)[:samples_out]]}
+    if Task.DETECT in config.tasks:
+        instances = config.data_dir / "annotations" / f"instances_{config.split}.json"
+        report["detect"] = detection_metrics(predictions[Task.DETECT], instances)
+    return report
