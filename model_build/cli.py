@@ -12,6 +12,7 @@ import logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model_build.commands.synth_cmd", "write a synthetic COCO-format dataset"),
     "pretrain-tiny": ("model_build.commands.pretrain_cmd", "train the embedded tiny Florence-2 from scratch"),
+    "bench": ("model_build.commands.bench_cmd", "benchmark the served runtime against the seed recipe"),
 }
 
 
