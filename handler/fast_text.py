@@ -16,17 +16,43 @@ POSITION_OFFSET = 2
 """BART's learned position table starts at index 2 (a fairseq leftover)."""
 
 
-class TiedEmbedding(nn.Module):
-    """Token lookup that dequantizes rows of the int8 `lm_head`, the tied output projection."""
+class TiedInt8Head(nn.Module):
+    """The tied token embedding and `lm_head` as one int8 matrix (stored once in the artifact).
 
-    def __init__(self, lm_head: nn.Module, scale: float) -> None:
+    Lookups dequantize only the rows they need; logits run through an fbgemm dynamic-int8 linear
+    packed from the same matrix when the artifact is loaded (the packed form is never pickled).
+    """
+
+    def __init__(self, weight_int8: torch.Tensor, scale: float, zero_point: int) -> None:
         super().__init__()
-        self.lm_head = lm_head
-        self.scale = scale
+        self.register_buffer("weight_int8", weight_int8)
+        self.scale, self.zero_point = float(scale), int(zero_point)
+        self._linear = None
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        weight = self.lm_head._packed_params._weight_bias()[0]
-        return weight.index_select(0, ids.reshape(-1)).dequantize().view(*ids.shape, -1) * self.scale
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_linear"] = None
+        return state
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.weight_int8.index_select(0, ids.reshape(-1)).float()
+        if self.zero_point:
+            rows = rows - self.zero_point
+        return (rows * self.scale).view(*ids.shape, -1)
+
+    def packed(self) -> nn.Module:
+        if self._linear is None:
+            from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+            out_features, in_features = self.weight_int8.shape
+            linear = DynamicLinear(in_features, out_features, bias_=False, dtype=torch.qint8)
+            qweight = torch._make_per_tensor_quantized_tensor(self.weight_int8, self.scale, self.zero_point)
+            linear.set_weight_bias(qweight, None)
+            self._linear = linear
+        return self._linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.packed()(x)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -83,16 +109,15 @@ class DecoderLayer(nn.Module):
 class TextModel(nn.Module):
     """BART encoder + decoder + tied lm_head with a lean greedy loop."""
 
-    def __init__(self, embed: TiedEmbedding, embed_scale: float, enc_positions: torch.Tensor, enc_norm,
+    def __init__(self, head: TiedInt8Head, embed_scale: float, enc_positions: torch.Tensor, enc_norm,
                  enc_layers: list[EncoderLayer], dec_positions: torch.Tensor, dec_norm,
-                 dec_layers: list[DecoderLayer], lm_head: nn.Module) -> None:
+                 dec_layers: list[DecoderLayer]) -> None:
         super().__init__()
-        self.embed, self.embed_scale = embed, embed_scale
+        self.lm_head, self.embed_scale = head, embed_scale
         self.enc_positions = nn.Parameter(enc_positions, requires_grad=False)
         self.enc_norm, self.enc_layers = enc_norm, nn.ModuleList(enc_layers)
         self.dec_positions = nn.Parameter(dec_positions, requires_grad=False)
         self.dec_norm, self.dec_layers = dec_norm, nn.ModuleList(dec_layers)
-        self.lm_head = lm_head
 
     def encode(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         length = inputs_embeds.shape[1]
@@ -102,14 +127,17 @@ class TextModel(nn.Module):
         return x
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        embeds = self.embed(ids)
+        embeds = self.lm_head.lookup(ids)
         return embeds * self.embed_scale if self.embed_scale != 1.0 else embeds
 
     def greedy(self, memory: torch.Tensor, start_id: int, eos_id: int, max_new_tokens: int,
-               min_new_tokens: int = 0, forced_eos: bool = True) -> tuple[list[int], torch.Tensor]:
+               min_new_tokens: int = 0, forced_eos: bool = True,
+               teacher: list[int] | None = None) -> tuple[list[int], torch.Tensor]:
         """Greedy decode as HF `generate` does with num_beams=1 (min-new-tokens, forced EOS at the limit).
 
-        Returns the token ids (start token first) and the logits of every step, for parity checks.
+        Returns the token ids (start token first) and the raw logits of every step. `teacher` (ids
+        without the start token) feeds given tokens instead of the argmax, so a parity check can
+        compare logits step by step along another decoder's path.
         """
         layers = self.dec_layers
         first = layers[0]
@@ -131,12 +159,14 @@ class TextModel(nn.Module):
             if step < min_new_tokens:
                 logits = logits.clone()
                 logits[eos_id] = float("-inf")
-            if forced_eos and step == max_new_tokens - 1:
+            if teacher is not None:
+                next_id = teacher[step]
+            elif forced_eos and step == max_new_tokens - 1:
                 next_id = eos_id
             else:
                 next_id = int(torch.argmax(logits))
             ids.append(next_id)
-            if next_id == eos_id:
+            if next_id == eos_id or (teacher is not None and step + 1 == len(teacher)):
                 break
             token = torch.tensor([[next_id]])
         return ids, torch.stack(logits_seen)

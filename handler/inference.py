@@ -67,16 +67,27 @@ class Analysis:
     timings_ms: dict[str, float]
 
 
-def _fast_predict(model, image, task: Task, features=None, max_new_tokens: int | None = None,
-                  min_new_tokens: int = 0) -> Prediction:
-    """One task on one image with the fast runtime; pass `features` to reuse an encoded image."""
+def _encode_image(model, image):
+    """Vision features for one image, and the size boxes are reported in (before any JPEG draft)."""
     import torch
 
+    from handler.preprocess import draft_decode
+
+    size = image.size
+    pixels = model.image_spec.to_pixels(draft_decode(image, model.image_spec.size))
     with torch.inference_mode():
-        if features is None:
-            features = model.image_features(model.image_spec.to_pixels(image))
+        return model.image_features(pixels), size
+
+
+def _fast_predict(model, image, task: Task, encoded=None, max_new_tokens: int | None = None,
+                  min_new_tokens: int = 0) -> Prediction:
+    """One task on one image with the fast runtime; pass `encoded` to reuse an encoded image."""
+    import torch
+
+    features, (width, height) = encoded or _encode_image(model, image)
+    with torch.inference_mode():
         generation = model.generate(task.value, features, max_new_tokens or MAX_NEW_TOKENS[task], min_new_tokens)
-    return parse_output(task, generation.text, image.width, image.height)
+    return parse_output(task, generation.text, width, height)
 
 
 class Engine:
@@ -107,19 +118,16 @@ class Engine:
 
         predictions: dict[Task, Prediction] = {}
         timings: dict[str, float] = {}
-        features = None
+        encoded = None
         if self.fast and tasks:
-            import torch
-
             start = time.perf_counter()
-            with torch.inference_mode():
-                features = self.model.image_features(self.model.image_spec.to_pixels(image))
+            encoded = _encode_image(self.model, image)
             timings["vision"] = round((time.perf_counter() - start) * 1000, 1)
         for task in tasks:
             start = time.perf_counter()
             forced = self.new_tokens.get(task)
             if self.fast:
-                predictions[task] = _fast_predict(self.model, image, task, features, forced, forced or 0)
+                predictions[task] = _fast_predict(self.model, image, task, encoded, forced, forced or 0)
             else:
                 predictions[task] = _plain_predict(self.model, self.processor, image, task, forced)
             timings[task.api_name] = round((time.perf_counter() - start) * 1000, 1)

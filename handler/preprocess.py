@@ -32,11 +32,12 @@ class ImageSpec:
 
 
 def draft_decode(image, size: int):
-    """Let libjpeg downscale by 1/2..1/8 during decode while both sides stay >= 2x the target.
+    """Let libjpeg downscale by 1/2..1/8 while decoding a not-yet-loaded JPEG, keeping both sides >= 2x `size`.
 
-    Keeping a 2x margin leaves the final bicubic resize to do the real filtering, so the result
-    stays close to a full decode; only JPEGs much larger than the target are affected.
+    The 2x margin leaves the real filtering to the final bicubic resize, so the pixels stay close to a
+    full decode; a 12 MP photo then decodes and resizes several times faster. Callers must read the
+    original size before this (draft changes `image.size`). Already-decoded images are left alone.
     """
-    if getattr(image, "format", None) == "JPEG":
+    if getattr(image, "format", None) == "JPEG" and getattr(image, "tile", None):
         image.draft("RGB", (size * 2, size * 2))
     return image

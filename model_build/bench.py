@@ -125,7 +125,8 @@ def _child(mode: str, artifact_dir: Path, image_path: Path, caption_tokens: int,
 
 
 def run_bench(*, quick: bool, runs: int, warmup: int, threads: int,
-              caption_tokens: int = 20, detect_tokens: int = 60, cold_runs: int = 1) -> dict[str, Any]:
+              caption_tokens: int = 20, detect_tokens: int = 60, cold_runs: int = 1,
+              profile_path: Path | None = None) -> dict[str, Any]:
     """Build both paths from one model, time them interleaved, and return every figure as a dict."""
     import numpy as np
     import torch
@@ -193,6 +194,15 @@ def run_bench(*, quick: bool, runs: int, warmup: int, threads: int,
             samples[name]["served"].append(_time(served_fn))
 
     parity = _parity(seed, fast, processor, image, prompts, tokens)
+    breakdown = None
+    if profile_path is not None:
+        from model_build.bench_profile import profiler_tables, stage_breakdown
+
+        breakdown = stage_breakdown(seed, fast, processor, image, prompts)
+        tables = profiler_tables(seed, fast, processor, image, prompts, caption_tokens)
+        profile_path.parent.mkdir(parents=True, exist_ok=True)
+        profile_path.write_text(json.dumps(breakdown, indent=2) + "\n\n" + "\n\n".join(
+            f"== {name}: one {caption_tokens}-token caption, self CPU time ==\n{table}" for name, table in tables.items()))
 
     with tempfile.TemporaryDirectory(prefix="bench-artifacts-") as tmp:
         tmp_path = Path(tmp)
@@ -226,12 +236,18 @@ def run_bench(*, quick: bool, runs: int, warmup: int, threads: int,
         "cold_start": best_cold,
         "artifact_mib": sizes,
         "parity": parity,
+        "stage_breakdown_ms": breakdown,
         "quick": quick,
     }
 
 
 def _parity(seed, fast, processor, image, prompts: dict, tokens: dict[Task, int]) -> dict[str, Any]:
-    """Greedy ids and max |logit| difference, seed (plain int8 HF) vs served, on the same input."""
+    """Seed (plain int8 HF) vs served on the same input: greedy ids, and logits along the seed's path.
+
+    Logits are compared teacher-forced (the served decoder is fed the seed's tokens), so one flipped
+    near-tie does not turn every later step into a comparison of different prefixes. Where the free
+    greedy ids diverge, the seed's own top-1/top-2 margin at that step shows how close the tie was.
+    """
     import torch
 
     pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
@@ -244,13 +260,29 @@ def _parity(seed, fast, processor, image, prompts: dict, tokens: dict[Task, int]
                                 max_new_tokens=tokens[task], min_new_tokens=tokens[task], num_beams=1,
                                 do_sample=False, output_logits=True, return_dict_in_generate=True)
             ref_ids = ref.sequences[0].tolist()
+            ref_logits = torch.stack(ref.logits)[:, 0]
             ours = fast.generate(task.value, features, tokens[task], tokens[task])
-            steps = min(len(ref.logits), len(ours.logits))
-            ref_logits = torch.stack(ref.logits[:steps])[:, 0]
-            diff = (ref_logits - ours.logits[:steps]).abs().max().item()
-            scale = ref_logits.abs().max().item()
-            result[task.api_name] = {"identical_ids": ref_ids == ours.ids, "max_abs_logit_diff": diff,
-                                     "max_abs_logit": scale,
-                                     "first_divergence": next((i for i, (a, b) in enumerate(zip(ref_ids, ours.ids))
-                                                               if a != b), None)}
+            memory = fast.text.encode(fast.encoder_inputs(task.value, features))
+            spec = fast.decode_spec
+            _, forced_logits = fast.text.greedy(memory, spec.start_id, spec.eos_id, tokens[task], tokens[task],
+                                                spec.forced_eos, teacher=ref_ids[1:])
+            steps = min(len(ref_logits), len(forced_logits))
+            diff = (ref_logits[:steps] - forced_logits[:steps]).abs().max().item()
+            # Compare choices as greedy makes them: EOS is suppressed while the length is pinned.
+            ref_choice, our_choice = ref_logits[:steps].clone(), forced_logits[:steps].clone()
+            ref_choice[:, spec.eos_id] = our_choice[:, spec.eos_id] = float("-inf")
+            top1 = (ref_choice.argmax(-1) == our_choice.argmax(-1))[: steps - 1].float().mean().item()
+            divergence = next((i for i, (a, b) in enumerate(zip(ref_ids, ours.ids)) if a != b), None)
+            margin = None
+            if divergence is not None:
+                top2 = ref_choice[divergence - 1].topk(2).values
+                margin = (top2[0] - top2[1]).item()
+            result[task.api_name] = {
+                "identical_ids": ref_ids == ours.ids,
+                "first_divergence": divergence,
+                "seed_top2_margin_at_divergence": margin,
+                "teacher_forced_top1_agreement": top1,
+                "max_abs_logit_diff": diff,
+                "max_abs_logit": ref_logits.abs().max().item(),
+            }
     return result

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from handler.fast_model import DecodeSpec, FastFlorence
-from handler.fast_text import DecoderLayer, EncoderLayer, TextModel, TiedEmbedding
+from handler.fast_text import DecoderLayer, EncoderLayer, TextModel, TiedInt8Head
 from handler.fast_vision import ChannelAttention, MixingBlock, Mlp, PatchEmbed, Projector, VisionTower, WindowAttention
 from handler.preprocess import ImageSpec
 from handler.tasks import Task
@@ -50,7 +50,8 @@ def _vision(q_model, config) -> VisionTower:
 def _text(q_model, config) -> TextModel:
     lm = q_model.model.language_model
     tc = config.text_config
-    embed = TiedEmbedding(q_model.lm_head, 1.0)
+    qweight = q_model.lm_head.weight()  # the seed recipe's int8 lm_head, reused as the embedding table
+    head = TiedInt8Head(qweight.int_repr().contiguous(), qweight.q_scale(), qweight.q_zero_point())
     enc_layers = [
         EncoderLayer(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.self_attn.out_proj,
                      l.self_attn_layer_norm, l.fc1, l.fc2, l.final_layer_norm, tc.encoder_attention_heads)
@@ -64,7 +65,7 @@ def _text(q_model, config) -> TextModel:
         for l in lm.decoder.layers
     ]
     return TextModel(
-        embed,
+        head,
         float(lm.shared.embed_scale),
         lm.encoder.embed_positions.weight.detach().clone(),
         lm.encoder.layernorm_embedding,
@@ -72,7 +73,6 @@ def _text(q_model, config) -> TextModel:
         lm.decoder.embed_positions.weight.detach().clone(),
         lm.decoder.layernorm_embedding,
         dec_layers,
-        q_model.lm_head,
     )
 
 

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption-tokens", type=int, default=20)
     parser.add_argument("--detect-tokens", type=int, default=60)
     parser.add_argument("--cold-runs", type=int, default=None, help="fresh-process cold starts (best is kept)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="also write a stage breakdown and torch.profiler op tables to this text file")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for benchmarks.{md,json,png} (default docs/, or no files with --quick)")
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     cold_runs = args.cold_runs or (1 if args.quick else 3)
     result = run_bench(quick=args.quick, runs=runs, warmup=warmup, threads=args.threads,
-                       caption_tokens=args.caption_tokens, detect_tokens=args.detect_tokens, cold_runs=cold_runs)
+                       caption_tokens=args.caption_tokens, detect_tokens=args.detect_tokens, cold_runs=cold_runs,
+                       profile_path=args.profile)
     out = args.out if args.out is not None else (None if args.quick else Path("docs"))
     if out is not None:
         for path in write_report(result, out):
