@@ -67,23 +67,28 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, q, k, v, o, norm1, fc1, fc2, norm2, heads: int) -> None:
+    """Post-LN BART encoder layer; `qkv` is q_proj, k_proj and v_proj stacked into one int8 linear."""
+
+    def __init__(self, qkv, o, norm1, fc1, fc2, norm2, heads: int) -> None:
         super().__init__()
-        self.q, self.k, self.v, self.o, self.norm1 = q, k, v, o, norm1
+        self.qkv, self.o, self.norm1 = qkv, o, norm1
         self.fc1, self.fc2, self.norm2 = fc1, fc2, norm2
         self.heads = heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.heads
-        att = F.scaled_dot_product_attention(_heads(self.q(x), h), _heads(self.k(x), h), _heads(self.v(x), h))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        att = F.scaled_dot_product_attention(_heads(q, h), _heads(k, h), _heads(v, h))
         x = self.norm1(x + self.o(_merge(att)))
         return self.norm2(x + self.fc2(F.gelu(self.fc1(x))))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, q, k, v, o, norm1, cq, ck, cv, co, norm2, fc1, fc2, norm3, heads: int) -> None:
+    """Post-LN BART decoder layer for one position at a time against a preallocated KV cache."""
+
+    def __init__(self, qkv, o, norm1, cq, ck, cv, co, norm2, fc1, fc2, norm3, heads: int) -> None:
         super().__init__()
-        self.q, self.k, self.v, self.o, self.norm1 = q, k, v, o, norm1
+        self.qkv, self.o, self.norm1 = qkv, o, norm1
         self.cq, self.ck, self.cv, self.co, self.norm2 = cq, ck, cv, co, norm2
         self.fc1, self.fc2, self.norm3 = fc1, fc2, norm3
         self.heads = heads
@@ -95,11 +100,10 @@ class DecoderLayer(nn.Module):
                 mem_k: torch.Tensor, mem_v: torch.Tensor) -> torch.Tensor:
         """One decoding position: append this token's key/value at `step` and attend to [0, step]."""
         h = self.heads
-        cache_k[:, :, step : step + 1] = _heads(self.k(x), h)
-        cache_v[:, :, step : step + 1] = _heads(self.v(x), h)
-        att = F.scaled_dot_product_attention(
-            _heads(self.q(x), h), cache_k[:, :, : step + 1], cache_v[:, :, : step + 1]
-        )
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        cache_k[:, :, step : step + 1] = _heads(k, h)
+        cache_v[:, :, step : step + 1] = _heads(v, h)
+        att = F.scaled_dot_product_attention(_heads(q, h), cache_k[:, :, : step + 1], cache_v[:, :, : step + 1])
         x = self.norm1(x + self.o(_merge(att)))
         att = F.scaled_dot_product_attention(_heads(self.cq(x), h), mem_k, mem_v)
         x = self.norm2(x + self.co(_merge(att)))
