@@ -103,3 +103,14 @@ def test_fast_artifact_loads_without_transformers(paths, tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(root)), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["[]", "str"]
+
+
+def test_stacked_qkv_is_bit_identical_to_separate_int8_linears():
+    from model_build.serving_prep import stack_int8_linears
+
+    torch.manual_seed(1)
+    parts = quantize_for_serving(torch.nn.Sequential(*[torch.nn.Linear(64, 48) for _ in range(3)]))
+    stacked = stack_int8_linears(list(parts))
+    for rows in (1, 37):
+        x = torch.randn(1, rows, 64) * 3
+        assert torch.equal(stacked(x), torch.cat([p(x) for p in parts], dim=-1))
