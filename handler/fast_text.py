@@ -48,7 +48,9 @@ class TiedInt8Head(nn.Module):
             linear = DynamicLinear(in_features, out_features, bias_=False, dtype=torch.qint8)
             qweight = torch._make_per_tensor_quantized_tensor(self.weight_int8, self.scale, self.zero_point)
             linear.set_weight_bias(qweight, None)
-            self._linear = linear
+            # Bypass nn.Module registration: a registered submodule would be pickled (a second
+            # 39 MiB copy at base size) and re-packed on load next to the one built here.
+            self.__dict__["_linear"] = linear
         return self._linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
