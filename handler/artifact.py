@@ -11,6 +11,7 @@ import hashlib
 import json
 import platform
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,6 @@ class LoadedArtifact:
 
 def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
     """Verify, then unpickle the model (memory-mapped) and load the processor."""
-    import time
-
     start = time.perf_counter()
     manifest = Manifest.read(artifact_dir)
     model_path = verify(artifact_dir, manifest)
@@ -155,22 +154,52 @@ def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
 
 
 class LazyArtifact:
-    """Loads the artifact on first use, once, even when many threads ask at the same moment."""
+    """Loads the artifact on first use, once, even when many threads ask at the same moment.
 
-    def __init__(self, artifact_dir: str | Path) -> None:
+    A failed load is remembered for `retry_after_s`, so a broken or missing artifact costs one
+    sha256 pass per window instead of one per request, and a fixed artifact is picked up later.
+    """
+
+    def __init__(self, artifact_dir: str | Path, retry_after_s: float = 30.0) -> None:
         self.artifact_dir = Path(artifact_dir)
+        self.retry_after_s = retry_after_s
         self._lock = threading.Lock()
         self._loaded: LoadedArtifact | None = None
+        self._failure: tuple[ArtifactError, float] | None = None
         self.load_count = 0
 
     @property
     def is_loaded(self) -> bool:
         return self._loaded is not None
 
+    @property
+    def loaded(self) -> LoadedArtifact | None:
+        return self._loaded
+
+    @property
+    def last_error(self) -> str | None:
+        return str(self._failure[0]) if self._failure else None
+
+    def _recent_failure(self) -> ArtifactError | None:
+        if self._failure and time.monotonic() - self._failure[1] < self.retry_after_s:
+            return self._failure[0]
+        return None
+
     def get(self) -> LoadedArtifact:
         if self._loaded is None:
             with self._lock:
                 if self._loaded is None:
+                    failure = self._recent_failure()
+                    if failure is not None:
+                        raise ArtifactError(str(failure))  # fresh object: re-raising one grows its traceback
                     self.load_count += 1
-                    self._loaded = load_artifact(self.artifact_dir)
+                    try:
+                        self._loaded = load_artifact(self.artifact_dir)
+                    except Exception as exc:  # anything that stops a load makes the model unavailable
+                        error = exc if isinstance(exc, ArtifactError) else ArtifactError(f"artifact load failed: {exc}")
+                        self._failure = (error, time.monotonic())
+                        if error is exc:
+                            raise
+                        raise error from exc
+                    self._failure = None
         return self._loaded

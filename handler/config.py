@@ -8,6 +8,7 @@
 | ALLOWED_BUCKETS | (empty) | comma-separated buckets that JSON `{"s3": ...}` requests may read |
 | OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it never trigger work |
 | OUTPUT_BUCKET | (empty) | write results to this bucket instead of the source bucket |
+| ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
 | TORCH_THREADS | CPUs available | intra-op threads for inference |
 | LOG_LEVEL | INFO | level of the structured JSON request log |
 """
@@ -38,6 +39,7 @@ class Settings:
     allowed_buckets: frozenset[str] = field(default_factory=frozenset)
     output_prefix: str = "results/"
     output_bucket: str = ""
+    artifact_retry_s: float = 30.0
     torch_threads: int = 0
     log_level: str = "INFO"
 
@@ -52,6 +54,7 @@ class Settings:
             allowed_buckets=_csv(env.get("ALLOWED_BUCKETS", "")),
             output_prefix=prefix if prefix.endswith("/") else prefix + "/",
             output_bucket=env.get("OUTPUT_BUCKET", ""),
+            artifact_retry_s=float(env.get("ARTIFACT_RETRY_S", cls.artifact_retry_s)),
             torch_threads=int(env.get("TORCH_THREADS", 0)) or available_cpus(),
             log_level=env.get("LOG_LEVEL", cls.log_level),
         )

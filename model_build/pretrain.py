@@ -13,9 +13,13 @@ from pathlib import Path
 
 from handler.tasks import IMAGE_SIZE, Task
 from model_build.data import load_samples
-from model_build.synth import caption_corpus, synthesize
+from model_build.synth import caption_corpus, synthesize, write_split
 from model_build.tiny import EMBEDDED_DIR, build_processor, build_tokenizer, new_tiny_model
 from model_build.training import TrainConfig, train
+
+
+EASY_SPLIT = "easy2017"
+"""Extra training split of single large shapes, mixed in so the model learns to look at the image."""
 
 
 @dataclass
@@ -24,6 +28,7 @@ class PretrainConfig:
     out_dir: Path = EMBEDDED_DIR
     run_dir: Path = Path("runs/pretrain-tiny")
     train_images: int = 3000
+    easy_images: int = 1500
     val_images: int = 100
     seed: int = 0
 
@@ -32,10 +37,14 @@ def pretrain_tiny(config: PretrainConfig, train_config: TrainConfig, resume: boo
     """Synthesize data (if absent), train the tiny model from scratch and save it in HF layout."""
     if not (config.data_dir / "annotations" / "instances_train2017.json").is_file():
         synthesize(config.data_dir, train=config.train_images, val=config.val_images, seed=config.seed)
+    if not (config.data_dir / "annotations" / f"instances_{EASY_SPLIT}.json").is_file():
+        write_split(config.data_dir, EASY_SPLIT, config.easy_images, config.seed, first_id=2_000_000, easy=True)
     tokenizer = build_tokenizer(caption_corpus())
     processor = build_processor(tokenizer, IMAGE_SIZE)
     model = new_tiny_model(tokenizer, seed=config.seed)
-    samples = load_samples(config.data_dir, "train2017", [Task.CAPTION, Task.DETECT], caption_style="base")
+    tasks = [Task.CAPTION, Task.DETECT]
+    samples = load_samples(config.data_dir, "train2017", tasks, caption_style="base")
+    samples += load_samples(config.data_dir, EASY_SPLIT, tasks, caption_style="base")
     train(model, processor, samples, train_config, config.run_dir, resume=resume, title="pretrain tiny Florence-2")
 
     out = Path(config.out_dir)
@@ -48,7 +57,8 @@ def pretrain_tiny(config: PretrainConfig, train_config: TrainConfig, resume: boo
         json.dumps(
             {
                 "made_by": "python -m model_build pretrain-tiny",
-                "data": f"synthetic shapes, seed {config.seed}, {config.train_images} train images, base captions + <OD>",
+                "data": f"synthetic shapes, seed {config.seed}, {config.train_images} train + {config.easy_images} easy images,"
+                " base captions + <OD>",
                 "train": {"steps": train_config.steps, "batch_size": train_config.batch_size, "lr": train_config.lr},
             },
             indent=2,

@@ -78,10 +78,16 @@ def _background(rng: random.Random, width: int, height: int) -> Image.Image:
     return Image.blend(image, noise, 0.08)
 
 
-def _place(rng: random.Random, width: int, height: int, placed: list[tuple[int, int, int, int]]):
+SIZE_RANGE = (0.22, 0.42)
+"""Object side as a fraction of the image's short side."""
+EASY_SIZE_RANGE = (0.5, 0.8)
+
+
+def _place(rng: random.Random, width: int, height: int, placed: list[tuple[int, int, int, int]],
+           size_range: tuple[float, float]):
     short = min(width, height)
     for _ in range(50):
-        size = rng.randint(int(short * 0.22), int(short * 0.42))
+        size = rng.randint(int(short * size_range[0]), int(short * size_range[1]))
         x0 = rng.randint(0, width - size)
         y0 = rng.randint(0, height - size)
         box = (x0, y0, x0 + size, y0 + size)
@@ -101,14 +107,16 @@ def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject) -> None:
         draw.polygon([((x0 + x1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
 
 
-def make_image(rng: random.Random) -> tuple[Image.Image, list[ShapeObject]]:
-    """One scene: 1-3 non-overlapping shapes, sorted left to right."""
+def make_image(
+    rng: random.Random, max_objects: int = MAX_OBJECTS, size_range: tuple[float, float] = SIZE_RANGE
+) -> tuple[Image.Image, list[ShapeObject]]:
+    """One scene: 1..max_objects non-overlapping shapes, sorted left to right."""
     width, height = rng.randint(320, 512), rng.randint(256, 448)
     image = _background(rng, width, height)
     draw = ImageDraw.Draw(image)
     objects: list[ShapeObject] = []
-    for _ in range(rng.randint(1, MAX_OBJECTS)):
-        box = _place(rng, width, height, [o.box for o in objects])
+    for _ in range(rng.randint(1, max_objects)):
+        box = _place(rng, width, height, [o.box for o in objects], size_range)
         if box is not None:
             objects.append(ShapeObject(rng.choice(SHAPES), rng.choice(list(COLORS)), box))
     objects.sort(key=lambda o: (o.box[0], o.box[1]))
@@ -121,15 +129,22 @@ CATEGORIES = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name 
 _CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
 
 
-def write_split(root: Path, split: str, count: int, seed: int, first_id: int) -> None:
-    """Write `count` images and their COCO caption/instance files for one split."""
+def write_split(
+    root: Path, split: str, count: int, seed: int, first_id: int, *, easy: bool = False
+) -> None:
+    """Write `count` images and their COCO caption/instance files for one split.
+
+    `easy` scenes hold one large shape: a from-scratch model sees a strong image signal in them and
+    starts attending to the image within ~100 steps, where the full scenes alone leave it stuck on
+    the caption prior for thousands of steps.
+    """
     rng = random.Random(f"{seed}-{split}")
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, captions, base_captions, instances = [], [], [], []
     for offset in range(count):
         image_id = first_id + offset
-        image, objects = make_image(rng)
+        image, objects = make_image(rng, 1, EASY_SIZE_RANGE) if easy else make_image(rng)
         file_name = f"{image_id:012d}.jpg"
         image.save(image_dir / file_name, quality=92)
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})

@@ -1,0 +1,59 @@
+"""The service's error vocabulary: one exception type per client-visible failure.
+
+Every entry point (HTTP, direct invoke, S3 worker) turns these into the same
+`{"error": {"code", "message"}}` body, so callers see one shape whatever door they used.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A failure with an HTTP status and a stable machine-readable code."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict:
+        return error_body(self.code, self.message)
+
+
+class BadImage(ServiceError):
+    status, code = 400, "bad_image"
+
+
+class Forbidden(ServiceError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class TooLarge(ServiceError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidRequest(ServiceError):
+    status, code = 422, "invalid_request"
+
+
+class UpstreamError(ServiceError):
+    """S3 failed in a way that is not the caller's fault (throttling, outage)."""
+
+    status, code = 502, "upstream_error"
+
+
+class ModelUnavailable(ServiceError):
+    status, code = 503, "model_unavailable"
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}

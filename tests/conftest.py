@@ -1,0 +1,67 @@
+"""Shared fixtures: one tiny int8 artifact per test session, built the way `model_build` builds it."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _build_tiny_artifact(out: Path) -> Path:
+    from model_build.artifact_writer import write_artifact
+    from model_build.loading import load_base, set_image_size
+    from model_build.quantize import quantize_for_serving
+    from handler.tasks import IMAGE_SIZE, Task
+
+    model, processor = load_base("tiny")
+    set_image_size(processor, IMAGE_SIZE)
+    model = quantize_for_serving(model)
+    write_artifact(model, processor, out, base_id="tiny", image_size=IMAGE_SIZE, tasks=list(Task))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real served artifact (model.pt + processor + manifest) from the embedded tiny Florence-2."""
+    return _build_tiny_artifact(tmp_path_factory.mktemp("artifact") / "tiny")
+
+
+@pytest.fixture
+def serving_env(tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the service at the tiny artifact with test-sized limits."""
+    monkeypatch.setenv("ARTIFACT_DIR", str(tiny_artifact))
+    monkeypatch.setenv("TORCH_THREADS", "1")
+    monkeypatch.setenv("ALLOWED_BUCKETS", "allowed-bucket")
+    monkeypatch.setenv("MAX_IMAGE_BYTES", str(2_000_000))
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", str(4_000_000))
+    return tiny_artifact
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (96, 64), mode: str = "RGB", **save) -> bytes:
+    """A small real image with some structure, encoded in `fmt`."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new(mode, size, "white" if mode != "RGBA" else (255, 255, 255, 0))
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    fill = (200, 30, 30) if mode in ("RGB", "P") else (200, 30, 30, 255) if mode == "RGBA" else 80
+    draw.rectangle((w // 8, h // 6, w // 2, h * 5 // 6), fill=fill)
+    draw.ellipse((w // 2, h // 4, w * 7 // 8, h * 3 // 4), fill=fill)
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def png_bytes() -> bytes:
+    return image_bytes("PNG")
+
+
+@pytest.fixture(scope="session")
+def jpeg_bytes() -> bytes:
+    return image_bytes("JPEG", quality=90)
+
+
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
