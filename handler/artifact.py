@@ -82,13 +82,15 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 
 def runtime_versions() -> dict[str, str]:
     """Versions that must match between build and serve for the pickle to load faithfully."""
-    import torch
-    import transformers
+    from importlib.metadata import version
 
+    import torch
+
+    # importlib.metadata reads the installed version without importing transformers (~3 s).
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "transformers": version("transformers"),
     }
 
 
@@ -137,14 +139,19 @@ def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
     model_path = verify(artifact_dir, manifest)
 
     import torch
-    from transformers import AutoProcessor
+
+    from handler.fast_model import is_fast
 
     try:
         model = torch.load(model_path, weights_only=False, mmap=True)
     except Exception as exc:  # a pickle can raise anything; report it as an artifact fault
         raise ArtifactError(f"could not unpickle {model_path.name}: {exc}") from exc
     model.eval()
-    processor = AutoProcessor.from_pretrained(Path(artifact_dir) / PROCESSOR_DIR)
+    processor = None
+    if not is_fast(model):  # the fast runtime carries its own preprocessing and tokenizer
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(Path(artifact_dir) / PROCESSOR_DIR)
     return LoadedArtifact(manifest, model, processor, time.perf_counter() - start)
 
 

@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("model_build.commands.finetune_cmd", "LoRA-fine-tune Florence-2 on COCO-format data"),
     "fuse": ("model_build.commands.fuse_cmd", "merge, quantize, parity-check and write the served artifact"),
     "eval": ("model_build.commands.eval_cmd", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
+    "bench": ("model_build.commands.bench_cmd", "benchmark the served runtime against the seed recipe"),
+    "demo": ("model_build.commands.demo_cmd", "the main job: synth, finetune, fuse, then caption and detect via the local API"),
 }
 
 

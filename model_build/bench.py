@@ -1,0 +1,288 @@
+"""Side-by-side benchmark: the seed recipe vs. the served fast runtime, at full Florence-2-base size.
+
+The base architecture is built from config with random weights (no hub here), so the figures are
+about compute, not answer quality. Each timed request is run with a pinned number of new tokens
+(EOS suppressed until then) so both paths do identical work. The seed recipe is: merged model,
+int8 `quantize_dynamic`, 384 x 384, greedy HF `generate`, one call per task. The served path is
+`handler.inference.Engine.run` on the object `prepare_for_serving` builds, as the handler runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from handler.tasks import IMAGE_SIZE, Task, num_image_tokens
+
+BASE_IMAGE_TOKEN_ID = 51289
+BASE_VOCAB = 51290
+"""Florence-2's 51289 text tokens plus `<image>`, the placeholder the processor fills with image features."""
+
+# Fixed ids with the real processor's lengths: `<s>` + prompt words + `</s>` after the 145 image slots.
+BASE_TEXT_IDS = {
+    Task.CAPTION.value: [0, 2264, 473, 5, 2274, 6190, 116, 2],
+    Task.DETECT.value: [0, 574, 22486, 5, 8720, 19, 4120, 766, 11, 5, 2274, 4, 2],
+}
+
+
+def base_model(seed: int = 0):
+    """Florence-2-base's architecture (231.4M parameters) with random weights."""
+    import torch
+    from transformers import BartConfig, Florence2Config, Florence2ForConditionalGeneration, Florence2VisionConfig
+
+    text = BartConfig(
+        vocab_size=BASE_VOCAB, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+        decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+        dropout=0.0, attention_dropout=0.0, scale_embedding=False,
+    )
+    vision = Florence2VisionConfig(
+        embed_dim=[128, 256, 512, 1024], depths=[1, 1, 9, 1], num_heads=[4, 8, 16, 32], num_groups=[4, 8, 16, 32],
+        window_size=12, projection_dim=768, drop_path_rate=0.0,
+    )
+    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=BASE_IMAGE_TOKEN_ID)
+    torch.manual_seed(seed)
+    return Florence2ForConditionalGeneration(config).eval()
+
+
+def base_prompt_ids(image_size: int = IMAGE_SIZE) -> dict[str, list[int]]:
+    slots = [BASE_IMAGE_TOKEN_ID] * num_image_tokens(image_size)
+    return {task: slots + ids for task, ids in BASE_TEXT_IDS.items()}
+
+
+def tiny_model_and_processor():
+    """The embedded trained tiny model if present, else a fresh tiny one (quick mode: code paths, not speed)."""
+    from model_build.loading import BaseModelError, load_base
+    from model_build.tiny import build_processor, build_tokenizer, new_tiny_model
+
+    try:
+        return load_base("tiny")
+    except BaseModelError:
+        tokenizer = build_tokenizer(["a cat on a mat", "two dogs in a park"])
+        return new_tiny_model(tokenizer).eval(), build_processor(tokenizer)
+
+
+def seed_generate(model, processor, image, prompt_ids: list[int], new_tokens: int) -> str:
+    """The seed recipe for one task: preprocess, HF greedy `generate` (pinned length), decode."""
+    import torch
+
+    pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    input_ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids, pixel_values=pixel_values, attention_mask=torch.ones_like(input_ids),
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
+    return processor.batch_decode(out, skip_special_tokens=False)[0]
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+    return {"min_s": ordered[0], "median_s": statistics.median(ordered), "p90_s": p90, "runs": len(ordered)}
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def hardware() -> dict[str, Any]:
+    model_name = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model_name = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = [f for f in ("avx512_vnni", "avx512f", "avx_vnni", "avx2") if f" {f}" in flags]
+    return {"cpu": model_name, "cpus_available": len(os.sched_getaffinity(0)), "isa": isa,
+            "python": platform.python_version()}
+
+
+def _child(mode: str, artifact_dir: Path, image_path: Path, caption_tokens: int, detect_tokens: int,
+           prompts: dict, threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    cmd = [sys.executable, "-m", "model_build.bench_child", mode, str(artifact_dir), str(image_path),
+           str(caption_tokens), str(detect_tokens), json.dumps(prompts), str(threads)]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode} cold-start child failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    return result
+
+
+def run_bench(*, quick: bool, runs: int, warmup: int, threads: int,
+              caption_tokens: int = 20, detect_tokens: int = 60, cold_runs: int = 1,
+              profile_path: Path | None = None) -> dict[str, Any]:
+    """Build both paths from one model, time them interleaved, and return every figure as a dict."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from handler.inference import Engine
+    from model_build.artifact_writer import write_artifact
+    from model_build.quantize import quantize_for_serving
+    from model_build.serving_prep import prepare_for_serving, task_prompt_ids
+
+    torch.set_num_threads(threads)
+    build_start = time.perf_counter()
+    if quick:
+        model, processor = tiny_model_and_processor()
+        prompts = task_prompt_ids(processor, IMAGE_SIZE)
+        weights = "embedded tiny Florence-2 (quick smoke mode; timings meaningless)"
+    else:
+        from model_build.tiny import build_processor, build_tokenizer
+
+        model = base_model()
+        # The tiny tokenizer only decodes; prompt ids are fixed at the real processor's lengths.
+        processor = build_processor(build_tokenizer(["a cat on a mat"]))
+        prompts = base_prompt_ids()
+        weights = "random (Florence-2-base architecture built from config; no pretrained weights offline)"
+    params = sum(p.numel() for p in model.parameters())
+    seed = quantize_for_serving(model)
+    fast = prepare_for_serving(model, processor, prompt_ids=prompts)
+    del model
+    build_s = time.perf_counter() - build_start
+
+    rng = np.random.RandomState(0)
+    image = Image.fromarray((rng.rand(480, 640, 3) * 255).astype("uint8"))
+    tokens = {Task.CAPTION: caption_tokens, Task.DETECT: detect_tokens}
+    engine = Engine(fast, None, new_tokens=tokens)
+
+    def seed_task(task: Task) -> None:
+        seed_generate(seed, processor, image, prompts[task.value], tokens[task])
+
+    cases = {
+        "caption": (lambda: seed_task(Task.CAPTION), lambda: engine.run(image, [Task.CAPTION])),
+        "detect": (lambda: seed_task(Task.DETECT), lambda: engine.run(image, [Task.DETECT])),
+        # The seed recipe has no shared encoding: an analyze request is one generate per task.
+        "caption+detect": (lambda: (seed_task(Task.CAPTION), seed_task(Task.DETECT)),
+                           lambda: engine.run(image, [Task.CAPTION, Task.DETECT])),
+    }
+    pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+
+    def seed_vision() -> None:
+        with torch.inference_mode():
+            seed.model.get_image_features(pixel_values)
+
+    def fast_vision() -> None:
+        with torch.inference_mode():
+            fast.image_features(fast.image_spec.to_pixels(image))
+
+    cases["vision tower"] = (seed_vision, fast_vision)
+
+    samples: dict[str, dict[str, list[float]]] = {name: {"seed": [], "served": []} for name in cases}
+    for name, (seed_fn, served_fn) in tqdm(cases.items(), desc="latency", unit="case"):
+        for _ in range(warmup):
+            seed_fn(), served_fn()
+        for _ in range(runs):  # interleaved, so machine noise hits both paths alike
+            samples[name]["seed"].append(_time(seed_fn))
+            samples[name]["served"].append(_time(served_fn))
+
+    parity = _parity(seed, fast, processor, image, prompts, tokens)
+    breakdown = None
+    if profile_path is not None:
+        from model_build.bench_profile import profiler_tables, stage_breakdown
+
+        breakdown = stage_breakdown(seed, fast, processor, image, prompts)
+        tables = profiler_tables(seed, fast, processor, image, prompts, caption_tokens)
+        profile_path.parent.mkdir(parents=True, exist_ok=True)
+        profile_path.write_text(json.dumps(breakdown, indent=2) + "\n\n" + "\n\n".join(
+            f"== {name}: one {caption_tokens}-token caption, self CPU time ==\n{table}" for name, table in tables.items()))
+
+    with tempfile.TemporaryDirectory(prefix="bench-artifacts-") as tmp:
+        tmp_path = Path(tmp)
+        image_path = tmp_path / "image.png"
+        image.save(image_path)
+        sizes, cold = {}, {"seed": [], "served": []}
+        for label, obj in (("seed", seed), ("served", fast)):
+            manifest = write_artifact(obj, processor, tmp_path / label, base_id="bench", image_size=IMAGE_SIZE,
+                                      tasks=list(Task))
+            sizes[label] = manifest.model_bytes / 2**20
+        del seed, fast, engine
+        for _ in tqdm(range(cold_runs), desc="cold start", unit="run"):
+            for label in ("seed", "served"):
+                cold[label].append(_child(label, tmp_path / label, image_path, caption_tokens, detect_tokens,
+                                          prompts, threads))
+
+    figures = {name: {path: _stats(vals) for path, vals in by_path.items()} for name, by_path in samples.items()}
+    for name, by_path in figures.items():
+        by_path["speedup"] = by_path["seed"]["median_s"] / by_path["served"]["median_s"]
+    best_cold = {label: min(runs_, key=lambda r: r["first_caption_s"]) for label, runs_ in cold.items()}
+    return {
+        "hardware": hardware(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "weights": weights,
+        "parameters_m": round(params / 1e6, 1),
+        "image": "480x640 random RGB, resized to 384x384",
+        "new_tokens": {"caption": caption_tokens, "detect": detect_tokens},
+        "build_s": build_s,
+        "latency": figures,
+        "cold_start": best_cold,
+        "artifact_mib": sizes,
+        "parity": parity,
+        "stage_breakdown_ms": breakdown,
+        "quick": quick,
+    }
+
+
+def _parity(seed, fast, processor, image, prompts: dict, tokens: dict[Task, int]) -> dict[str, Any]:
+    """Seed (plain int8 HF) vs served on the same input: greedy ids, and logits along the seed's path.
+
+    Logits are compared teacher-forced (the served decoder is fed the seed's tokens), so one flipped
+    near-tie does not turn every later step into a comparison of different prefixes. Where the free
+    greedy ids diverge, the seed's own top-1/top-2 margin at that step shows how close the tie was.
+    """
+    import torch
+
+    pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    result = {}
+    with torch.inference_mode():
+        features = fast.image_features(fast.image_spec.to_pixels(image))
+        for task in Task:
+            ids = torch.tensor([prompts[task.value]])
+            ref = seed.generate(input_ids=ids, pixel_values=pixel_values, attention_mask=torch.ones_like(ids),
+                                max_new_tokens=tokens[task], min_new_tokens=tokens[task], num_beams=1,
+                                do_sample=False, output_logits=True, return_dict_in_generate=True)
+            ref_ids = ref.sequences[0].tolist()
+            ref_logits = torch.stack(ref.logits)[:, 0]
+            ours = fast.generate(task.value, features, tokens[task], tokens[task])
+            memory = fast.text.encode(fast.encoder_inputs(task.value, features))
+            spec = fast.decode_spec
+            _, forced_logits = fast.text.greedy(memory, spec.start_id, spec.eos_id, tokens[task], tokens[task],
+                                                spec.forced_eos, teacher=ref_ids[1:])
+            steps = min(len(ref_logits), len(forced_logits))
+            diff = (ref_logits[:steps] - forced_logits[:steps]).abs().max().item()
+            # Compare choices as greedy makes them: EOS is suppressed while the length is pinned.
+            ref_choice, our_choice = ref_logits[:steps].clone(), forced_logits[:steps].clone()
+            ref_choice[:, spec.eos_id] = our_choice[:, spec.eos_id] = float("-inf")
+            top1 = (ref_choice.argmax(-1) == our_choice.argmax(-1))[: steps - 1].float().mean().item()
+            divergence = next((i for i, (a, b) in enumerate(zip(ref_ids, ours.ids)) if a != b), None)
+            margin = None
+            if divergence is not None:
+                top2 = ref_choice[divergence - 1].topk(2).values
+                margin = (top2[0] - top2[1]).item()
+            result[task.api_name] = {
+                "identical_ids": ref_ids == ours.ids,
+                "first_divergence": divergence,
+                "seed_top2_margin_at_divergence": margin,
+                "teacher_forced_top1_agreement": top1,
+                "max_abs_logit_diff": diff,
+                "max_abs_logit": ref_logits.abs().max().item(),
+            }
+    return result
