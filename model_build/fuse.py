@@ -7,7 +7,6 @@ up a model that failed it.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +63,15 @@ def fuse(config: FuseConfig) -> Manifest:
     """Build, gate and write the artifact; raise ParityError (writing nothing) when int8 drifts too far."""
     from model_build.artifact_writer import write_artifact
     from model_build.loading import set_image_size
-    from model_build.quantize import quantize_for_serving
+    from model_build.serving_prep import prepare_for_serving
 
     started = time.perf_counter()
     model, processor, base_id, adapter_sha, lora = merged_model(config)
     image_size = int(processor.image_processor.size["height"])
     set_image_size(processor, image_size)
     tasks = config.tasks or [Task.CAPTION, Task.DETECT]
-    quantized = quantize_for_serving(copy.deepcopy(model))
+    # The int8 weights of the plain recipe, re-wired into the lean runtime the handler serves.
+    quantized = prepare_for_serving(model, processor)
 
     images = held_out_images(config.data_dir, config.val_split, config.parity_images)
     report: ParityReport = compare(Engine(model, processor), Engine(quantized, processor), images, tasks,
@@ -85,6 +85,6 @@ def fuse(config: FuseConfig) -> Manifest:
     return write_artifact(
         quantized, processor, config.out_dir, base_id=base_id, image_size=image_size, tasks=tasks,
         adapter_sha256=adapter_sha, parity={**report.as_dict(), "data": f"{config.data_dir}/{config.val_split}"},
-        extra={"lora": lora, "quantization": "int8 dynamic, every nn.Linear",
+        extra={"lora": lora, "quantization": "int8 dynamic, every nn.Linear", "runtime": quantized.runtime,
                "fuse_seconds": round(time.perf_counter() - started, 1)},
     )

@@ -10,15 +10,12 @@ import pytest
 
 
 def _build_tiny_artifact(out: Path) -> Path:
-    from model_build.artifact_writer import write_artifact
-    from model_build.loading import load_base, set_image_size
-    from model_build.quantize import quantize_for_serving
-    from handler.tasks import IMAGE_SIZE, Task
+    """`model_build fuse --base tiny`: int8, the fast runtime, and the parity gate on synthetic val images."""
+    from model_build.fuse import FuseConfig, fuse
+    from model_build.synth import synthesize
 
-    model, processor = load_base("tiny")
-    set_image_size(processor, IMAGE_SIZE)
-    model = quantize_for_serving(model)
-    write_artifact(model, processor, out, base_id="tiny", image_size=IMAGE_SIZE, tasks=list(Task))
+    data = synthesize(out.parent / "synth", train=2, val=6, seed=7)
+    fuse(FuseConfig(out_dir=out, base="tiny", data_dir=data, parity_images=6))
     return out
 
 
