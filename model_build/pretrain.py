@@ -27,10 +27,13 @@ class PretrainConfig:
     data_dir: Path = Path("data/synth-pretrain")
     out_dir: Path = EMBEDDED_DIR
     run_dir: Path = Path("runs/pretrain-tiny")
-    train_images: int = 3000
+    train_images: int = 2000
     easy_images: int = 1500
-    warmup_steps: int = 150
+    look_steps: int = 150
     """Phase-1 steps on easy captions before the full mix."""
+    look_lr: float = 1e-3
+    tasks: tuple[Task, ...] = (Task.CAPTION, Task.DETECT)
+    """Phase-2 tasks."""
     val_images: int = 100
     seed: int = 0
 
@@ -47,10 +50,10 @@ def pretrain_tiny(config: PretrainConfig, train_config: TrainConfig, resume: boo
     # Phase 1: captions of single large shapes on flat backgrounds. From scratch, the decoder first
     # learns the caption prior and ignores the image; this strong, easy signal breaks that in ~100 steps.
     easy = load_samples(config.data_dir, EASY_SPLIT, [Task.CAPTION], caption_style="base")
-    warm = replace(train_config, steps=config.warmup_steps, warmup_steps=min(30, config.warmup_steps))
+    warm = replace(train_config, steps=config.look_steps, lr=config.look_lr, warmup_steps=min(30, config.look_steps))
     train(model, processor, easy, warm, config.run_dir / "phase1-look", resume=resume, title="pretrain phase 1: look")
     # Phase 2: every scene, base captions and boxes.
-    tasks = [Task.CAPTION, Task.DETECT]
+    tasks = list(config.tasks)
     samples = load_samples(config.data_dir, "train2017", tasks, caption_style="base")
     samples += load_samples(config.data_dir, EASY_SPLIT, tasks, caption_style="base")
     train(model, processor, samples, train_config, config.run_dir / "phase2-all", resume=resume,

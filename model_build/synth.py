@@ -33,7 +33,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 20),
     "beige": (225, 205, 170),
 }
-MAX_OBJECTS = 3
+MAX_OBJECTS = 2
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _background(rng: random.Random, width: int, height: int) -> Image.Image:
     return Image.blend(image, noise, 0.08)
 
 
-SIZE_RANGE = (0.22, 0.42)
+SIZE_RANGE = (0.3, 0.55)
 """Object side as a fraction of the image's short side."""
 EASY_SIZE_RANGE = (0.5, 0.8)
 

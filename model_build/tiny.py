@@ -127,7 +127,39 @@ def new_tiny_model(tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(tiny_config(tokenizer))
     _init_location_embeddings(model, tokenizer)
+    _init_image_position_embeddings(model)
     return model
+
+
+def _sinusoid(positions, dim: int):
+    """sin/cos of `positions` (fractions of the image side) at octave-spaced frequencies."""
+    import math
+
+    import torch
+
+    frequencies = torch.pow(2.0, torch.arange(dim // 2, dtype=torch.float32) * 7 / (dim // 2)) * math.pi
+    angles = positions.unsqueeze(1) * frequencies
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def _init_image_position_embeddings(model) -> None:
+    """Give each cell of the 12x12 visual grid a clear sinusoidal code of its row and column.
+
+    The projector's learned row/column embeddings start as tiny random vectors, so a from-scratch
+    model has no idea where anything is and `<OD>` does not learn. The code uses the same
+    frequencies as the `<loc_N>` embeddings, so reading a box off the grid starts out simple.
+    """
+    import torch
+
+    from handler.tasks import IMAGE_SIZE, VISION_STRIDE
+
+    grid = IMAGE_SIZE // VISION_STRIDE
+    embed = model.model.multi_modal_projector.image_position_embed
+    for table in (embed.row_embeddings, embed.column_embeddings):
+        count, dim = table.weight.shape
+        centres = (torch.arange(count, dtype=torch.float32) + 0.5) / grid
+        with torch.no_grad():
+            table.weight.copy_(_sinusoid(centres, dim))
 
 
 def _init_location_embeddings(model, tokenizer) -> None:
@@ -136,15 +168,10 @@ def _init_location_embeddings(model, tokenizer) -> None:
     With tied input/output embeddings, a near miss then costs little from the first step, and a tiny
     model learns to place boxes in minutes instead of hours.
     """
-    import math
-
     import torch
 
     embeddings = model.get_input_embeddings().weight
-    dim = embeddings.shape[1]
     ids = tokenizer.convert_tokens_to_ids([loc_token(i) for i in range(LOC_BINS)])
-    position = torch.arange(LOC_BINS, dtype=torch.float32).unsqueeze(1) / LOC_BINS
-    frequencies = torch.pow(2.0, torch.arange(dim // 2, dtype=torch.float32) * 7 / (dim // 2)) * math.pi
-    code = torch.cat([torch.sin(position * frequencies), torch.cos(position * frequencies)], dim=1)
+    code = _sinusoid((torch.arange(LOC_BINS, dtype=torch.float32) + 0.5) / LOC_BINS, embeddings.shape[1])
     with torch.no_grad():
         embeddings[ids] = code * embeddings.std()
