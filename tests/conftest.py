@@ -15,7 +15,9 @@ def _build_tiny_artifact(out: Path) -> Path:
     from model_build.synth import synthesize
 
     data = synthesize(out.parent / "synth", train=2, val=6, seed=7)
-    fuse(FuseConfig(out_dir=out, base="tiny", data_dir=data, parity_images=6))
+    # The serving tests need a real artifact, not a quality verdict: the gate's thresholds are exercised
+    # in tests/test_build_pipeline.py and measured on 20+ images by the real build.
+    fuse(FuseConfig(out_dir=out, base="tiny", data_dir=data, parity_images=6, min_caption_agreement=0.0, min_box_iou=0.0))
     return out
 
 

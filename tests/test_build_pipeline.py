@@ -22,7 +22,7 @@ from model_build.cli import main as cli
 from model_build.finetune import ADAPTER_WEIGHTS, apply_lora, LoraSettings, load_adapter, save_adapter
 from model_build.fuse import held_out_images
 from model_build.loading import load_base
-from model_build.quantize import quantize_for_serving
+from model_build.serving_prep import prepare_for_serving
 from model_build.synth import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,9 +110,13 @@ def test_manifest_pins_model_adapter_runtime_and_parity(artifact: Path, finetune
     assert parity["caption_agreement"] >= 0.9 and parity["box_iou"] >= 0.8
     assert manifest.extra["lora"]["target_modules"] == ["q_proj", "v_proj"]
 
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(artifact / "processor")
+    assert processor.image_processor.size == {"height": 384, "width": 384}
+    assert processor.num_image_tokens == num_image_tokens(384) == 145
     loaded = load_artifact(artifact)
-    assert loaded.processor.image_processor.size == {"height": 384, "width": 384}
-    assert loaded.processor.num_image_tokens == num_image_tokens(384) == 145
+    assert loaded.model.image_spec.size == 384  # the served runtime preprocesses at the same size
     linear_left = [n for n, m in loaded.model.named_modules() if type(m) is torch.nn.Linear]
     assert linear_left == []
 
@@ -160,7 +164,7 @@ def test_artifact_in_fresh_process_matches_in_process_fused_model(artifact: Path
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
 
     peft_model, processor, _ = load_adapter(finetune_run)
-    engine = Engine(quantize_for_serving(peft_model.merge_and_unload()), processor)
+    engine = Engine(prepare_for_serving(peft_model.merge_and_unload(), processor))
     in_process = []
     for image in held_out_images(build_data, "val2017", PARITY_IMAGES):
         predictions = engine.run(image, [Task.CAPTION, Task.DETECT]).predictions
