@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -60,10 +61,15 @@ def coco_caption(objects: list[ShapeObject]) -> str:
 
 
 def caption_corpus() -> list[str]:
-    """Every word the synthetic captions can use, for training the offline tokenizer."""
+    """Every word the synthetic captions and `<OD>` labels use, for training the offline tokenizer.
+
+    `<OD>` writes a label straight after a `<loc_N>` token, with no space before it, so the bare
+    category names are in the corpus too: each then is one token, as in Florence-2's own tokenizer,
+    instead of two or three byte-pair pieces the decoder would have to learn to chain.
+    """
     words = list(COLORS) + list(SHAPES) + list(BACKGROUNDS)
     phrases = [f"A photo of a {c} {s}, a {c} {s} and a {c} {s}." for c in COLORS for s in SHAPES]
-    return phrases + [" ".join(words)] * 4
+    return phrases + [" ".join(words)] * 4 + list(SHAPES) * 8
 
 
 def _background(rng: random.Random, width: int, height: int) -> Image.Image:
@@ -74,7 +80,10 @@ def _background(rng: random.Random, width: int, height: int) -> Image.Image:
     bottom = tuple(max(0, min(255, c - shift)) for c in base)
     gradient = Image.linear_gradient("L").resize((width, height))
     image = Image.composite(Image.new("RGB", (width, height), bottom), Image.new("RGB", (width, height), top), gradient)
-    noise = Image.effect_noise((width, height), rng.uniform(4, 14)).convert("RGB")
+    # Seeded Gaussian noise around mid-gray (PIL's effect_noise draws from C's unseeded rand()).
+    sigma = rng.uniform(4, 14)
+    field = np.random.default_rng(rng.getrandbits(32)).normal(128.0, sigma, (height, width))
+    noise = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8), "L").convert("RGB")
     return Image.blend(image, noise, 0.08)
 
 
@@ -129,22 +138,15 @@ CATEGORIES = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name 
 _CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
 
 
-def write_split(
-    root: Path, split: str, count: int, seed: int, first_id: int, *, easy: bool = False
-) -> None:
-    """Write `count` images and their COCO caption/instance files for one split.
-
-    `easy` scenes hold one large shape: a from-scratch model sees a strong image signal in them and
-    starts attending to the image within ~100 steps, where the full scenes alone leave it stuck on
-    the caption prior for thousands of steps.
-    """
+def write_split(root: Path, split: str, count: int, seed: int, first_id: int) -> None:
+    """Write `count` images and their COCO caption/instance files for one split."""
     rng = random.Random(f"{seed}-{split}")
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, captions, base_captions, instances = [], [], [], []
     for offset in range(count):
         image_id = first_id + offset
-        image, objects = make_image(rng, 1, EASY_SIZE_RANGE) if easy else make_image(rng)
+        image, objects = make_image(rng)
         file_name = f"{image_id:012d}.jpg"
         image.save(image_dir / file_name, quality=92)
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
@@ -176,9 +178,17 @@ def write_split(
         (annotations / name).write_text(json.dumps(payload))
 
 
+VAL_FIRST_ID = 1_000_000
+
+
+def write_val_split(root: str | Path, count: int = 100, seed: int = 0) -> Path:
+    """The held-out `val2017` split alone; byte-identical to the one `synthesize` writes with the same seed."""
+    write_split(Path(root), "val2017", count, seed, first_id=VAL_FIRST_ID)
+    return Path(root)
+
+
 def synthesize(out_dir: str | Path, train: int = 1000, val: int = 100, seed: int = 0) -> Path:
     """Write a train2017/val2017 synthetic COCO dataset under `out_dir` and return its path."""
     root = Path(out_dir)
     write_split(root, "train2017", train, seed, first_id=1)
-    write_split(root, "val2017", val, seed, first_id=1_000_000)
-    return root
+    return write_val_split(root, val, seed)

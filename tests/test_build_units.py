@@ -92,3 +92,13 @@ def test_metrics_score_ground_truth_perfectly_and_base_style_poorly(small_coco: 
     moved = {i: Prediction(Task.DETECT, "", detections=[Detection(x.label, (0, 0, 5, 5)) for x in d])
              for i, d in boxes.items()}
     assert detection_metrics(moved, instances)["map50"] == 0.0
+
+
+def test_synth_is_a_pure_function_of_the_seed(tmp_path: Path) -> None:
+    first = synthesize(tmp_path / "a", train=3, val=2, seed=11)
+    again = synthesize(tmp_path / "b", train=3, val=2, seed=11)
+    other = synthesize(tmp_path / "c", train=3, val=2, seed=12)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) == 3 + 2 + 6
+    assert all((first / f).read_bytes() == (again / f).read_bytes() for f in files)
+    assert (first / files[-1]).read_bytes() != (other / files[-1]).read_bytes()
