@@ -153,6 +153,7 @@ def finetune(config: FinetuneConfig, lora: LoraSettings, train_config: TrainConf
     """Train a LoRA adapter on the base and save it to `<run_dir>/adapter/`; return its info."""
     import torch
 
+    from model_build.data import InputEncoder
     from model_build.loading import load_base
     from model_build.training import train
 
@@ -160,7 +161,7 @@ def finetune(config: FinetuneConfig, lora: LoraSettings, train_config: TrainConf
     torch.manual_seed(train_config.seed)  # LoRA A-matrix init, so a resume rebuilds identical names and shapes
     peft_model = apply_lora(model, lora)
     samples = training_samples(config)
-    train(peft_model, processor, samples, train_config, config.run_dir, resume=resume,
+    train(peft_model, samples, InputEncoder(processor).collate, train_config, config.run_dir, resume=resume,
           title=f"LoRA r={lora.r} on {config.base}")
     return save_adapter(peft_model, Path(config.run_dir) / ADAPTER_DIR, base=config.base,
                         image_size=config.image_size, tasks=config.tasks)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model_build.data import Sample, collate
+from collections.abc import Callable, Sequence
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -48,7 +48,7 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batches(samples: list[Sample], batch_size: int, seed: int):
+def _batches(samples: Sequence, batch_size: int, seed: int):
     """Endless shuffled batches; the order depends only on the seed and the epoch."""
     epoch = 0
     while True:
@@ -96,14 +96,18 @@ def _write_metrics(run_dir: Path, history: list[dict], config: TrainConfig, titl
 
 def train(
     model: torch.nn.Module,
-    processor,
-    samples: list[Sample],
+    samples: Sequence,
+    collate: Callable[[list], dict[str, torch.Tensor]],
     config: TrainConfig,
     run_dir: str | Path,
     resume: bool = False,
     title: str = "training loss",
 ) -> list[dict]:
-    """Train the model's trainable parameters in place; return the logged loss history."""
+    """Train the model's trainable parameters in place; return the logged loss history.
+
+    `samples` are whatever `collate` turns into a batch of model inputs with `labels`: COCO samples read
+    from disk for fine-tuning, in-memory scenes for pretraining.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device()
@@ -143,7 +147,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = config.lr * _lr_factor(step, config)
         for _ in range(config.grad_accum):
-            batch = {k: v.to(device) for k, v in collate(next(batches), processor).items()}
+            batch = {k: v.to(device) for k, v in collate(next(batches)).items()}
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = model(**batch).loss / config.grad_accum
             scaler.scale(loss).backward()

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated module names (default: q_proj,v_proj = language-model attention)")
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--steps", type=int, default=200, help="optimizer steps (default: 200)")
+    train.add_argument("--steps", type=int, default=1500, help="optimizer steps (default: 1500)")
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     train.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default: 1e-2, tuned for the tiny base)")
