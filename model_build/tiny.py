@@ -103,11 +103,12 @@ def tiny_config(tokenizer):
         scale_embedding=False,
     )
     vision = Florence2VisionConfig(
-        # A stride-8 stem (instead of 4) and a stride-1 last stage keep the total stride at 32, so a 384
-        # image still gives Florence-2's 12x12 grid (145 tokens), at a quarter of the stem's compute.
-        patch_size=[9, 3, 3, 3],
-        patch_stride=[8, 2, 2, 1],
-        patch_padding=[4, 1, 1, 1],
+        # A stride-16 stem (Florence-2's is 4) and stride-1 last stages keep the total stride at 32, so a
+        # 384 image still gives Florence-2's 12x12 grid (145 tokens). Measured on 2 cores at batch 32: a
+        # training step costs 0.53 s against 0.76 s with a stride-8 stem, and it learned at least as fast.
+        patch_size=[17, 3, 3, 3],
+        patch_stride=[16, 2, 1, 1],
+        patch_padding=[8, 1, 1, 1],
         embed_dim=[16, 32, 64, 128],
         depths=[1, 1, 2, 1],
         num_heads=[1, 2, 2, 4],

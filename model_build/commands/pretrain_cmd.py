@@ -3,37 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from model_build.pretrain import PretrainConfig
-from model_build.training import TrainConfig
+from model_build.pretrain import PRETRAIN_BATCH, PRETRAIN_LR, PRETRAIN_STEPS, PretrainConfig
 
 _DEFAULTS = PretrainConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=_DEFAULTS.data_dir, help="synthetic dataset (made if absent)")
-    parser.add_argument("--out", type=Path, default=_DEFAULTS.out_dir, help="where the HF-layout model is written")
-    parser.add_argument("--run-dir", type=Path, default=_DEFAULTS.run_dir, help="metrics, loss plot, checkpoint")
-    parser.add_argument("--train-images", type=int, default=_DEFAULTS.train_images)
-    parser.add_argument("--steps", type=int, default=700)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4, help="phase-2 peak learning rate (default: 5e-4)")
-    parser.add_argument("--tasks", default="caption,detect", help="phase-2 tasks (default: caption,detect)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the HF-layout model is written (default: the embedded model folder)")
+    parser.add_argument("--run-dir", type=Path, default=_DEFAULTS.run_dir,
+                        help=f"metrics, loss plot, checkpoint, eval.json (default: {_DEFAULTS.run_dir})")
+    parser.add_argument("--val-dir", type=Path, default=_DEFAULTS.val_dir,
+                        help=f"held-out val2017 split, written if absent (default: {_DEFAULTS.val_dir})")
+    parser.add_argument("--full-scenes", type=int, default=_DEFAULTS.full_scenes,
+                        help=f"scenes of one or two shapes (default: {_DEFAULTS.full_scenes})")
+    parser.add_argument("--easy-scenes", type=int, default=_DEFAULTS.easy_scenes,
+                        help=f"scenes of one large shape (default: {_DEFAULTS.easy_scenes})")
+    parser.add_argument("--dense-weight", type=float, default=_DEFAULTS.dense_weight,
+                        help=f"per-cell grid loss weight, 0 = off (default: {_DEFAULTS.dense_weight})")
+    parser.add_argument("--steps", type=int, default=PRETRAIN_STEPS, help=f"default: {PRETRAIN_STEPS}")
+    parser.add_argument("--batch-size", type=int, default=PRETRAIN_BATCH, help=f"default: {PRETRAIN_BATCH}")
+    parser.add_argument("--lr", type=float, default=PRETRAIN_LR, help=f"peak learning rate (default: {PRETRAIN_LR})")
+    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    parser.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="processes drawing the scenes")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
     from model_build.pretrain import pretrain_tiny
+    from model_build.training import TrainConfig
 
-    from handler.tasks import Task
-
-    config = PretrainConfig(data_dir=args.data, out_dir=args.out, run_dir=args.run_dir,
-                            train_images=args.train_images, seed=args.seed,
-                            tasks=tuple(Task.from_name(name) for name in args.tasks.split(",")))
+    config = PretrainConfig(out_dir=args.out, run_dir=args.run_dir, val_dir=args.val_dir,
+                            full_scenes=args.full_scenes, easy_scenes=args.easy_scenes,
+                            dense_weight=args.dense_weight, seed=args.seed, workers=args.workers)
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               warmup_steps=50, log_every=10, checkpoint_every=50)
+                               warmup_steps=50, log_every=10, checkpoint_every=100)
     out = pretrain_tiny(config, train_config, resume=args.resume)
     print(f"embedded tiny model written to {out}")
+    print((out / "PROVENANCE.json").read_text())
     return 0
