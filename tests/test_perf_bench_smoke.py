@@ -28,7 +28,10 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     assert served_cold["transformers_imported"] is False
     assert served_cold["first_caption_s"] > served_cold["import_torch_s"] > 0
     assert result["artifact_mib"]["served"] > 0 and served_cold["peak_rss_mib"] > 0
-    assert all(row["identical_ids"] for row in result["parity"].values())
+    for row in result["parity"].values():
+        # Greedy ids may part only at a near-tie closer than the two paths' measured logit difference.
+        assert row["identical_ids"] or row["seed_top2_margin_at_divergence"] < row["max_abs_logit_diff"]
+        assert row["teacher_forced_top1_agreement"] >= 0.95
     page = (tmp_path / "benchmarks.md").read_text()
     assert "| caption |" in page and "Hardware:" in page and "Weights:" in page
     assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"

@@ -45,16 +45,15 @@ def test_fast_model_is_marked_and_plain_is_not(paths):
     assert is_fast(fast) and not is_fast(plain)
 
 
-KNOWN_PARITY_GAP = pytest.mark.xfail(
-    reason="open (issue 5): on the embedded tiny model, whose greedy choices are near-ties, the fast runtime "
-    "(int8 embedding rows, re-implemented attention) agreed with plain int8 on 37/40 captions and 34/40 "
-    "detections in CI, below the 0.98 agreement the issue asks for",
+KNOWN_DETECT_GAP = pytest.mark.xfail(
+    reason="open (issue 5): the fast runtime feeds the decoder int8 rows of the tied lm_head (per-tensor scale) "
+    "where plain int8 keeps fp32 embeddings; neighbouring <loc_N> bins are near-ties by design, so on the "
+    "embedded model 83/100 val detections came out identical (mean box IoU 0.96 between the two), below 0.98",
     strict=False,
 )
 
 
-@KNOWN_PARITY_GAP
-@pytest.mark.parametrize("task", list(Task))
+@pytest.mark.parametrize("task", [Task.CAPTION, pytest.param(Task.DETECT, marks=KNOWN_DETECT_GAP)])
 def test_same_answers_as_plain_int8_on_val(paths, val_images, task):
     plain, fast, processor = paths
     agree = 0
@@ -65,7 +64,7 @@ def test_same_answers_as_plain_int8_on_val(paths, val_images, task):
     assert agree / len(val_images) >= AGREEMENT, f"{task.api_name}: {agree}/{len(val_images)} identical"
 
 
-@KNOWN_PARITY_GAP
+@KNOWN_DETECT_GAP
 def test_pinned_length_ids_and_logits_match(paths, val_images):
     """Token ids identical, and logits within 1.5% of their largest magnitude for 30 pinned steps.
 
