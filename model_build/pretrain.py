@@ -29,7 +29,7 @@ class PretrainConfig:
     """Where the HF-layout model goes; None = the embedded folder the project ships."""
     run_dir: Path = Path("runs/pretrain-tiny")
     val_dir: Path = Path("data/synth-pretrain")
-    """Gets the held-out `val2017` split (identical to `synth --seed S`'s), scored after training."""
+    """Gets the held-out `val2017` split (identical to `synth --seed S`'s), written and scored after training."""
     full_scenes: int = 3000
     """Scenes like the val split: one or two shapes on a noisy gradient."""
     easy_scenes: int = 1000
@@ -87,12 +87,11 @@ def pretrain_tiny(config: PretrainConfig, train_config: TrainConfig, resume: boo
 
 
 def score_on_val(model, processor, config: PretrainConfig) -> dict:
-    """Base-style caption scores and COCO mAP on the held-out val split (written if absent)."""
+    """Base-style caption scores and COCO mAP on the held-out val split of this seed (rewritten: ~2 s)."""
     from model_build.evaluate import EvalConfig, evaluate
     from model_build.synth import write_val_split
 
-    if not (config.val_dir / "annotations" / "instances_val2017.json").is_file():
-        write_val_split(config.val_dir, config.val_images, config.seed)
+    write_val_split(config.val_dir, config.val_images, config.seed)
     model.eval()
     return evaluate(model, processor, EvalConfig(data_dir=config.val_dir, caption_style="base",
                                                 max_images=config.val_images))

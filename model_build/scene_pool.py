@@ -1,6 +1,6 @@
 """Synthetic scenes held in memory for pretraining: pixels already at the serving size, targets, grid labels.
 
-Pretraining reads each image about fifteen times. Decoding a JPEG and resizing it on every read cost a
+Pretraining reads each scene ten to thirty times. Decoding a JPEG and resizing it on every read cost a
 third of each step on 2 cores; here every scene is drawn once, squash-resized to 384x384 exactly as
 `Florence2Processor` does (PIL bicubic), and kept as uint8 (442 KB a scene). A batch then only
 normalises and stacks (`data.InputEncoder`). Scenes are keyed by (seed, kind, index), so the pool is

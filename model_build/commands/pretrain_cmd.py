@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, default=_DEFAULTS.run_dir,
                         help=f"metrics, loss plot, checkpoint, eval.json (default: {_DEFAULTS.run_dir})")
     parser.add_argument("--val-dir", type=Path, default=_DEFAULTS.val_dir,
-                        help=f"held-out val2017 split, written if absent (default: {_DEFAULTS.val_dir})")
+                        help=f"held-out val2017 split, written and scored after training (default: {_DEFAULTS.val_dir})")
     parser.add_argument("--full-scenes", type=int, default=_DEFAULTS.full_scenes,
                         help=f"scenes of one or two shapes (default: {_DEFAULTS.full_scenes})")
     parser.add_argument("--easy-scenes", type=int, default=_DEFAULTS.easy_scenes,
