@@ -60,9 +60,6 @@ class ScenePool:
             "grid_bins": torch.from_numpy(np.stack([s.grid.bins for s in scenes])),
         }
 
-    def __len__(self) -> int:
-        return len(self.pixels)
-
     def items(self, tasks: list[Task], easy_share: float = 0.5) -> list[tuple[int, Task]]:
         """Every (scene, task) pair once an epoch, easy scenes repeated so they make up `easy_share` of it."""
         repeats = max(1, round(easy_share / (1 - easy_share) * self.full / self.easy)) if self.easy else 0

@@ -12,13 +12,12 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
-
-from collections.abc import Callable, Sequence
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
