@@ -1,10 +1,12 @@
 """Florence-2's DaViT vision tower and image projector, re-implemented for batch-1 CPU serving.
 
-The graph is the one of `transformers`' Florence-2 (same modules, same weights, same maths), but the
-activations stay channels-last (B, H, W, C) from the first conv to the projector. The reference code
-flips between NCHW for its depthwise convs and (B, N, C) for its linears four times per block, each
-flip a full copy of the feature map; here a conv reads the channels-last tensor through a permuted
-view (oneDNN's channels-last kernel) and writes channels-last, so only window partitioning copies.
+The graph is the one of `transformers`' Florence-2 (same modules, same weights, same maths), with the
+activations kept channels-last (B, H, W, C) between modules. Bit-exactness has one subtlety: a conv's
+kernel (and so its float rounding) follows the memory format of its input, and the reference's
+stride juggling sends most depthwise convs through the NCHW kernel but some through the channels-last
+one. `serving_prep` records which format each conv ran in (`nchw` flags) and the convs here run in
+that same format, so the image features are bit for bit those of the plain int8 model; one ulp of
+difference would otherwise be amplified by dynamic activation quantization into different boxes.
 No `transformers` import: the served artifact unpickles with torch alone.
 """
 
@@ -15,9 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Apply an NCHW conv to a (B, H, W, C) tensor without a layout copy; returns (B, H', W', C')."""
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+def _depthwise(conv: nn.Conv2d, x: torch.Tensor, nchw: bool) -> torch.Tensor:
+    """Apply a conv to a (B, H, W, C) tensor with the kernel of the given format; returns (B, H', W', C').
+
+    Channels-last reads the tensor through a permuted view (no copy); NCHW makes the copy the
+    reference makes, so both give the reference's exact floats.
+    """
+    nchw_view = x.permute(0, 3, 1, 2)
+    return conv(nchw_view.contiguous() if nchw else nchw_view).permute(0, 2, 3, 1)
 
 
 class Mlp(nn.Module):
@@ -76,27 +83,28 @@ class ChannelAttention(nn.Module):
 class MixingBlock(nn.Module):
     """conv-residual, attention-residual, conv-residual, MLP-residual: one DaViT spatial or channel block."""
 
-    def __init__(self, conv1, norm1, attn, conv2, norm2, mlp) -> None:
+    def __init__(self, conv1, norm1, attn, conv2, norm2, mlp, nchw: tuple[bool, bool] = (False, False)) -> None:
         super().__init__()
         self.conv1, self.norm1, self.attn = conv1, norm1, attn
         self.conv2, self.norm2, self.mlp = conv2, norm2, mlp
+        self.nchw = nchw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _depthwise(self.conv1, x) + x
+        x = _depthwise(self.conv1, x, self.nchw[0]) + x
         x = x + self.attn(self.norm1(x))
-        x = _depthwise(self.conv2, x) + x
+        x = _depthwise(self.conv2, x, self.nchw[1]) + x
         return x + self.mlp(self.norm2(x))
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool) -> None:
+    def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool, nchw: bool = False) -> None:
         super().__init__()
-        self.conv, self.norm, self.pre_norm = conv, norm, pre_norm
+        self.conv, self.norm, self.pre_norm, self.nchw = conv, norm, pre_norm, nchw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:
-            return _depthwise(self.conv, self.norm(x))
-        return self.norm(_depthwise(self.conv, x))
+            return _depthwise(self.conv, self.norm(x), self.nchw)
+        return self.norm(_depthwise(self.conv, x, self.nchw))
 
 
 class VisionTower(nn.Module):

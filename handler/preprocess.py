@@ -26,7 +26,9 @@ class ImageSpec:
         if image.mode != "RGB":
             image = image.convert("RGB")
         resized = image.resize((self.size, self.size), resample=self.resample)
-        array = np.asarray(resized, dtype=np.float32) * np.float32(1 / 255)
+        # Rescale in float64 and round once to float32, as the processor does: a one-ulp difference
+        # in a pixel can flip a dynamic-quantization rounding and, through it, a box coordinate.
+        array = (np.asarray(resized, dtype=np.float64) * (1 / 255)).astype(np.float32)
         array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 

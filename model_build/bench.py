@@ -155,6 +155,7 @@ def run_bench(*, quick: bool, runs: int, warmup: int, threads: int,
     params = sum(p.numel() for p in model.parameters())
     seed = quantize_for_serving(model)
     fast = prepare_for_serving(model, processor, prompt_ids=prompts)
+    served_int8 = quantize_for_serving(model, int8_embedding=True)  # what `fast` computes, run through HF
     del model
     build_s = time.perf_counter() - build_start
 
@@ -194,6 +195,8 @@ def run_bench(*, quick: bool, runs: int, warmup: int, threads: int,
             samples[name]["served"].append(_time(served_fn))
 
     parity = _parity(seed, fast, processor, image, prompts, tokens)
+    exact_parity = _parity(served_int8, fast, processor, image, prompts, tokens)
+    del served_int8
     breakdown = None
     if profile_path is not None:
         from model_build.bench_profile import profiler_tables, stage_breakdown
@@ -236,6 +239,7 @@ def run_bench(*, quick: bool, runs: int, warmup: int, threads: int,
         "cold_start": best_cold,
         "artifact_mib": sizes,
         "parity": parity,
+        "parity_same_int8_model": exact_parity,
         "stage_breakdown_ms": breakdown,
         "quick": quick,
     }

@@ -1,9 +1,10 @@
 """Turning a merged fp32 Florence-2 into the object the server pickles: `prepare_for_serving`.
 
-The int8 weights are exactly those of the plain recipe (`quantize_for_serving` on the merged model);
-they are re-wired into `handler.fast_model.FastFlorence`, whose forward is a lean channels-last,
-static-KV-cache re-implementation. The one numeric change is the token embedding: instead of an
-fp32 copy (150 MiB at base size) the tied int8 `lm_head` weight is dequantized per looked-up row.
+The int8 weights are exactly those of `quantize_for_serving(model, int8_embedding=True)`: the seed
+recipe's int8 linears, plus a token embedding tied to the int8 `lm_head` instead of an fp32 copy
+(150 MiB at base size). They are re-wired into `handler.fast_model.FastFlorence`, a lean
+channels-last, static-KV-cache re-implementation that computes bit for bit what that plain int8
+model computes through `transformers` (tests/test_perf_parity.py).
 """
 
 from __future__ import annotations
@@ -19,10 +20,33 @@ from handler.tasks import Task
 from model_build.quantize import quantize_for_serving
 
 
-def _vision(q_model, config) -> VisionTower:
+def conv_formats(tower: nn.Module, image_size: int) -> dict[nn.Module, bool]:
+    """Which of the reference tower's convs run the NCHW kernel (True) rather than channels-last.
+
+    Read off one forward pass at the serving size: the reference's reshapes leave some conv inputs
+    NCHW-contiguous and others channels-last, and the kernel, hence the float rounding, follows.
+    """
+    formats: dict[nn.Module, bool] = {}
+
+    def record(module, _inputs, output) -> None:
+        formats[module] = output.is_contiguous()
+
+    convs = [m for m in tower.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [conv.register_forward_hook(record) for conv in convs]
+    try:
+        with torch.inference_mode():
+            tower(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return formats
+
+
+def _vision(q_model, config, image_size: int) -> VisionTower:
     tower = q_model.model.vision_tower
     vc = config.vision_config
-    embeds = [PatchEmbed(e.conv, e.norm, bool(e.pre_norm)) for e in tower.convs]
+    nchw = conv_formats(tower, image_size)
+    embeds = [PatchEmbed(e.conv, e.norm, bool(e.pre_norm), nchw[e.conv]) for e in tower.convs]
     stages = []
     for stage_idx, blocks in enumerate(tower.blocks):
         stage = []
@@ -31,10 +55,10 @@ def _vision(q_model, config) -> VisionTower:
             wa = sp.window_attn
             stage.append(MixingBlock(sp.conv1, sp.norm1,
                                      WindowAttention(wa.qkv, wa.proj, vc.num_heads[stage_idx], wa.window_size, wa.scale),
-                                     sp.conv2, sp.norm2, Mlp(sp.ffn.fc1, sp.ffn.fc2)))
+                                     sp.conv2, sp.norm2, Mlp(sp.ffn.fc1, sp.ffn.fc2), (nchw[sp.conv1], nchw[sp.conv2])))
             stage.append(MixingBlock(ch.conv1, ch.norm1,
                                      ChannelAttention(ch.channel_attn.qkv, ch.channel_attn.proj, vc.num_groups[stage_idx]),
-                                     ch.conv2, ch.norm2, Mlp(ch.ffn.fc1, ch.ffn.fc2)))
+                                     ch.conv2, ch.norm2, Mlp(ch.ffn.fc1, ch.ffn.fc2), (nchw[ch.conv1], nchw[ch.conv2])))
         stages.append(stage)
     mm = q_model.model.multi_modal_projector
     projector = Projector(
@@ -129,7 +153,7 @@ def prepare_for_serving(model: nn.Module, processor, prompt_ids: dict[str, list[
     """
     _check_supported(model)
     model = model.eval()
-    q_model = quantize_for_serving(model)  # copies; the caller's fp32 model is untouched
+    q_model = quantize_for_serving(model, int8_embedding=True)  # copies; the caller's fp32 model is untouched
     config = model.config
     ip = processor.image_processor
     size = int(ip.size["height"])
@@ -146,7 +170,7 @@ def prepare_for_serving(model: nn.Module, processor, prompt_ids: dict[str, list[
     image = ImageSpec(size=size, mean=tuple(float(v) for v in ip.image_mean),
                       std=tuple(float(v) for v in ip.image_std), resample=int(ip.resample))
     fast = FastFlorence(
-        _vision(q_model, config),
+        _vision(q_model, config, size),
         _text(q_model, config),
         prompt_ids or task_prompt_ids(processor, size),
         tokenizer.backend_tokenizer.to_str(),

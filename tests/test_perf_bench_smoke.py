@@ -32,6 +32,8 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
         # Greedy ids may part only at a near-tie closer than the two paths' measured logit difference.
         assert row["identical_ids"] or row["seed_top2_margin_at_divergence"] < row["max_abs_logit_diff"]
         assert row["teacher_forced_top1_agreement"] >= 0.95
+    for row in result["parity_same_int8_model"].values():  # the runtime itself: bit-exact
+        assert row["identical_ids"] and row["max_abs_logit_diff"] == 0.0
     page = (tmp_path / "benchmarks.md").read_text()
     assert "| caption |" in page and "Hardware:" in page and "Weights:" in page
     assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                       "cold_start_s": round(result["cold_start"]["served"]["first_caption_s"], 2),
                       "artifact_mib": round(result["artifact_mib"]["served"], 1),
                       "peak_rss_mib": round(result["cold_start"]["served"]["peak_rss_mib"]),
-                      "parity": result["parity"]}, indent=2))
+                      "parity": result["parity"],
+                      "parity_same_int8_model": result["parity_same_int8_model"]}, indent=2))
     if not args.quick:
         for name, bound, value, met in target_checks(result):
             log.info("target %-26s %-8s measured %8.2f  %s", name, bound, value, "met" if met else "NOT met")
