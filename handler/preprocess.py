@@ -23,14 +23,22 @@ class ImageSpec:
         """RGB PIL image -> float32 torch tensor (1, 3, size, size)."""
         import torch
 
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        resized = image.resize((self.size, self.size), resample=self.resample)
+        resized = squash_resize(image, self.size, self.resample)
         # Rescale in float64 and round once to float32, as the processor does: a one-ulp difference
         # in a pixel can flip a dynamic-quantization rounding and, through it, a box coordinate.
         array = (np.asarray(resized, dtype=np.float64) * (1 / 255)).astype(np.float32)
         array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def squash_resize(image, size: int, resample: int = 3) -> np.ndarray:
+    """PIL image -> (size, size, 3) uint8 RGB: the processor's resize (bicubic, no crop, aspect not kept).
+
+    Training (`model_build.data`) resizes through this too, so it sees the pixels serving sees.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image.resize((size, size), resample=resample), dtype=np.uint8)
 
 
 def draft_decode(image, size: int):

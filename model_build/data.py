@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from handler.preprocess import squash_resize
 from handler.tasks import Detection, Task, serialize_detections
 
 
@@ -90,13 +91,6 @@ def open_rgb(path: Path):
 
     with Image.open(path) as image:
         return image.convert("RGB")
-
-
-def squash_resize(image, size: int):
-    """RGB PIL image -> (size, size, 3) uint8 array: the processor's resize (bicubic, no crop), before scaling."""
-    import numpy as np
-
-    return np.array(image.convert("RGB").resize((size, size), resample=3), dtype=np.uint8)
 
 
 RESIZED_CACHE_IMAGES = 2048

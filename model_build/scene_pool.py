@@ -16,8 +16,9 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
+from handler.preprocess import squash_resize
 from handler.tasks import IMAGE_SIZE, Detection, Task, serialize_detections
-from model_build.data import InputEncoder, squash_resize
+from model_build.data import InputEncoder
 from model_build.dense_supervision import GridTargets, grid_targets
 from model_build.synth import EASY_SIZE_RANGE, base_caption, make_image
 
