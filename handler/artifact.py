@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the fast runtime's convs carry the memory format they must run in (bit-exact parity). A
+format-1 pickle lacks it, so it is refused with a rebuild hint rather than served differently."""
 MODEL_FILE = "model.pt"
 PROCESSOR_DIR = "processor"
 MANIFEST_FILE = "manifest.json"
@@ -59,7 +61,8 @@ class Manifest:
             raise ArtifactError(f"unreadable {path}: {exc}") from exc
         if data.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(
-                f"artifact format {data.get('format_version')!r} is not the supported {FORMAT_VERSION}"
+                f"artifact format {data.get('format_version')!r} is not the supported {FORMAT_VERSION}; "
+                "rebuild it with `python -m model_build fuse`"
             )
         known = set(cls.__dataclass_fields__)
         try:

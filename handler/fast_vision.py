@@ -83,7 +83,7 @@ class ChannelAttention(nn.Module):
 class MixingBlock(nn.Module):
     """conv-residual, attention-residual, conv-residual, MLP-residual: one DaViT spatial or channel block."""
 
-    def __init__(self, conv1, norm1, attn, conv2, norm2, mlp, nchw: tuple[bool, bool] = (False, False)) -> None:
+    def __init__(self, conv1, norm1, attn, conv2, norm2, mlp, nchw: tuple[bool, bool]) -> None:
         super().__init__()
         self.conv1, self.norm1, self.attn = conv1, norm1, attn
         self.conv2, self.norm2, self.mlp = conv2, norm2, mlp
@@ -97,7 +97,7 @@ class MixingBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool, nchw: bool = False) -> None:
+    def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool, nchw: bool) -> None:
         super().__init__()
         self.conv, self.norm, self.pre_norm, self.nchw = conv, norm, pre_norm, nchw
 

@@ -187,6 +187,20 @@ def test_503_when_built_for_another_runtime(
     assert "transformers 4.0.0" in body["error"]["message"]
 
 
+def test_503_for_an_artifact_of_an_older_format(
+    client: TestClient, png_bytes: bytes, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A format-1 pickle predates the conv memory formats; serving it would silently lose bit-exactness."""
+    old = tmp_path / "format-1"
+    shutil.copytree(tiny_artifact, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("ARTIFACT_DIR", str(old))
+    body = _assert_error(_raw(client, "/caption", png_bytes), 503, "model_unavailable")
+    assert "format 1" in body["error"]["message"] and "model_build fuse" in body["error"]["message"]
+
+
 def test_failed_load_is_retried_after_the_window(
     client: TestClient, png_bytes: bytes, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
