@@ -133,20 +133,8 @@ class LoadedArtifact:
     load_seconds: float
 
 
-def _return_freed_heap() -> None:
-    """Give the allocator's free pages back to the OS (glibc only; a no-op elsewhere)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
-    """Verify, then unpickle the model and load the processor."""
+    """Verify, then unpickle the model (memory-mapped) and load the processor."""
     import time
 
     start = time.perf_counter()
@@ -157,15 +145,17 @@ def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
 
     from handler.fast_model import is_fast
 
+    from handler.memory import drop_file_pages, return_freed_heap
+
     try:
-        # Not memory-mapped: unpickling repacks every int8 weight for fbgemm, after which the
-        # pickled copies are garbage. Read into the heap they can be handed back (below); mapped,
-        # their file pages would stay resident and count in the function's memory.
-        model = torch.load(model_path, weights_only=False, mmap=False)
+        model = torch.load(model_path, weights_only=False, mmap=True)
     except Exception as exc:  # a pickle can raise anything; report it as an artifact fault
         raise ArtifactError(f"could not unpickle {model_path.name}: {exc}") from exc
     model.eval()
-    _return_freed_heap()
+    # Unpickling repacked the int8 weights; the mapped pickle pages it read are now mostly dead.
+    # Pages still in use fault back in from the file, which holds the bytes the sha256 check read.
+    drop_file_pages(model_path)
+    return_freed_heap()
     processor = None
     if not is_fast(model):  # the fast runtime carries its own preprocessing and tokenizer
         from transformers import AutoProcessor

@@ -19,19 +19,19 @@ POSITION_OFFSET = 2
 class TiedInt8Head(nn.Module):
     """The tied token embedding and `lm_head` as one int8 matrix (stored once in the artifact).
 
-    Lookups dequantize only the rows they need; logits run through an fbgemm dynamic-int8 linear
-    packed from the same matrix when the artifact is loaded (the packed form is never pickled).
+    Lookups dequantize only the rows they need. Logits run through fbgemm's dynamic int8 GEMM on a
+    copy packed from the same matrix on first use; the packed form is never pickled.
     """
 
     def __init__(self, weight_int8: torch.Tensor, scale: float, zero_point: int) -> None:
         super().__init__()
         self.register_buffer("weight_int8", weight_int8)
         self.scale, self.zero_point = float(scale), int(zero_point)
-        self._linear = None
+        self._packed = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_linear"] = None
+        state["_packed"] = None
         return state
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
@@ -40,21 +40,21 @@ class TiedInt8Head(nn.Module):
             rows = rows - self.zero_point
         return (rows * self.scale).view(*ids.shape, -1)
 
-    def packed(self) -> nn.Module:
-        if self._linear is None:
-            from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    def packed(self):
+        """fbgemm's packed form of the table, built once (a plain attribute, so never pickled)."""
+        if self._packed is None:
+            from handler.memory import drop_tensor_pages
 
-            out_features, in_features = self.weight_int8.shape
-            linear = DynamicLinear(in_features, out_features, bias_=False, dtype=torch.qint8)
             qweight = torch._make_per_tensor_quantized_tensor(self.weight_int8, self.scale, self.zero_point)
-            linear.set_weight_bias(qweight, None)
-            # Bypass nn.Module registration: a registered submodule would be pickled (a second
-            # 39 MiB copy at base size) and re-packed on load next to the one built here.
-            self.__dict__["_linear"] = linear
-        return self._linear
+            # `qweight` is a copy; the table's pages (memory-mapped from the artifact) can leave
+            # RSS before packing allocates, and lookups fault back the few rows they read.
+            drop_tensor_pages(self.weight_int8)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.packed()(x)
+        # What torch.ao's dynamic int8 `Linear.forward` runs (module version 4: reduce_range).
+        return torch.ops.quantized.linear_dynamic(x, self.packed(), reduce_range=True)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
