@@ -144,7 +144,6 @@ def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
     import torch
 
     from handler.fast_model import is_fast
-
     from handler.memory import drop_file_pages, return_freed_heap
 
     try:
