@@ -23,12 +23,25 @@ class ImageSpec:
         """RGB PIL image -> float32 torch tensor (1, 3, size, size)."""
         import torch
 
-        resized = squash_resize(image, self.size, self.resample)
-        # Rescale in float64 and round once to float32, as the processor does: a one-ulp difference
-        # in a pixel can flip a dynamic-quantization rounding and, through it, a box coordinate.
-        array = (np.asarray(resized, dtype=np.float64) * (1 / 255)).astype(np.float32)
-        array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+        resized = torch.from_numpy(squash_resize(image, self.size, self.resample))
+        return normalize(resized[None], self.mean, self.std).contiguous()
+
+
+def normalize(pixels, mean, std):
+    """(B, H, W, 3) uint8 torch tensor -> (B, 3, H, W) float32 model input, bit for bit the processor's.
+
+    Serving (`ImageSpec.to_pixels`) and training (`model_build.data.InputEncoder`) both go through
+    here; the result is a channels-first view, not a copy. Exactness matters: a one-ulp difference in
+    a pixel can flip a dynamic-quantization rounding and, through it, a box coordinate. The processor
+    rescales in float64 and rounds once; for the 256 uint8 values a float32 division by 255 gives
+    those same floats (tests/test_serving_images.py checks all of them).
+    """
+    import torch
+
+    shape = (1, 3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32).view(shape)
+    std = torch.tensor(std, dtype=torch.float32).view(shape)
+    return pixels.permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
 
 
 def squash_resize(image, size: int, resample: int = 3) -> np.ndarray:

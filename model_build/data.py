@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from handler.preprocess import squash_resize
+from handler.preprocess import normalize, squash_resize
 from handler.tasks import Detection, Task, serialize_detections
 
 
@@ -128,13 +128,10 @@ class InputEncoder:
     """
 
     def __init__(self, processor) -> None:
-        import torch
-
         image_processor = processor.image_processor
         self.processor = processor
         self.size = int(image_processor.size["height"])
-        self._mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean, self._std = tuple(image_processor.image_mean), tuple(image_processor.image_std)
         self._prompts: dict[Task, object] = {}
 
     def prompt_ids(self, task: Task):
@@ -157,8 +154,8 @@ class InputEncoder:
         for row, ids in enumerate(prompts):
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
-        pixel_values = pixels.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "pixel_values": normalize(pixels, self._mean, self._std),
                 "labels": target_labels(self.processor.tokenizer, targets)}
 
     def collate(self, samples: list[Sample]) -> dict:

@@ -153,3 +153,17 @@ def test_boxes_from_a_reduced_decode_map_back_to_original_pixels() -> None:
 
     boxes = to_original([Detection("cat", (10.0, 20.0, 30.0, 40.0))], (2.0, 4.0))
     assert boxes == [Detection("cat", (20.0, 80.0, 60.0, 160.0))]
+
+
+def test_normalize_gives_the_processors_floats_for_every_uint8_value() -> None:
+    """The processor rescales in float64 and rounds once; `normalize` must land on the same floats."""
+    import numpy as np
+    import torch
+
+    from handler.preprocess import normalize
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 1, 3)).copy()
+    rescaled = (values.astype(np.float64) * (1 / 255)).astype(np.float32)
+    expected = (rescaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    assert torch.equal(normalize(torch.from_numpy(values), mean, std), torch.from_numpy(expected).permute(0, 3, 1, 2))
