@@ -94,7 +94,7 @@ def markdown(result: dict[str, Any], chart_name: str | None) -> str:
               "| reference | task | identical greedy ids | first divergence (step) | reference top-2 margin there |"
               " top-1 agreement (teacher-forced) | max abs logit diff | max abs logit |",
               "|---|---|---|---|---|---|---|---|"]
-    references = [("same int8 model via transformers", result.get("parity_same_int8_model", {})),
+    references = [("same int8 model via transformers", result["parity_same_int8_model"]),
                   ("seed recipe", result["parity"])]
     for reference, rows in references:
         for task, row in rows.items():
