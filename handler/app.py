@@ -27,7 +27,7 @@ _build_lock = threading.Lock()
 
 @functools.cache
 def _asgi_app() -> Any:
-    from handler.api import create_app
+    from handler.http.api import create_app
 
     return create_app()
 
@@ -59,7 +59,7 @@ def event_kind(event: Any) -> str:
     context = event.get("requestContext")
     if isinstance(context, dict) and ("httpMethod" in event or "http" in context or "elb" in context):
         return "http"
-    from handler.s3_events import is_s3_event
+    from handler.events.s3 import is_s3_event
 
     if is_s3_event(event):
         return "s3"
@@ -89,12 +89,12 @@ def lambda_handler(event: Any, context: Any) -> Any:
             _log.warning("unparseable HTTP event: %s", exc)
             return _http_fault(f"malformed HTTP event: {exc}")
     if kind == "s3":
-        from handler import s3_events
+        from handler.events import s3 as s3_events
 
         return s3_events.handle(event, request_id, config)
     with request_log(request_id, kind, config.log_level):
         if kind == "direct":
-            from handler import direct
+            from handler.events import direct
 
             return direct.handle(event, config)
         from handler.logs import annotate

@@ -13,7 +13,8 @@ import logging
 import sys
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from handler.errors import ServiceError
 
@@ -24,12 +25,12 @@ _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 class _StdoutHandler(logging.StreamHandler):
     """Writes to whatever `sys.stdout` is now, so redirected or captured stdout still gets the line."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
+    @property
+    def stream(self) -> TextIO:
         return sys.stdout
 
     @stream.setter
-    def stream(self, value) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 

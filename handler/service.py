@@ -1,38 +1,112 @@
-"""The inference path every entry point shares: image in, JSON-ready results out."""
+"""The model service every entry point shares: the process-wide model, and image in, JSON-ready results out.
+
+The model is loaded once per artifact folder and shared by HTTP, S3 and direct invokes. Nothing here
+imports torch until the first request that needs the model, so importing the app stays fast and
+`/health` never pays for a load.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from handler.config import Settings
-from handler.errors import Forbidden, InvalidRequest
+from handler.errors import InvalidRequest, ModelUnavailable
+from handler.florence.artifact import ArtifactError, LazyArtifact, Manifest
+from handler.florence.tasks import IMAGE_SIZE, Detection, Task, tasks_from
 from handler.logs import annotate
-from handler.runtime import runtime_for
-from handler.tasks import IMAGE_SIZE, Detection, Task
 
 if TYPE_CHECKING:  # Pillow is imported on the first request, not with the app
-    from handler.images import DecodedImage
+    from handler.inputs.images import DecodedImage
 
 ALL_TASKS = [Task.CAPTION, Task.DETECT]
 
 
-def parse_tasks(value: str | list[str] | None, default: list[Task] = ALL_TASKS) -> list[Task]:
-    """`caption,detect` or a list of names -> tasks in request order, without duplicates."""
-    if value is None or value == "" or value == []:
-        return list(default)
-    names = value.split(",") if isinstance(value, str) else value
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InvalidRequest("tasks must be a comma-separated string or a list of task names")
-    tasks: list[Task] = []
-    for name in names:
-        try:
-            task = Task.from_name(name.strip())
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
-        if task not in tasks:
-            tasks.append(task)
-    return tasks
+def make_engine(model: Any, processor: Any) -> Any:
+    """The single place that builds the inference engine, so its internals can change freely."""
+    from handler.florence.engine import Engine
+
+    return Engine(model, processor)
+
+
+@dataclass
+class RunResult:
+    predictions: dict[Task, Any]
+    timings_ms: dict[str, float]
+    manifest: Manifest
+
+
+class ModelRuntime:
+    """One artifact folder's model and engine; inference is serialized because each call already
+    uses every CPU through torch's intra-op threads and the engine may keep per-call state."""
+
+    def __init__(self, artifact_dir: str, torch_threads: int, retry_after_s: float) -> None:
+        self.lazy = LazyArtifact(artifact_dir, retry_after_s=retry_after_s)
+        self.torch_threads = torch_threads
+        self._engine: Any = None
+        self._engine_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._engine is not None
+
+    def _ensure_engine(self) -> tuple[Any, Manifest]:
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    try:
+                        loaded = self.lazy.get()
+                    except ArtifactError as exc:
+                        raise ModelUnavailable(f"model unavailable: {exc}") from exc
+                    import torch
+
+                    torch.set_num_threads(self.torch_threads)
+                    self._engine = make_engine(loaded.model, loaded.processor)
+        return self._engine, self.lazy.get().manifest
+
+    def manifest(self) -> Manifest:
+        return self._ensure_engine()[1]
+
+    def run(self, image: Any, tasks: list[Task]) -> RunResult:
+        engine, manifest = self._ensure_engine()
+        with self._run_lock:
+            analysis = engine.run(image, tasks)
+        return RunResult(analysis.predictions, dict(analysis.timings_ms), manifest)
+
+    def health(self) -> dict:
+        loaded = self.lazy.loaded
+        return {
+            "model_loaded": self.is_loaded,
+            "load_count": self.lazy.load_count,
+            "model_sha": loaded.manifest.short_sha if loaded else None,
+            "last_error": self.lazy.last_error,
+        }
+
+
+_runtimes: dict[str, ModelRuntime] = {}
+_runtimes_lock = threading.Lock()
+
+
+def runtime_for(settings: Settings) -> ModelRuntime:
+    """The runtime for the configured artifact folder (one per folder, so tests can switch folders)."""
+    key = str(settings.artifact_dir)
+    with _runtimes_lock:
+        runtime = _runtimes.get(key)
+        if runtime is None:
+            runtime = ModelRuntime(key, settings.torch_threads, settings.artifact_retry_s)
+            _runtimes[key] = runtime
+        return runtime
+
+
+def parse_tasks(value: object, default: list[Task] = ALL_TASKS) -> list[Task]:
+    """Tasks from a request field, or a 400 that names what was wrong."""
+    try:
+        return tasks_from(value, default)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
 
 
 DRAFT_TO = 2 * IMAGE_SIZE
@@ -40,7 +114,7 @@ DRAFT_TO = 2 * IMAGE_SIZE
 
 
 def decode(data: bytes, settings: Settings, full_resolution: bool = False) -> tuple[DecodedImage, float]:
-    from handler.images import decode_image
+    from handler.inputs.images import decode_image
 
     start = time.perf_counter()
     draft_to = 0 if full_resolution else DRAFT_TO
@@ -57,10 +131,17 @@ def to_original(detections: list[Detection], scale: tuple[float, float]) -> list
     return [Detection(d.label, (d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy)) for d in detections]
 
 
-def analyze(
-    data: bytes, tasks: list[Task], settings: Settings, full_resolution: bool = False
-) -> tuple[dict[str, Any], DecodedImage, list[Detection]]:
-    """Decode and run `tasks`; return the JSON payload, the decoded image and the detections.
+@dataclass
+class ImageAnalysis:
+    """One request's answer: the JSON payload, the decoded image and the boxes in its original pixels."""
+
+    payload: dict[str, Any]
+    image: DecodedImage
+    detections: list[Detection]
+
+
+def analyze(data: bytes, tasks: list[Task], settings: Settings, full_resolution: bool = False) -> ImageAnalysis:
+    """Decode and run `tasks` on one image.
 
     `full_resolution` skips the reduced-scale JPEG decode, for callers that need every pixel
     (drawing boxes on the image).
@@ -80,9 +161,4 @@ def analyze(
     timings = {"decode": decode_ms, **result.timings_ms}
     timings["total"] = round(decode_ms + result.timings_ms.get("total", 0.0), 1)
     payload.update(model_sha=result.manifest.short_sha, image=decoded.describe(), timings_ms=timings)
-    return payload, decoded, detections
-
-
-def check_bucket(bucket: str, settings: Settings) -> None:
-    if bucket not in settings.allowed_buckets:
-        raise Forbidden(f"bucket {bucket!r} is not in ALLOWED_BUCKETS")
+    return ImageAnalysis(payload, decoded, detections)

@@ -10,13 +10,16 @@ import importlib
 import logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("model_build.commands.synth_cmd", "write a synthetic COCO-format dataset"),
-    "pretrain-tiny": ("model_build.commands.pretrain_cmd", "train the embedded tiny Florence-2 from scratch"),
-    "finetune": ("model_build.commands.finetune_cmd", "LoRA-fine-tune Florence-2 on COCO-format data"),
-    "fuse": ("model_build.commands.fuse_cmd", "merge, quantize, parity-check and write the served artifact"),
-    "eval": ("model_build.commands.eval_cmd", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
-    "bench": ("model_build.commands.bench_cmd", "benchmark the served runtime against the seed recipe"),
-    "demo": ("model_build.commands.demo_cmd", "the main job: synth, finetune, fuse, then caption and detect via the local API"),
+    "synth": ("model_build.commands.synth", "write a synthetic COCO-format dataset"),
+    "pretrain-tiny": ("model_build.commands.pretrain", "train the embedded tiny Florence-2 from scratch"),
+    "finetune": ("model_build.commands.finetune", "LoRA-fine-tune Florence-2 on COCO-format data"),
+    "fuse": ("model_build.commands.fuse", "merge, quantize, parity-check and write the served artifact"),
+    "eval": ("model_build.commands.eval", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
+    "bench": ("model_build.commands.bench", "benchmark the served runtime against the seed recipe"),
+    "demo": (
+        "model_build.commands.demo",
+        "the main job: synth, finetune, fuse, then caption and detect via the local API",
+    ),
 }
 
 

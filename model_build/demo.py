@@ -14,19 +14,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from model_build.settings import setting
+
 
 @dataclass
 class DemoConfig:
-    data_dir: Path = Path("data/synth")
-    run_dir: Path = Path("runs/demo")
-    artifact_dir: Path = Path("artifacts/demo")
-    base: str = "tiny"
-    steps: int | None = None
-    """Fine-tuning steps; None keeps `finetune`'s default."""
-    serve: bool = False
-    """Keep the API running after the sample request (Ctrl-C to stop)."""
+    """`python -m model_build demo`: where the main job writes, and how long it fine-tunes."""
+
+    base: str = setting("tiny", help="base model (tiny: the embedded one)")
+    data_dir: Path = setting(Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data")
+    run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs")
+    artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out")
+    steps: int | None = setting(None, help="fine-tuning steps (default: finetune's own)")
+    serve: bool = setting(False, help="keep the API running after the sample request (Ctrl-C to stop)")
 
 
 def _free_port() -> int:
@@ -57,33 +60,26 @@ def _wait_healthy(base_url: str, server: subprocess.Popen, timeout: float = 60) 
     raise RuntimeError(f"API server did not answer /health within {timeout:.0f} s")
 
 
-def _run_command(module, argv: list[str]) -> None:
-    """Run a CLI command module with its own defaults, so the demo trains exactly as `finetune` does."""
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    code = module.run(parser.parse_args(argv))
-    if code:
-        raise SystemExit(code)
-
-
 def build(config: DemoConfig) -> Path:
     """Synthetic data, LoRA fine-tune, fuse (with its parity gate); return the artifact folder."""
-    from model_build.commands import finetune_cmd, fuse_cmd
-    from model_build.synth import synthesize
+    from model_build.data.synth import synthesize
+    from model_build.export.fuse import FuseConfig, fuse
+    from model_build.finetune.lora import FinetuneConfig, finetune
 
     if not (config.data_dir / "annotations" / "instances_val2017.json").is_file():
         print(f"[1/4] synthesizing COCO-format data in {config.data_dir}")
         synthesize(config.data_dir)
     else:
         print(f"[1/4] using existing data in {config.data_dir}")
-    finetune_dir = config.run_dir / "finetune"
-    print(f"[2/4] LoRA fine-tuning {config.base} → {finetune_dir}")
-    steps = [] if config.steps is None else ["--steps", str(config.steps)]
-    _run_command(finetune_cmd, ["--base", config.base, "--data", str(config.data_dir), "--run-dir", str(finetune_dir), *steps])
+    finetune_config = FinetuneConfig(data_dir=config.data_dir, run_dir=config.run_dir / "finetune", base=config.base)
+    if config.steps is not None:
+        finetune_config.train = replace(finetune_config.train, steps=config.steps)
+    print(f"[2/4] LoRA fine-tuning {config.base} → {finetune_config.run_dir}")
+    info = finetune(finetune_config)
+    print(json.dumps({"adapter": str(finetune_config.run_dir / "adapter"), "adapter_sha256": info.adapter_sha256}))
     print(f"[3/4] fusing (merge → 384 → int8 → parity gate) → {config.artifact_dir}")
-    _run_command(fuse_cmd, ["--adapter", str(finetune_dir), "--data", str(config.data_dir), "--out", str(config.artifact_dir)])
+    manifest = fuse(FuseConfig(out_dir=config.artifact_dir, adapter=finetune_config.run_dir, data_dir=config.data_dir))
+    print(json.dumps({"artifact": str(config.artifact_dir), "model_bytes": manifest.model_bytes}))
     return config.artifact_dir
 
 
@@ -93,8 +89,18 @@ def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: 
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ARTIFACT_DIR": str(artifact_dir.resolve())}
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "handler.app:app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "handler.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     try:
@@ -130,4 +136,3 @@ def run_demo(config: DemoConfig) -> dict:
 
     sample = split_images(config.data_dir, "val2017", 1)[0]
     return call_api(artifact, config.data_dir / "val2017" / sample["file_name"], config.run_dir, config.serve)
-

@@ -3,7 +3,7 @@
 Captions are scored with pycocoevalcap's standard `Cider` and `Bleu(4)` after its PTB tokenizer (a
 Java program). Boxes go through pycocotools' `COCOeval`. Florence-2 emits no confidences, so each
 detection gets a rank score (1.0 for the first box of an image, lower for later ones): generation
-order is the only ranking the model offers. Predictions come from `handler.inference.predict_batch`,
+order is the only ranking the model offers. Predictions come from `handler.florence.engine.predict_batch`,
 the served decode path.
 """
 
@@ -19,39 +19,58 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from handler.inference import Prediction, predict_batch
-from handler.tasks import IMAGE_SIZE, Task
+from handler.florence.engine import Prediction, predict_batch
+from handler.florence.tasks import IMAGE_SIZE, Task
+from model_build.settings import setting
 
 
 @dataclass
 class EvalConfig:
-    data_dir: Path
-    split: str = "val2017"
-    tasks: tuple[Task, ...] = (Task.CAPTION, Task.DETECT)
-    caption_style: str = ""
-    """"" scores against `captions_{split}.json` (COCO style); "base" against our synthetic base style."""
-    max_images: int | None = None
-    batch_size: int = 8
+    """`python -m model_build eval`: what to score, on which split, and where the report goes."""
+
+    model: Path | None = setting(
+        None,
+        help="artifact folder (has manifest.json) or finetune run/adapter folder; omit with --base",
+        positional=True,
+    )
+    base: str | None = setting(None, help="score this base alone, or override an adapter's base")
+    image_size: int | None = setting(None, help="for --base or an adapter (default: 384, or the adapter's)")
+    data_dir: Path = setting(Path("data/synth"), help="COCO-format root", flag="--data")
+    split: str = setting("val2017", help="images folder / annotation suffix")
+    tasks: tuple[Task, ...] = setting((Task.CAPTION, Task.DETECT), help="comma-separated: caption,detect")
+    caption_style: str = setting(
+        "",
+        help="references: '' = captions_{split}.json (COCO style), 'base' = captions_base_{split}.json",
+        choices=("", "base"),
+    )
+    max_images: int | None = setting(None, help="score only the first N images (default: all)")
+    batch_size: int = setting(8, help="images per generate call for a plain model")
+    out: Path | None = setting(None, help="also write the JSON report here")
 
 
 def load_model(source: str | Path | None, base: str | None = None, image_size: int | None = None):
     """(model, processor, description) for an artifact folder, a finetune run/adapter folder, or a base."""
     if source is not None and (Path(source) / "manifest.json").is_file():
-        from handler.artifact import load_artifact
+        from handler.florence.artifact import load_artifact
 
         loaded = load_artifact(source)
-        return loaded.model, loaded.processor, {"kind": "artifact", "path": str(source),
-                                                "model_sha256": loaded.manifest.model_sha256}
+        return (
+            loaded.model,
+            loaded.processor,
+            {"kind": "artifact", "path": str(source), "model_sha256": loaded.manifest.model_sha256},
+        )
     if source is not None:
-        from model_build.finetune import load_adapter
+        from model_build.finetune.lora import load_adapter
 
         peft_model, processor, info = load_adapter(source, base=base, image_size=image_size)
-        return peft_model.merge_and_unload().eval(), processor, {"kind": "adapter", "path": str(source),
-                                                                 "base": base or info.base,
-                                                                 "adapter_sha256": info.adapter_sha256}
+        return (
+            peft_model.merge_and_unload().eval(),
+            processor,
+            {"kind": "adapter", "path": str(source), "base": base or info.base, "adapter_sha256": info.adapter_sha256},
+        )
     if base is None:
         raise ValueError("evaluate needs a model folder or --base")
-    from model_build.loading import load_base
+    from model_build.base.loading import load_base
 
     model, processor = load_base(base, image_size or IMAGE_SIZE)
     return model.eval(), processor, {"kind": "base", "base": base}
@@ -69,7 +88,7 @@ def split_images(data_dir: Path, split: str, max_images: int | None) -> list[dic
 
 def predict_split(model, processor, config: EvalConfig, records: list[dict]) -> dict[Task, dict[int, Prediction]]:
     """Greedy predictions for every image and task, batched, with a progress bar."""
-    from model_build.data import open_rgb
+    from model_build.data.coco import open_rgb
 
     predictions: dict[Task, dict[int, Prediction]] = {task: {} for task in config.tasks}
     batches = [records[i : i + config.batch_size] for i in range(0, len(records), config.batch_size)]
@@ -77,7 +96,7 @@ def predict_split(model, processor, config: EvalConfig, records: list[dict]) -> 
         for batch in batches:
             images = [open_rgb(config.data_dir / config.split / r["file_name"]) for r in batch]
             for task in config.tasks:
-                for record, prediction in zip(batch, predict_batch(model, processor, images, task)):
+                for record, prediction in zip(batch, predict_batch(model, processor, images, task), strict=False):
                     predictions[task][record["id"]] = prediction
                 progress.update(len(batch))
     return predictions
@@ -107,8 +126,13 @@ def caption_metrics(predicted: dict[int, str], references: dict[int, list[str]])
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     exact = sum(" ".join(predicted[i].split()) in {" ".join(r.split()) for r in references[i]} for i in ids)
-    return {"images": len(ids), "cider": round(float(cider), 4), "bleu4": round(float(bleu[3]), 4),
-            "exact_match": round(exact / len(ids), 4), "tokenizer": "ptb" if shutil.which("java") else "simple"}
+    return {
+        "images": len(ids),
+        "cider": round(float(cider), 4),
+        "bleu4": round(float(bleu[3]), 4),
+        "exact_match": round(exact / len(ids), 4),
+        "tokenizer": "ptb" if shutil.which("java") else "simple",
+    }
 
 
 def read_references(data_dir: Path, split: str, style: str) -> dict[int, list[str]]:
@@ -135,8 +159,14 @@ def detection_metrics(predicted: dict[int, Prediction], instances_file: Path) ->
                 unknown += 1
                 continue
             x0, y0, x1, y1 = det.box
-            results.append({"image_id": image_id, "category_id": category[det.label],
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": round(1.0 / (1 + rank), 4)})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category[det.label],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": round(1.0 / (1 + rank), 4),
+                }
+            )
     summary = {"images": len(predicted), "detections": len(results), "unknown_labels": unknown}
     if not results:
         return {**summary, "map": 0.0, "map50": 0.0}
@@ -146,8 +176,11 @@ def detection_metrics(predicted: dict[int, Prediction], instances_file: Path) ->
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {**summary, "map": round(max(0.0, float(evaluator.stats[0])), 4),
-            "map50": round(max(0.0, float(evaluator.stats[1])), 4)}
+    return {
+        **summary,
+        "map": round(max(0.0, float(evaluator.stats[0])), 4),
+        "map50": round(max(0.0, float(evaluator.stats[1])), 4),
+    }
 
 
 def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict:
@@ -158,10 +191,14 @@ def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict
     if Task.CAPTION in config.tasks:
         captions = {i: p.caption or "" for i, p in predictions[Task.CAPTION].items()}
         references = read_references(config.data_dir, config.split, config.caption_style)
-        report["caption"] = {"references": config.caption_style or "coco",
-                             **caption_metrics(captions, references),
-                             "examples": [{"image_id": i, "caption": captions[i], "reference": references.get(i, [""])[0]}
-                                          for i in list(captions)[:samples_out]]}
+        report["caption"] = {
+            "references": config.caption_style or "coco",
+            **caption_metrics(captions, references),
+            "examples": [
+                {"image_id": i, "caption": captions[i], "reference": references.get(i, [""])[0]}
+                for i in list(captions)[:samples_out]
+            ],
+        }
     if Task.DETECT in config.tasks:
         instances = config.data_dir / "annotations" / f"instances_{config.split}.json"
         report["detect"] = detection_metrics(predictions[Task.DETECT], instances)

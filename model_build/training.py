@@ -19,20 +19,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from model_build.settings import setting
+
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
+    """The optimisation settings of one training run; each command sets its own defaults (one place each)."""
+
+    steps: int = setting(200, help="optimizer steps")
+    batch_size: int = setting(8, help="samples per micro-batch")
+    grad_accum: int = setting(1, help="micro-batches per optimizer step")
+    lr: float = setting(1e-3, help="peak learning rate")
+    weight_decay: float = setting(0.0, help="AdamW weight decay")
+    warmup_steps: int = setting(20, help="linear warm-up steps before the cosine decay")
+    seed: int = setting(0, help="random seed (batch order, LoRA init, the tiny model's init)")
+    log_every: int = setting(10, help="steps between logged figures")
+    checkpoint_every: int = setting(100, help="steps between resumable checkpoints")
 
 
 def pick_device() -> torch.device:
@@ -134,8 +138,14 @@ def train(
 
     def save_checkpoint(step: int) -> None:
         torch.save(
-            {"trainable": _trainable_state(model), "optimizer": optimizer.state_dict(), "step": step,
-             "history": history, "torch_rng": torch.get_rng_state(), "config": asdict(config)},
+            {
+                "trainable": _trainable_state(model),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+                "config": asdict(config),
+            },
             checkpoint_path,
         )
 
@@ -158,8 +168,12 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         count += 1
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            entry = {"step": step + 1, "loss": round(running / count, 5), "lr": optimizer.param_groups[0]["lr"],
-                     "seconds": round(time.perf_counter() - started, 1)}
+            entry = {
+                "step": step + 1,
+                "loss": round(running / count, 5),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             history.append(entry)
             progress.set_postfix(loss=entry["loss"])
             running, count = 0.0, 0

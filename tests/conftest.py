@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 def _build_tiny_artifact(out: Path) -> Path:
     """`model_build fuse --base tiny`: int8, the fast runtime, and the parity gate on synthetic val images."""
-    from model_build.fuse import FuseConfig, fuse
-    from model_build.synth import synthesize
+    from model_build.data.synth import synthesize
+    from model_build.export.fuse import FuseConfig, fuse
 
     data = synthesize(out.parent / "synth", train=2, val=6, seed=7)
     # The serving tests need a real artifact, not a quality verdict: the gate's thresholds are exercised
-    # in tests/test_build_pipeline.py and measured on 20+ images by the real build.
-    fuse(FuseConfig(out_dir=out, base="tiny", data_dir=data, parity_images=6, min_caption_agreement=0.0, min_box_iou=0.0))
+    # in tests/model_build/test_pipeline.py and measured on 20+ images by the real build.
+    fuse(
+        FuseConfig(out_dir=out, base="tiny", data_dir=data, parity_images=6, min_caption_agreement=0.0, min_box_iou=0.0)
+    )
     return out
 
 

@@ -1,0 +1,1 @@
+"""The non-HTTP Lambda events: S3 uploads and direct invokes."""

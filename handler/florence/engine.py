@@ -1,0 +1,199 @@
+"""Running Florence-2 on images: preprocessing, greedy decoding and parsing into captions and boxes.
+
+`model_build` evaluates through these same functions, so the figures it reports are those of the
+served path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from handler.florence.tasks import MAX_NEW_TOKENS, NUM_BEAMS, Detection, Task, clean_caption, parse_detections
+
+if TYPE_CHECKING:  # Pillow and torch load with the model, not with the app
+    from PIL import Image
+
+
+@dataclass
+class Prediction:
+    task: Task
+    text: str
+    caption: str | None = None
+    detections: list[Detection] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.task is Task.CAPTION:
+            return {"caption": self.caption}
+        return {"detections": [d.as_dict() for d in self.detections]}
+
+
+def parse_output(task: Task, text: str, width: int, height: int) -> Prediction:
+    """Turn generated text into a caption or boxes in the original image's pixel coordinates."""
+    if task is Task.CAPTION:
+        return Prediction(task, text, caption=clean_caption(text))
+    return Prediction(task, text, detections=parse_detections(text, width, height))
+
+
+def predict_batch(
+    model: Any,
+    processor: Any,
+    images: list[Image.Image],
+    task: Task,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int = 0,
+) -> list[Prediction]:
+    """Greedy-decode one task for a batch of RGB PIL images.
+
+    A fast-runtime model decodes image by image (batch-1 is what it is built for); a plain
+    transformers model runs HF `generate` on the whole batch (the seed recipe's path).
+    """
+    runtime = runtime_of(model, processor)
+    if isinstance(runtime, PlainRuntime):
+        return runtime.predict_images(images, task, max_new_tokens, min_new_tokens)
+    return [runtime.predict(runtime.encode(image), task, max_new_tokens, min_new_tokens) for image in images]
+
+
+@dataclass
+class Analysis:
+    """Results of one or more tasks on one image, with where the time went (milliseconds)."""
+
+    predictions: dict[Task, Prediction]
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class EncodedImage:
+    """An image as a runtime holds it between tasks: its features (if shared) and the size boxes are reported in."""
+
+    image: Image.Image
+    size: tuple[int, int]
+    features: Any = None
+
+
+class Runtime(Protocol):
+    """What the engine needs from a model: encode an image once, then decode any task against it."""
+
+    shares_encoding: bool
+    """True when `encode` runs the vision tower, so every task of a request reuses its features."""
+
+    def encode(self, image: Image.Image) -> EncodedImage: ...
+
+    def predict(
+        self, encoded: EncodedImage, task: Task, max_new_tokens: int | None = None, min_new_tokens: int = 0
+    ) -> Prediction: ...
+
+
+class FastRuntime:
+    """The served int8 runtime (`handler.florence.runtime.FastFlorence`): one vision pass per request."""
+
+    shares_encoding = True
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def encode(self, image: Image.Image) -> EncodedImage:
+        import torch
+
+        from handler.florence.preprocess import draft_decode
+
+        size = image.size  # before any JPEG draft, which changes it
+        pixels = self.model.image_spec.to_pixels(draft_decode(image, self.model.image_spec.size))
+        with torch.inference_mode():
+            return EncodedImage(image, size, self.model.image_features(pixels))
+
+    def predict(
+        self, encoded: EncodedImage, task: Task, max_new_tokens: int | None = None, min_new_tokens: int = 0
+    ) -> Prediction:
+        import torch
+
+        with torch.inference_mode():
+            generation = self.model.generate(
+                task.value, encoded.features, max_new_tokens or MAX_NEW_TOKENS[task], min_new_tokens
+            )
+        return parse_output(task, generation.text, *encoded.size)
+
+
+class PlainRuntime:
+    """A transformers Florence-2 and its processor (the seed recipe): one HF `generate` per task."""
+
+    shares_encoding = False
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        if processor is None:
+            raise ValueError("a plain transformers model needs its processor")
+        self.model, self.processor = model, processor
+
+    def encode(self, image: Image.Image) -> EncodedImage:
+        return EncodedImage(image, image.size)
+
+    def predict(
+        self, encoded: EncodedImage, task: Task, max_new_tokens: int | None = None, min_new_tokens: int = 0
+    ) -> Prediction:
+        return self.predict_images([encoded.image], task, max_new_tokens, min_new_tokens)[0]
+
+    def predict_images(
+        self, images: list[Image.Image], task: Task, max_new_tokens: int | None = None, min_new_tokens: int = 0
+    ) -> list[Prediction]:
+        import torch
+
+        inputs = self.processor(text=[task.value] * len(images), images=images, return_tensors="pt")
+        with torch.inference_mode():
+            generated = self.model.generate(
+                input_ids=inputs["input_ids"],
+                pixel_values=inputs["pixel_values"],
+                attention_mask=inputs.get("attention_mask"),
+                max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task],
+                min_new_tokens=min_new_tokens or None,
+                num_beams=NUM_BEAMS,
+                do_sample=False,
+            )
+        texts = self.processor.batch_decode(generated, skip_special_tokens=False)
+        return [parse_output(task, text, img.width, img.height) for text, img in zip(texts, images, strict=True)]
+
+
+def runtime_of(model: Any, processor: Any = None) -> Runtime:
+    """The runtime that fits `model`: the fast one for a served artifact, else transformers' own."""
+    from handler.florence.runtime.model import is_fast
+
+    return FastRuntime(model) if is_fast(model) else PlainRuntime(model, processor)
+
+
+class Engine:
+    """The served model: runs tasks on one image. The API, S3 and direct-invoke paths all call `run`.
+
+    With the fast runtime (`model_build.export.serving_prep.prepare_for_serving`) the image is encoded by
+    the vision tower once per request and shared by every task; with a plain HF model each task runs
+    `generate` on its own. `new_tokens` pins the generated length per task (benchmarks only).
+    """
+
+    def __init__(self, model: Any, processor: Any = None, new_tokens: dict[Task, int] | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.runtime = runtime_of(model, processor)
+        self.new_tokens = new_tokens or {}
+
+    @classmethod
+    def from_artifact(cls, loaded: Any) -> Engine:
+        """Build from `handler.florence.artifact.load_artifact`'s result (processor is None for the fast runtime)."""
+        return cls(loaded.model, loaded.processor)
+
+    def run(self, image: Image.Image, tasks: list[Task]) -> Analysis:
+        predictions: dict[Task, Prediction] = {}
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        encoded = self.runtime.encode(image)
+        if self.runtime.shares_encoding:
+            timings["vision"] = _ms_since(start)
+        for task in tasks:
+            start = time.perf_counter()
+            forced = self.new_tokens.get(task)
+            predictions[task] = self.runtime.predict(encoded, task, forced, forced or 0)
+            timings[task.api_name] = _ms_since(start)
+        timings["total"] = round(sum(timings.values()), 1)
+        return Analysis(predictions, timings)
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)

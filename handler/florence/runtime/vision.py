@@ -1,0 +1,149 @@
+"""Florence-2's DaViT vision tower and image projector, re-implemented for batch-1 CPU serving.
+
+The graph is the one of `transformers`' Florence-2 (same modules, same weights, same maths), with the
+activations kept channels-last (B, H, W, C) between modules. Bit-exactness has one subtlety: a conv's
+kernel (and so its float rounding) follows the memory format of its input, and the reference's
+stride juggling sends most depthwise convs through the NCHW kernel but some through the channels-last
+one. `serving_prep` records which format each conv ran in (`nchw` flags) and the convs here run in
+that same format, so the image features are bit for bit those of the plain int8 model; one ulp of
+difference would otherwise be amplified by dynamic activation quantization into different boxes.
+No `transformers` import: the served artifact unpickles with torch alone.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _depthwise(conv: nn.Conv2d, x: torch.Tensor, nchw: bool) -> torch.Tensor:
+    """Apply a conv to a (B, H, W, C) tensor with the kernel of the given format; returns (B, H', W', C').
+
+    Channels-last reads the tensor through a permuted view (no copy); NCHW makes the copy the
+    reference makes, so both give the reference's exact floats.
+    """
+    nchw_view = x.permute(0, 3, 1, 2)
+    return conv(nchw_view.contiguous() if nchw else nchw_view).permute(0, 2, 3, 1)
+
+
+class Mlp(nn.Module):
+    def __init__(self, fc1: nn.Module, fc2: nn.Module) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = fc1, fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside non-overlapping window x window patches."""
+
+    def __init__(self, qkv: nn.Module, proj: nn.Module, num_heads: int, window: int, scale: float) -> None:
+        super().__init__()
+        self.qkv, self.proj = qkv, proj
+        self.num_heads, self.window, self.scale = num_heads, window, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        win = self.window
+        pad_b, pad_r = (win - h % win) % win, (win - w % win) % win
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        hp, wp = h + pad_b, w + pad_r
+        windows = x.view(b, hp // win, win, wp // win, win, c).transpose(2, 3).reshape(-1, win * win, c)
+        n_win, tokens, _ = windows.shape
+        heads = self.num_heads
+        qkv = self.qkv(windows).view(n_win, tokens, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
+        out = self.proj(out.transpose(1, 2).reshape(n_win, tokens, c))
+        out = out.view(b, hp // win, wp // win, win, win, c).transpose(2, 3).reshape(b, hp, wp, c)
+        if pad_b or pad_r:
+            out = out[:, :h, :w, :].contiguous()
+        return out
+
+
+class ChannelAttention(nn.Module):
+    """DaViT's grouped channel attention: channels attend to channels, tokens are the feature axis."""
+
+    def __init__(self, qkv: nn.Module, proj: nn.Module, groups: int) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.groups = qkv, proj, groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        n = h * w
+        g = self.groups
+        qkv = self.qkv(x.reshape(b, n, c)).view(b, n, 3, g, c // g).permute(2, 0, 3, 4, 1)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=n**-0.5)
+        out = out.permute(0, 3, 1, 2).reshape(b, n, c)
+        return self.proj(out).view(b, h, w, c)
+
+
+class MixingBlock(nn.Module):
+    """conv-residual, attention-residual, conv-residual, MLP-residual: one DaViT spatial or channel block."""
+
+    def __init__(self, conv1, norm1, attn, conv2, norm2, mlp, nchw: tuple[bool, bool]) -> None:
+        super().__init__()
+        self.conv1, self.norm1, self.attn = conv1, norm1, attn
+        self.conv2, self.norm2, self.mlp = conv2, norm2, mlp
+        self.nchw = nchw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _depthwise(self.conv1, x, self.nchw[0]) + x
+        x = x + self.attn(self.norm1(x))
+        x = _depthwise(self.conv2, x, self.nchw[1]) + x
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool, nchw: bool) -> None:
+        super().__init__()
+        self.conv, self.norm, self.pre_norm, self.nchw = conv, norm, pre_norm, nchw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            return _depthwise(self.conv, self.norm(x), self.nchw)
+        return self.norm(_depthwise(self.conv, x, self.nchw))
+
+
+class VisionTower(nn.Module):
+    """DaViT stages followed by Florence-2's projector: pixels (B, 3, H, W) -> image tokens (B, 1+HW/1024, D)."""
+
+    def __init__(self, embeds: list[PatchEmbed], stages: list[list[MixingBlock]], projector: Projector) -> None:
+        super().__init__()
+        self.embeds = nn.ModuleList(embeds)
+        self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
+        self.projector = projector
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.permute(0, 2, 3, 1).contiguous()
+        for embed, blocks in zip(self.embeds, self.stages, strict=False):
+            x = embed(x)
+            for block in cast(nn.ModuleList, blocks):
+                x = block(x)
+        return self.projector(x)
+
+
+class Projector(nn.Module):
+    """2D learned positions, a temporal code, a pooled token, then a linear map into the text width."""
+
+    def __init__(
+        self, row: torch.Tensor, column: torch.Tensor, temporal: torch.Tensor, proj: nn.Module, norm: nn.LayerNorm
+    ) -> None:
+        super().__init__()
+        self.row = nn.Parameter(row, requires_grad=False)
+        self.column = nn.Parameter(column, requires_grad=False)
+        self.temporal = nn.Parameter(temporal, requires_grad=False)
+        self.proj, self.norm = proj, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        position = torch.cat(
+            [self.column[:w].unsqueeze(0).expand(h, w, -1), self.row[:h].unsqueeze(1).expand(h, w, -1)], dim=-1
+        )
+        tokens = (x + position).reshape(b, h * w, c) + self.temporal[:1]
+        pooled = tokens.mean(dim=1, keepdim=True)
+        return self.norm(self.proj(torch.cat([pooled, tokens], dim=1)))

@@ -1,0 +1,90 @@
+"""Reading the image out of an HTTP request: raw image body, multipart `file`, or JSON.
+
+Bodies are read with a byte cap, so an oversized upload is refused while it streams in rather
+than after it has been buffered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+
+from starlette.requests import Request
+
+from handler.config import Settings
+from handler.errors import InvalidRequest, TooLarge, UnsupportedMediaType
+from handler.inputs.payload import image_from_payload
+
+RAW_TYPES = ("application/octet-stream",)
+FORM_OVERHEAD = 64 * 1024
+"""Multipart boundaries and part headers on top of the file itself."""
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
+
+
+async def _multipart_file(request: Request, settings: Settings) -> bytes:
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    body = await read_limited(request, settings.max_image_bytes + FORM_OVERHEAD)
+    parser = MultiPartParser(request.headers, _once(body), max_files=1, max_fields=16)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"malformed multipart body: {exc.message}") from exc
+    except Exception as exc:  # python-multipart raises its own types on hostile bodies
+        raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest('multipart body needs a file part named "file"')
+        data = await upload.read()
+    finally:
+        await form.close()
+    if len(data) > settings.max_image_bytes:
+        raise TooLarge(f"file is {len(data)} bytes; the limit is {settings.max_image_bytes}")
+    return data
+
+
+async def _json_image(request: Request, settings: Settings) -> bytes:
+    body = await read_limited(request, settings.max_image_bytes * 4 // 3 + FORM_OVERHEAD)
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting is a hostile body too
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(image_from_payload, payload, settings)  # S3 reads block
+
+
+async def image_bytes(request: Request, settings: Settings) -> bytes:
+    """The image bytes of a request, whatever of the accepted content types it used."""
+    kind = media_type(request)
+    if kind.startswith("image/") or kind in RAW_TYPES:
+        return await read_limited(request, settings.max_image_bytes)
+    if kind == "multipart/form-data":
+        return await _multipart_file(request, settings)
+    if kind == "application/json" or kind.endswith("+json"):
+        return await _json_image(request, settings)
+    raise UnsupportedMediaType(
+        f"content type {kind or '(none)'!r} is not accepted; send image/*, multipart/form-data with a"
+        ' "file" part, or application/json with "image_base64" or "s3"'
+    )

@@ -1,0 +1,82 @@
+"""Loading a Florence-2 base: the embedded tiny model, a local native-layout folder, or a hub id.
+
+Only the native transformers layout (`Florence2ForConditionalGeneration`) is accepted. The original
+`microsoft/Florence-2-*` checkpoints need `trust_remote_code`, which this project never enables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from handler.florence.tasks import IMAGE_SIZE, num_image_tokens
+from model_build.base.tiny import EMBEDDED_DIR, TINY_BASE_ID
+
+NATIVE_BASE_ID = "florence-community/Florence-2-base"
+
+
+class BaseModelError(ValueError):
+    """The `--base` given cannot be loaded as a native Florence-2."""
+
+
+def _reject_remote_code(base: str, config: dict | None) -> None:
+    remote = base.lower().startswith("microsoft/florence-2") or (config is not None and "auto_map" in config)
+    if remote:
+        raise BaseModelError(
+            f"{base!r} is a remote-code Florence-2 checkpoint; this project uses the native transformers "
+            f"port instead. Use {NATIVE_BASE_ID!r} (or a local download of it)."
+        )
+
+
+def resolve_base(base: str) -> str:
+    """Map `tiny` to the embedded folder; check a local folder is a native Florence-2; pass hub ids on."""
+    if base == TINY_BASE_ID:
+        if not (EMBEDDED_DIR / "config.json").is_file():
+            raise BaseModelError(
+                f"embedded tiny model missing at {EMBEDDED_DIR}; build it with `python -m model_build pretrain-tiny`"
+            )
+        return str(EMBEDDED_DIR)
+    path = Path(base)
+    if path.exists():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise BaseModelError(f"{base} has no config.json; expected a native Florence-2 folder")
+        config = json.loads(config_file.read_text())
+        _reject_remote_code(base, config)
+        if config.get("model_type") != "florence2":
+            raise BaseModelError(f"{base} holds model_type {config.get('model_type')!r}, not 'florence2'")
+        return str(path)
+    _reject_remote_code(base, None)
+    return base
+
+
+def set_image_size(processor, image_size: int = IMAGE_SIZE):
+    """Make the processor resize to `image_size` and reserve the matching number of image tokens."""
+    image_processor = processor.image_processor
+    image_processor.size = {"height": image_size, "width": image_size}
+    image_processor.crop_size = {"height": image_size, "width": image_size}
+    image_processor.do_center_crop = False
+    image_processor.image_seq_length = num_image_tokens(image_size)
+    processor.num_image_tokens = num_image_tokens(image_size)
+    return processor
+
+
+def load_processor(base: str, image_size: int = IMAGE_SIZE):
+    from transformers import AutoProcessor
+
+    return set_image_size(AutoProcessor.from_pretrained(resolve_base(base)), image_size)
+
+
+def load_base(base: str, image_size: int = IMAGE_SIZE, dtype=None):
+    """Return (model, processor) for `base`, the processor set to `image_size`."""
+    from transformers import Florence2ForConditionalGeneration
+
+    source = resolve_base(base)
+    try:
+        model = Florence2ForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        raise BaseModelError(
+            f"could not load {base!r}: {exc}. Offline? Pass a local folder with a native Florence-2 "
+            f"(e.g. a download of {NATIVE_BASE_ID}) or `tiny`."
+        ) from exc
+    return model, load_processor(base, image_size)

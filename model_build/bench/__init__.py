@@ -1,0 +1,1 @@
+"""The full-size speed benchmark: served runtime against the seed recipe, and its report."""

@@ -1,0 +1,29 @@
+"""Score an artifact, a finetune run or a base on a COCO-format split: CIDEr, BLEU-4, exact match, COCO mAP."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from model_build.commands.options import add_config_arguments, config_from
+from model_build.evaluate import EvalConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, EvalConfig())
+
+
+def run(args: argparse.Namespace) -> int:
+    from model_build.evaluate import evaluate, load_model
+
+    config = config_from(args, EvalConfig())
+    if config.model is None and config.base is None:
+        raise SystemExit("eval: give a model folder or --base")
+    model, processor, source = load_model(config.model, base=config.base, image_size=config.image_size)
+    report = {"model": source, **evaluate(model, processor, config)}
+    text = json.dumps(report, indent=2)
+    if config.out:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        config.out.write_text(text)
+    print(text)
+    return 0

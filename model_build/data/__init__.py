@@ -1,0 +1,1 @@
+"""Training and evaluation data: COCO-format samples and the deterministic synthetic set."""

@@ -1,0 +1,1 @@
+"""From trained weights to the served artifact: merge, quantize, prepare, gate and write."""

@@ -1,0 +1,106 @@
+"""Fusing: base + LoRA adapter -> merged fp32 -> int8 -> parity gate -> the served artifact folder.
+
+The gate runs before anything is written: an int8 model that disagrees with its fp32 source leaves
+no artifact behind (and an older artifact at `--out` is left untouched), so a deploy can never pick
+up a model that failed it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from handler.florence.artifact import Manifest
+from handler.florence.engine import Engine
+from handler.florence.tasks import Task
+from model_build.export.parity import ParityError, ParityReport, compare
+from model_build.settings import setting
+
+
+@dataclass
+class FuseConfig:
+    """`python -m model_build fuse`: every default of building the served artifact, in one place."""
+
+    out_dir: Path = setting(Path("artifacts/florence2"), help="artifact folder", flag="--out")
+    adapter: Path | None = setting(None, help="finetune run folder (or its adapter/); omit to fuse --base alone")
+    base: str | None = setting(None, help="override the base recorded with the adapter; required without one")
+    image_size: int | None = setting(None, help="serving size (default: the adapter's)")
+    tasks: list[Task] | None = setting(None, help="served tasks (default: caption,detect)")
+    data_dir: Path = setting(Path("data/synth"), help="COCO-format root of the parity gate's images", flag="--data")
+    val_split: str = setting("val2017", help="held-out split the parity gate reads")
+    parity_images: int = setting(20, help="held-out images the parity gate compares on")
+    min_caption_agreement: float = setting(0.9, help="parity gate: fraction of identical captions, int8 vs fp32")
+    min_box_iou: float = setting(0.8, help="parity gate: mean IoU of label-matched boxes (unmatched count as 0)")
+
+
+def held_out_images(data_dir: str | Path, split: str, count: int) -> list:
+    """The first `count` images of a COCO split, by image id, as RGB PIL images."""
+    from model_build.data.coco import open_rgb
+    from model_build.evaluate import split_images
+
+    root = Path(data_dir)
+    return [open_rgb(root / split / img["file_name"]) for img in split_images(root, split, count)]
+
+
+def merged_model(config: FuseConfig):
+    """(fp32 model with the adapter merged in, processor at the serving size, base id, adapter sha, LoRA info)."""
+    from handler.florence.tasks import IMAGE_SIZE
+    from model_build.base.loading import load_base
+
+    if config.adapter is None:
+        if config.base is None:
+            raise ValueError("fuse needs --adapter or --base")
+        model, processor = load_base(config.base, config.image_size or IMAGE_SIZE)
+        return model.eval(), processor, config.base, None, {}
+    from model_build.finetune.lora import load_adapter
+
+    peft_model, processor, info = load_adapter(config.adapter, base=config.base, image_size=config.image_size)
+    return peft_model.merge_and_unload().eval(), processor, config.base or info.base, info.adapter_sha256, info.lora
+
+
+def fuse(config: FuseConfig) -> Manifest:
+    """Build, gate and write the artifact; raise ParityError (writing nothing) when int8 drifts too far."""
+    from model_build.base.loading import set_image_size
+    from model_build.export.serving_prep import prepare_for_serving
+    from model_build.export.writer import write_artifact
+
+    started = time.perf_counter()
+    model, processor, base_id, adapter_sha, lora = merged_model(config)
+    image_size = int(processor.image_processor.size["height"])
+    set_image_size(processor, image_size)
+    tasks = config.tasks or [Task.CAPTION, Task.DETECT]
+    # The int8 weights of the plain recipe, re-wired into the lean runtime the handler serves.
+    quantized = prepare_for_serving(model, processor)
+
+    images = held_out_images(config.data_dir, config.val_split, config.parity_images)
+    report: ParityReport = compare(
+        Engine(model, processor),
+        Engine(quantized, processor),
+        images,
+        tasks,
+        config.min_caption_agreement,
+        config.min_box_iou,
+    )
+    if not report.passed:
+        raise ParityError(
+            f"parity gate failed on {report.images} held-out images: {'; '.join(report.failures)}. "
+            f"No artifact written to {config.out_dir}. Examples: {report.caption_mismatches[:2]}",
+            report,
+        )
+    return write_artifact(
+        quantized,
+        processor,
+        config.out_dir,
+        base_id=base_id,
+        image_size=image_size,
+        tasks=tasks,
+        adapter_sha256=adapter_sha,
+        parity={**report.as_dict(), "data": f"{config.data_dir}/{config.val_split}"},
+        extra={
+            "lora": lora,
+            "quantization": "int8 dynamic, every nn.Linear",
+            "runtime": quantized.runtime,
+            "fuse_seconds": round(time.perf_counter() - started, 1),
+        },
+    )

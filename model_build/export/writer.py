@@ -1,0 +1,60 @@
+"""Writing the served artifact folder: `model.pt`, `processor/` and `manifest.json`.
+
+The manifest format and its checks live in `handler.florence.artifact`, so the writer and the loader cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handler.florence.artifact import MANIFEST_FILE, MODEL_FILE, PROCESSOR_DIR, Manifest, runtime_versions, sha256_file
+from handler.florence.tasks import MAX_NEW_TOKENS, NUM_BEAMS, Task
+
+
+def generation_defaults() -> dict[str, Any]:
+    return {
+        "num_beams": NUM_BEAMS,
+        "do_sample": False,
+        "max_new_tokens": {t.api_name: n for t, n in MAX_NEW_TOKENS.items()},
+    }
+
+
+def write_artifact(
+    model: torch.nn.Module,
+    processor,
+    out_dir: str | Path,
+    *,
+    base_id: str,
+    image_size: int,
+    tasks: list[Task],
+    adapter_sha256: str | None = None,
+    parity: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Pickle the finished model, save the processor and write a manifest that pins both."""
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model_path = out / MODEL_FILE
+    torch.save(model, model_path)
+    processor.save_pretrained(out / PROCESSOR_DIR)
+    manifest = Manifest(
+        model_sha256=sha256_file(model_path),
+        model_bytes=model_path.stat().st_size,
+        base_id=base_id,
+        image_size=image_size,
+        tasks=[t.api_name for t in tasks],
+        generation=generation_defaults(),
+        adapter_sha256=adapter_sha256,
+        parity=parity or {},
+        extra=extra or {},
+        **runtime_versions(),
+    )
+    (out / MANIFEST_FILE).write_text(manifest.to_json())
+    return manifest

@@ -1,0 +1,1 @@
+"""LoRA fine-tuning and the adapter on disk."""

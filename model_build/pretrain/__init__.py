@@ -1,0 +1,1 @@
+"""Pretraining the embedded tiny Florence-2 on synthetic scenes."""

@@ -1,0 +1,318 @@
+"""Project rules for template.yaml and Dockerfile.lambda that cfn-lint and hadolint do not know.
+
+cfn-lint accepts a 900 s timeout behind API Gateway, an S3 trigger on the prefix the function writes
+to, and an API without binary media types; each of those breaks this service in production. Every
+rule is also run against a broken copy of the template, so a rule that can never fire fails here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handler.config import Settings
+from tests.conftest import REPO_ROOT
+
+ROOT = REPO_ROOT
+TEMPLATE = ROOT / "template.yaml"
+DOCKERFILE = ROOT / "Dockerfile.lambda"
+
+LAMBDA_MAX_MEMORY_MB = 10240
+API_GATEWAY_TIMEOUT_S = 29
+SERVING_RSS_MB = 1126
+"""Florence-2-base int8 serving RSS (~1.1 GiB) that the default memory must fit with headroom."""
+REQUIRED_BINARY_TYPES = {"image~1*", "multipart~1form-data"}
+S3_EVENT_NAMES = {
+    "s3:TestEvent",
+    "s3:ObjectCreated:*",
+    "s3:ObjectCreated:Put",
+    "s3:ObjectCreated:Post",
+    "s3:ObjectCreated:Copy",
+    "s3:ObjectCreated:CompleteMultipartUpload",
+    "s3:ObjectRemoved:*",
+    "s3:ObjectRemoved:Delete",
+    "s3:ObjectRemoved:DeleteMarkerCreated",
+    "s3:ObjectRestore:*",
+    "s3:ObjectRestore:Post",
+    "s3:ObjectRestore:Completed",
+    "s3:ObjectRestore:Delete",
+    "s3:ReducedRedundancyLostObject",
+    "s3:Replication:*",
+    "s3:Replication:OperationFailedReplication",
+    "s3:Replication:OperationMissedThreshold",
+    "s3:Replication:OperationReplicatedAfterThreshold",
+    "s3:Replication:OperationNotTracked",
+    "s3:LifecycleExpiration:*",
+    "s3:LifecycleExpiration:Delete",
+    "s3:LifecycleExpiration:DeleteMarkerCreated",
+    "s3:LifecycleTransition",
+    "s3:IntelligentTiering",
+    "s3:ObjectTagging:*",
+    "s3:ObjectTagging:Put",
+    "s3:ObjectTagging:Delete",
+    "s3:ObjectAcl:Put",
+}
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template with `!Ref`/`!Sub` short tags decoded the way cfn-lint reads them."""
+    from cfnlint.decode import decode
+
+    template, matches = decode(str(path))
+    assert template is not None, matches
+    return json.loads(json.dumps(template, default=str))  # plain dicts, so tests can copy and edit
+
+
+def resolve(template: dict[str, Any], value: Any) -> Any:
+    """A literal, or the default of the parameter a `Ref` names (what a plain `sam deploy` uses)."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        parameter = template.get("Parameters", {}).get(value["Ref"])
+        return parameter.get("Default") if parameter else None
+    return value
+
+
+def bounds(template: dict[str, Any], value: Any) -> list[Any]:
+    """Every value a property can take: the literal, or a parameter's default and min/max."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        parameter = template.get("Parameters", {}).get(value["Ref"], {})
+        return [parameter[k] for k in ("Default", "MinValue", "MaxValue") if k in parameter]
+    return [value]
+
+
+def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+
+
+def s3_triggers(function: dict[str, Any]) -> list[dict[str, Any]]:
+    events = function.get("Properties", {}).get("Events", {})
+    return [e["Properties"] for e in events.values() if e.get("Type") == "S3"]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def template_problems(template: dict[str, Any]) -> list[str]:
+    """Everything in the template that breaks the service although CloudFormation would accept it."""
+    problems = []
+    for name, function in functions(template).items():
+        props = function.get("Properties", {})
+        memory = [float(v) for v in bounds(template, props.get("MemorySize", 128))]
+        if max(memory) > LAMBDA_MAX_MEMORY_MB:
+            problems.append(
+                f"{name}: MemorySize can reach {max(memory):.0f} MB, Lambda's maximum is {LAMBDA_MAX_MEMORY_MB}"
+            )
+        default_memory = float(resolve(template, props.get("MemorySize", 128)))
+        if default_memory < 1.5 * SERVING_RSS_MB:
+            problems.append(
+                f"{name}: default MemorySize {default_memory:.0f} MB leaves no headroom over ~{SERVING_RSS_MB} MB RSS"
+            )
+        timeout = [float(v) for v in bounds(template, props.get("Timeout", 3))]
+        if max(timeout) > API_GATEWAY_TIMEOUT_S:
+            problems.append(
+                f"{name}: Timeout can reach {max(timeout):.0f} s, API Gateway stops waiting at {API_GATEWAY_TIMEOUT_S} s"
+            )
+
+        env = props.get("Environment", {}).get("Variables", {})
+        output_prefix = str(resolve(template, env.get("OUTPUT_PREFIX", Settings.output_prefix)) or "")
+        output_elsewhere = bool(resolve(template, env.get("OUTPUT_BUCKET", "")))
+        triggers = s3_triggers(function)
+        for trigger in triggers:
+            for event in _as_list(trigger.get("Events")):
+                if event not in S3_EVENT_NAMES:
+                    problems.append(f"{name}: {event!r} is not an S3 event name")
+            rules = trigger.get("Filter", {}).get("S3Key", {}).get("Rules", [])
+            prefixes = [
+                str(resolve(template, r["Value"]) or "") for r in rules if str(r.get("Name")).lower() == "prefix"
+            ]
+            prefix = prefixes[0] if prefixes else ""
+            if not prefix:
+                problems.append(f"{name}: S3 trigger has no prefix filter, so every result would trigger it again")
+            elif not output_elsewhere and (output_prefix.startswith(prefix) or prefix.startswith(output_prefix)):
+                problems.append(
+                    f"{name}: trigger prefix {prefix!r} overlaps OUTPUT_PREFIX {output_prefix!r}: results re-trigger"
+                )
+        if triggers and not (
+            props.get("DeadLetterQueue") or props.get("EventInvokeConfig", {}).get("DestinationConfig")
+        ):
+            problems.append(
+                f"{name}: failed asynchronous S3 invocations are dropped (no DeadLetterQueue or OnFailure destination)"
+            )
+
+    apis = {
+        k: r
+        for k, r in template["Resources"].items()
+        if r["Type"] in ("AWS::Serverless::Api", "AWS::ApiGateway::RestApi")
+    }
+    if not apis:
+        problems.append("no REST API in the template")
+    for name, api in apis.items():
+        declared = set(api.get("Properties", {}).get("BinaryMediaTypes", []))
+        if missing := REQUIRED_BINARY_TYPES - declared:
+            problems.append(f"{name}: BinaryMediaTypes lacks {sorted(missing)}; API Gateway would mangle uploads")
+    return problems
+
+
+# --- the real template ---------------------------------------------------------------------------
+
+
+def test_template_follows_the_project_rules() -> None:
+    assert template_problems(load_template()) == []
+
+
+def _function(template: dict[str, Any]) -> dict[str, Any]:
+    return next(iter(functions(template).values()))["Properties"]
+
+
+def _set_output_prefix(t: dict[str, Any], value: str) -> None:
+    _function(t)["Environment"]["Variables"]["OUTPUT_PREFIX"] = value
+
+
+def _set_trigger_prefix(t: dict[str, Any], value: str) -> None:
+    s3_triggers(_function_resource(t))[0]["Filter"]["S3Key"]["Rules"][0]["Value"] = value
+
+
+def _function_resource(t: dict[str, Any]) -> dict[str, Any]:
+    return next(iter(functions(t).values()))
+
+
+BREAKAGES = {
+    "memory over 10240": (lambda t: t["Parameters"]["MemorySize"].update(MaxValue=20480), "Lambda's maximum"),
+    "memory too small": (lambda t: t["Parameters"]["MemorySize"].update(Default=1024), "no headroom"),
+    "timeout over API limit": (lambda t: t["Parameters"]["Timeout"].update(Default=60), "API Gateway"),
+    "literal timeout": (lambda t: _function(t).update(Timeout=300), "API Gateway"),
+    "bad event name": (
+        lambda t: s3_triggers(_function_resource(t))[0].update(Events="s3:ObjectCreated:Upload"),
+        "not an S3 event",
+    ),
+    "output under trigger": (lambda t: _set_output_prefix(t, "uploads/results/"), "overlaps"),
+    "trigger under output": (lambda t: _set_trigger_prefix(t, "results/in/"), "overlaps"),
+    "no prefix": (lambda t: s3_triggers(_function_resource(t))[0].pop("Filter"), "no prefix filter"),
+    "no DLQ": (lambda t: [_function(t).pop("DeadLetterQueue"), _function(t).pop("EventInvokeConfig")], "dropped"),
+    "no binary types": (lambda t: t["Resources"]["Api"]["Properties"].pop("BinaryMediaTypes"), "BinaryMediaTypes"),
+    "multipart missing": (
+        lambda t: t["Resources"]["Api"]["Properties"].update(BinaryMediaTypes=["image~1*"]),
+        "multipart~1form-data",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_each_rule_catches_its_breakage(breakage: str) -> None:
+    template = copy.deepcopy(load_template())
+    mutate, expected = BREAKAGES[breakage]
+    mutate(template)
+    problems = template_problems(template)
+    assert any(expected in p for p in problems), problems
+
+
+def test_results_in_another_bucket_may_share_the_prefix() -> None:
+    template = load_template()
+    _set_output_prefix(template, "uploads/")
+    _function(template)["Environment"]["Variables"]["OUTPUT_BUCKET"] = "results-bucket"
+    assert template_problems(template) == []
+
+
+def test_cloudformation_rule_guards_deploy_time_prefixes() -> None:
+    """Parameter overrides bypass the defaults checked above; the template's own Rules must stop equal prefixes."""
+    template = load_template()
+    params = template["Parameters"]
+    for name in ("UploadPrefix", "OutputPrefix"):
+        assert not re.fullmatch(params[name]["AllowedPattern"], ""), f"{name} may be empty"
+        assert not re.fullmatch(params[name]["AllowedPattern"], "uploads"), f"{name} may lack a trailing '/'"
+    assertion = json.dumps(template["Rules"])
+    assert '"Ref": "UploadPrefix"' in assertion and '"Ref": "OutputPrefix"' in assertion
+
+
+def test_s3_policy_is_limited_to_the_two_prefixes() -> None:
+    template = load_template()
+    statements = [s for p in _function(template)["Policies"] for s in p["Statement"]]
+    for statement in statements:
+        actions = _as_list(statement["Action"])
+        assert all(a.startswith("s3:") and "*" not in a for a in actions), statement
+        resource = json.dumps(statement["Resource"])
+        if any(a in ("s3:GetObject", "s3:PutObject") for a in actions):
+            assert "${UploadPrefix}*" in resource or "${OutputPrefix}*" in resource, statement
+        if "s3:PutObject" in actions:
+            assert "${OutputPrefix}*" in resource and "${UploadPrefix}" not in resource, "may write uploads"
+
+
+# --- the image -----------------------------------------------------------------------------------
+
+
+def _final_stage(text: str) -> list[tuple[str, str]]:
+    lines = [l.strip() for l in re.sub(r"\\\n", " ", text).splitlines() if l.strip() and not l.strip().startswith("#")]
+    steps = [(l.split(" ", 1)[0].upper(), l.split(" ", 1)[1]) for l in lines]
+    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    return steps[last_from:]
+
+
+def test_image_matches_the_handler_and_lambda_conventions() -> None:
+    stage = _final_stage(DOCKERFILE.read_text())
+    env = " ".join(rest for keyword, rest in stage if keyword == "ENV")
+    assert f"ARTIFACT_DIR={Settings.artifact_dir}" in env, (
+        "image bakes the artifact where handler/config.py does not look"
+    )
+    for cache in ("HOME", "HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR"):
+        assert re.search(rf"\b{cache}=/tmp(/|\s|$)", env), f"{cache} must point into /tmp (read-only filesystem)"
+    users = [rest for keyword, rest in stage if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+    entrypoint = json.loads(next(rest for keyword, rest in stage if keyword == "ENTRYPOINT"))
+    command = json.loads(next(rest for keyword, rest in stage if keyword == "CMD"))
+    assert entrypoint[-2:] == ["-m", "awslambdaric"] and command == ["handler.app.lambda_handler"]
+
+    import importlib
+
+    module, _, attribute = command[0].rpartition(".")
+    assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_sam_builds_this_dockerfile() -> None:
+    metadata = _function_resource(load_template())["Metadata"]
+    assert (ROOT / metadata["DockerContext"] / metadata["Dockerfile"]).resolve() == DOCKERFILE
+    artifact_arg = metadata.get("DockerBuildArgs", {}).get("ARTIFACT_SRC")
+    assert artifact_arg and f"ARG ARTIFACT_SRC={artifact_arg}" in DOCKERFILE.read_text()
+
+
+def _pin_script() -> str:
+    """The build stage's shell step that turns manifest.json + the serve extra into pip inputs."""
+    joined = re.sub(r"\\\n", "", DOCKERFILE.read_text())
+    step = next(l for l in joined.splitlines() if l.startswith("RUN python -c"))
+    return step[len("RUN ") :].split(" && python -m venv")[0]
+
+
+def test_image_build_pins_the_artifacts_runtime(tiny_artifact: Path, tmp_path: Path) -> None:
+    """Run the Dockerfile's pinning step on a real manifest: same torch/transformers, serve extra only."""
+    import platform
+    import subprocess
+    import sys
+
+    import tomllib
+
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    shell = _pin_script().replace("python -c", f"{sys.executable} -c", 1)
+    subprocess.run(["sh", "-c", shell], cwd=tmp_path, check=True)
+    torch_pin = f"torch=={manifest['torch'].split('+')[0]}"
+    assert (tmp_path / "torch.txt").read_text().split() == [torch_pin]
+    assert (tmp_path / "constraints.txt").read_text().split() == [
+        torch_pin,
+        f"transformers=={manifest['transformers']}",
+    ]
+    serve = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    assert (tmp_path / "requirements.txt").read_text().split("\n")[:-1] == serve
+    assert not any(
+        name in (tmp_path / "requirements.txt").read_text() for name in ("peft", "pycocotools", "matplotlib")
+    )
+
+    major, minor, _ = platform.python_version_tuple()
+    manifest["python"] = f"{major}.{int(minor) + 1}.0"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    mismatch = subprocess.run(["sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True)
+    assert mismatch.returncode != 0 and "BASE_IMAGE" in mismatch.stderr

@@ -1,0 +1,151 @@
+"""S3 upload events and S3-sourced requests against moto's S3 (in-process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import pytest
+from fastapi.testclient import TestClient
+
+from handler.app import app, lambda_handler
+from handler.events.s3 import S3BatchError
+from handler.inputs import s3 as s3io
+from tests.conftest import REPO_ROOT, image_bytes
+from tests.handler.test_app import Context
+
+EVENTS = REPO_ROOT / "events"
+BUCKET = "allowed-bucket"
+KEYS = ["uploads/my cat photo.png", "a+b=c.jpg", "ünïcødé/猫 ☕.png"]
+
+
+@pytest.fixture
+def s3(serving_env: Path, monkeypatch: pytest.MonkeyPatch):
+    from moto import mock_aws
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        import boto3
+
+        s3io.s3_client.cache_clear()
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+    s3io.s3_client.cache_clear()
+
+
+def s3_event(*keys: str, bucket: str = BUCKET) -> dict:
+    """The `sam local generate-event s3 put` template, one record per key, keys encoded as S3 sends them."""
+    template = json.loads((EVENTS / "s3_put.json").read_text())
+    records = []
+    for key in keys:
+        record = json.loads(json.dumps(template["Records"][0]))
+        record["s3"]["bucket"].update(name=bucket, arn=f"arn:aws:s3:::{bucket}")
+        record["s3"]["object"]["key"] = quote_plus(key, safe="/")
+        records.append(record)
+    return {"Records": records}
+
+
+def _result(client, key: str, bucket: str = BUCKET) -> dict:
+    return json.loads(client.get_object(Bucket=bucket, Key=f"results/{key}.json")["Body"].read())
+
+
+def test_upload_event_writes_results_for_awkward_keys(s3, tiny_artifact: Path) -> None:
+    for key in KEYS:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("JPEG" if key.endswith("jpg") else "PNG"))
+    summary = lambda_handler(s3_event(*KEYS), Context())
+    assert len(summary["written"]) == 3 and not summary["failed"]
+    sha = json.loads((tiny_artifact / "manifest.json").read_text())["model_sha256"][:12]
+    for key in KEYS:
+        result = _result(s3, key)
+        etag = s3.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+        assert result["source"] == {"bucket": BUCKET, "key": key, "etag": etag}
+        assert result["model_sha"] == sha
+        assert isinstance(result["caption"], str) and isinstance(result["detections"], list)
+        assert result["image"]["width"] == 96
+
+
+def test_redelivery_is_idempotent_and_new_versions_recompute(s3) -> None:
+    key = KEYS[0]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+    lambda_handler(s3_event(key), Context())
+    first = s3.head_object(Bucket=BUCKET, Key=f"results/{key}.json")["LastModified"]
+    again = lambda_handler(s3_event(key), Context())
+    assert again["skipped"] == [{"key": key, "reason": "result exists for this ETag"}] and not again["written"]
+    assert s3.head_object(Bucket=BUCKET, Key=f"results/{key}.json")["LastModified"] == first
+
+    s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG", (50, 40)))  # a new upload, new ETag
+    third = lambda_handler(s3_event(key), Context())
+    assert len(third["written"]) == 1 and _result(s3, key)["image"]["width"] == 50
+
+
+def test_results_never_trigger_work(s3) -> None:
+    s3.put_object(Bucket=BUCKET, Key="results/x.png.json", Body=b"{}")
+    summary = lambda_handler(s3_event("results/x.png.json"), Context())
+    assert summary["skipped"] == [{"key": "results/x.png.json", "reason": "under OUTPUT_PREFIX"}]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == ["results/x.png.json"]
+
+
+def test_output_bucket_setting(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3.create_bucket(Bucket="out-bucket")
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    monkeypatch.setenv("OUTPUT_PREFIX", "captions")  # no trailing slash: one is added
+    s3.put_object(Bucket=BUCKET, Key="p.png", Body=image_bytes("PNG"))
+    summary = lambda_handler(s3_event("p.png"), Context())
+    assert summary["written"] == ["s3://out-bucket/captions/p.png.json"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="captions/")
+
+
+def test_oversized_and_non_image_uploads_get_error_results(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_IMAGE_BYTES", "20000")
+    s3.put_object(Bucket=BUCKET, Key="huge.bmp", Body=image_bytes("BMP", (200, 200)))
+    s3.put_object(Bucket=BUCKET, Key="notes.png", Body=b"shopping list")
+    summary = lambda_handler(s3_event("huge.bmp", "notes.png"), Context())
+    assert {r["key"]: r["code"] for r in summary["rejected"]} == {"huge.bmp": "too_large", "notes.png": "bad_image"}
+    assert _result(s3, "huge.bmp")["error"]["code"] == "too_large"
+    assert _result(s3, "notes.png")["source"]["key"] == "notes.png"
+
+
+def test_a_failing_record_does_not_stop_the_others_but_fails_the_invocation(s3) -> None:
+    s3.put_object(Bucket=BUCKET, Key="good.png", Body=image_bytes("PNG"))
+    event = s3_event("deleted-before-we-ran.png", "good.png")
+    with pytest.raises(S3BatchError, match="1 of 2 records failed"):
+        lambda_handler(event, Context())
+    assert _result(s3, "good.png")["image"]["width"] == 96  # processed after the failure
+
+
+def test_api_and_direct_invoke_read_allowed_buckets(s3, png_bytes: bytes) -> None:
+    s3.put_object(Bucket=BUCKET, Key="in/ph oto+1.png", Body=png_bytes)
+    client = TestClient(app)
+    ok = client.post("/analyze", json={"s3": {"bucket": BUCKET, "key": "in/ph oto+1.png"}})
+    assert ok.status_code == 200 and ok.json()["image"]["bytes"] == len(png_bytes)
+    raw = client.post("/analyze", content=png_bytes, headers={"content-type": "image/png"}).json()
+    assert ok.json()["caption"] == raw["caption"] and ok.json()["detections"] == raw["detections"]
+
+    missing = client.post("/caption", json={"s3": {"bucket": BUCKET, "key": "nope.png"}})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    s3.create_bucket(Bucket="private")
+    s3.put_object(Bucket="private", Key="a.png", Body=png_bytes)
+    denied = client.post("/caption", json={"s3": {"bucket": "private", "key": "a.png"}})
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+
+    direct = lambda_handler({"task": "caption", "s3": {"bucket": BUCKET, "key": "in/ph oto+1.png"}}, Context())
+    assert direct["caption"] == raw["caption"]
+    assert (
+        lambda_handler({"task": "caption", "s3": {"bucket": BUCKET, "key": "x"}}, Context())["error"]["code"]
+        == "not_found"
+    )
+
+
+def test_s3_object_over_the_byte_limit_is_413_without_download(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_IMAGE_BYTES", "1000")
+    s3.put_object(Bucket=BUCKET, Key="big.bmp", Body=image_bytes("BMP", (100, 100)))
+    response = TestClient(app).post("/caption", json={"s3": {"bucket": BUCKET, "key": "big.bmp"}})
+    assert response.status_code == 413 and "limit is 1000" in response.json()["error"]["message"]

@@ -1,0 +1,169 @@
+"""Image decoding: every Pillow format we promise, EXIF rotation, alpha, and the limits."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from handler.errors import BadImage, TooLarge
+from handler.inputs.images import decode_image
+from tests.conftest import image_bytes
+
+LIMITS = {"max_bytes": 2_000_000, "max_pixels": 4_000_000}
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_promised_format_decodes_to_rgb(fmt: str) -> None:
+    decoded = decode_image(image_bytes(fmt, (80, 50)), **LIMITS)
+    assert decoded.image.mode == "RGB"
+    assert (decoded.width, decoded.height, decoded.format) == (80, 50, fmt)
+    # the drawn rectangle survives decoding: a pixel inside it is red-ish, a corner is white
+    r, g, b = decoded.image.getpixel((20, 25))
+    assert r > 150 and g < 100 and b < 100
+    assert min(decoded.image.getpixel((79, 0))) > 200
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    r, _g, b = decoded.image.getpixel((5, 5))
+    assert r > 200 and b < 50
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = Image.new("RGB", (120, 40), "white")
+    img.paste((0, 0, 0), (0, 0, 20, 40))  # black band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    assert (decoded.width, decoded.height) == (40, 120)
+    assert max(decoded.image.getpixel((20, 5))) < 60  # the left band is now at the top
+
+
+def test_alpha_is_composited_on_white() -> None:
+    img = Image.new("RGBA", (30, 30), (0, 0, 0, 0))
+    img.paste((0, 0, 255, 255), (0, 0, 10, 10))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    assert decoded.image.getpixel((20, 20)) == (255, 255, 255)
+    assert decoded.image.getpixel((5, 5)) == (0, 0, 255)
+
+
+def test_palette_transparency_and_16_bit_greys_convert() -> None:
+    pal = Image.new("P", (20, 20), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.paste(1, (0, 0, 10, 20))
+    buffer = io.BytesIO()
+    pal.save(buffer, format="PNG", transparency=0)
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    assert decoded.image.getpixel((15, 5)) == (255, 255, 255)
+    assert decoded.image.getpixel((5, 5)) == (255, 0, 0)
+
+    grey = Image.new("I;16", (20, 20), 0)
+    grey.paste(60000, (10, 0, 20, 20))
+    buffer = io.BytesIO()
+    grey.save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    assert decoded.image.getpixel((15, 5))[0] > 240 and decoded.image.getpixel((5, 5))[0] < 15
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that only claims a size: Pillow reads it from IHDR without touching pixel data."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)  # a start of pixel data; the rest is "missing"
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+
+
+def test_pixel_limit_is_checked_from_the_header() -> None:
+    with pytest.raises(TooLarge, match="pixels"):
+        decode_image(_png_header(3000, 3000), **LIMITS)  # over our 4 MP limit, under Pillow's
+
+
+def test_pillow_decompression_bomb_error_becomes_too_large() -> None:
+    with pytest.raises(TooLarge, match="pixels"):
+        decode_image(_png_header(60_000, 60_000), max_bytes=LIMITS["max_bytes"], max_pixels=10**12)
+
+
+def test_real_compressed_bomb_is_refused_before_decoding() -> None:
+    bomb = image_bytes("PNG", (2500, 2500), mode="L", optimize=True)  # 6.25 MP in a few kB
+    assert len(bomb) < 50_000
+    with pytest.raises(TooLarge):
+        decode_image(bomb, **LIMITS)
+
+
+def test_byte_limit() -> None:
+    with pytest.raises(TooLarge, match="bytes"):
+        decode_image(image_bytes("BMP", (200, 200)), max_bytes=1000, max_pixels=LIMITS["max_pixels"])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"GIF89a\x01\x00"],
+    ids=["empty", "text", "png-garbage", "gif-stub"],
+)
+def test_garbage_is_bad_image(data: bytes) -> None:
+    with pytest.raises(BadImage):
+        decode_image(data, **LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_images_are_bad_image(fmt: str) -> None:
+    data = image_bytes(fmt, (64, 64))
+    with pytest.raises(BadImage):
+        decode_image(data[: len(data) * 2 // 3], **LIMITS)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_but_reports_the_original_size() -> None:
+    data = image_bytes("JPEG", (2000, 1600), quality=85)
+    full = decode_image(data, **LIMITS)
+    drafted = decode_image(data, **LIMITS, draft_to=768)
+    assert full.image.size == (2000, 1600) and full.scale == (1.0, 1.0)
+    assert drafted.image.size == (1000, 800) and (drafted.width, drafted.height) == (2000, 1600)
+    assert drafted.scale == (2.0, 2.0)
+    assert decode_image(image_bytes("PNG", (2000, 1600)), **LIMITS, draft_to=768).image.size == (2000, 1600)
+
+
+def test_reduced_scale_decode_respects_exif_rotation() -> None:
+    img = Image.new("RGB", (2000, 1600), "white")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", exif=exif.tobytes())
+    drafted = decode_image(buffer.getvalue(), **LIMITS, draft_to=768)
+    assert (drafted.width, drafted.height) == (1600, 2000) and drafted.image.size == (800, 1000)
+
+
+def test_boxes_from_a_reduced_decode_map_back_to_original_pixels() -> None:
+    from handler.florence.tasks import Detection
+    from handler.service import to_original
+
+    boxes = to_original([Detection("cat", (10.0, 20.0, 30.0, 40.0))], (2.0, 4.0))
+    assert boxes == [Detection("cat", (20.0, 80.0, 60.0, 160.0))]
+
+
+def test_normalize_gives_the_processors_floats_for_every_uint8_value() -> None:
+    """The processor rescales in float64 and rounds once; `normalize` must land on the same floats."""
+    import numpy as np
+    import torch
+
+    from handler.florence.preprocess import normalize
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 1, 3)).copy()
+    rescaled = (values.astype(np.float64) * (1 / 255)).astype(np.float32)
+    expected = (rescaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    assert torch.equal(normalize(torch.from_numpy(values), mean, std), torch.from_numpy(expected).permute(0, 3, 1, 2))

@@ -1,0 +1,233 @@
+"""`lambda_handler` with the API Gateway events `sam local generate-event` writes, and direct invokes.
+
+Bodies are real images (base64, as API Gateway delivers binary) and real multipart uploads; the
+responses must come back byte-exact through Mangum.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from PIL import Image
+
+from handler.app import event_kind, lambda_handler
+from tests.conftest import REPO_ROOT
+
+EVENTS = REPO_ROOT / "events"
+
+
+@dataclass
+class Context:
+    """What the Lambda runtime passes as `context`, reduced to the fields the handler reads."""
+
+    aws_request_id: str = "req-123"
+    function_name: str = "florence"
+
+
+def _v1(method: str, path: str, body: bytes, headers: dict[str, str], query: dict[str, str] | None = None) -> dict:
+    event = json.loads((EVENTS / "apigw_v1.json").read_text())
+    event.update(
+        httpMethod=method,
+        path=path,
+        resource=path,
+        body=base64.b64encode(body).decode(),
+        isBase64Encoded=True,
+        queryStringParameters=query or None,
+        multiValueQueryStringParameters={k: [v] for k, v in (query or {}).items()} or None,
+    )
+    event["headers"] = {**event["headers"], **headers}
+    event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+    event["requestContext"].update(httpMethod=method, path=path)
+    return event
+
+
+def _v2(
+    method: str, path: str, body: bytes | str, headers: dict[str, str], query: dict[str, str] | None = None
+) -> dict:
+    event = json.loads((EVENTS / "apigw_v2.json").read_text())
+    binary = isinstance(body, bytes)
+    event.update(
+        rawPath=path,
+        rawQueryString=urlencode(query or {}),
+        queryStringParameters=query or None,
+        body=base64.b64encode(body).decode() if binary else body,
+        isBase64Encoded=binary,
+    )
+    event["headers"] = {**event["headers"], **headers}
+    event["requestContext"]["http"].update(method=method, path=path)
+    return event
+
+
+def _multipart(data: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
+    request = httpx.Request("POST", "http://x/", files={"file": (filename, data, "image/jpeg")})
+    return request.read(), request.headers["content-type"]
+
+
+def _json_body(response: dict) -> dict:
+    assert response["isBase64Encoded"] is False, response
+    return json.loads(response["body"])
+
+
+@pytest.fixture
+def ctx(serving_env: Path) -> Context:
+    return Context()
+
+
+def test_event_templates_are_recognised() -> None:
+    assert event_kind(json.loads((EVENTS / "apigw_v1.json").read_text())) == "http"
+    assert event_kind(json.loads((EVENTS / "apigw_v2.json").read_text())) == "http"
+    assert event_kind(json.loads((EVENTS / "s3_put.json").read_text())) == "s3"
+    assert event_kind({"task": "caption"}) == "direct"
+    assert event_kind({"hello": 1}) == event_kind([1]) == event_kind("x") == "unknown"
+
+
+@pytest.mark.parametrize("make", [_v1, _v2], ids=["v1", "v2"])
+def test_caption_through_api_gateway(make, ctx: Context, jpeg_bytes: bytes) -> None:
+    response = lambda_handler(make("POST", "/caption", jpeg_bytes, {"content-type": "image/jpeg"}), ctx)
+    assert response["statusCode"] == 200
+    body = _json_body(response)
+    assert isinstance(body["caption"], str) and body["image"]["bytes"] == len(jpeg_bytes)
+    assert body["image"]["format"] == "JPEG"
+
+
+@pytest.mark.parametrize("make", [_v1, _v2], ids=["v1", "v2"])
+def test_multipart_equals_raw_body(make, ctx: Context, jpeg_bytes: bytes) -> None:
+    raw = _json_body(lambda_handler(make("POST", "/analyze", jpeg_bytes, {"content-type": "image/jpeg"}), ctx))
+    body, content_type = _multipart(jpeg_bytes)
+    multi = _json_body(lambda_handler(make("POST", "/analyze", body, {"content-type": content_type}), ctx))
+    assert multi["image"] == raw["image"]  # same byte count: the upload arrived byte-exact
+    assert multi["caption"] == raw["caption"] and multi["detections"] == raw["detections"]
+
+
+@pytest.mark.parametrize("make", [_v1, _v2], ids=["v1", "v2"])
+def test_detect_png_comes_back_base64_and_decodes(make, ctx: Context, png_bytes: bytes) -> None:
+    event = make("POST", "/detect", png_bytes, {"content-type": "image/png"}, {"format": "png"})
+    response = lambda_handler(event, ctx)
+    assert response["statusCode"] == 200 and response["isBase64Encoded"] is True
+    headers = {k.lower(): v for k, v in response["headers"].items()}
+    assert headers["content-type"] == "image/png" and headers["x-model-sha"]
+    png = base64.b64decode(response["body"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    img = Image.open(io.BytesIO(png))
+    img.load()
+    assert img.size == (96, 64)
+
+
+def test_json_base64_body_through_v2(ctx: Context, png_bytes: bytes) -> None:
+    payload = json.dumps({"image_base64": base64.b64encode(png_bytes).decode()})
+    response = lambda_handler(_v2("POST", "/detect", payload, {"content-type": "application/json"}), ctx)
+    assert response["statusCode"] == 200 and "detections" in _json_body(response)
+
+
+def test_errors_through_api_gateway(ctx: Context, png_bytes: bytes) -> None:
+    not_image = lambda_handler(_v1("POST", "/caption", b"plain text", {"content-type": "image/png"}), ctx)
+    assert not_image["statusCode"] == 400 and _json_body(not_image)["error"]["code"] == "bad_image"
+    wrong_type = lambda_handler(_v2("POST", "/caption", png_bytes, {"content-type": "text/csv"}), ctx)
+    assert wrong_type["statusCode"] == 415
+    missing = lambda_handler(_v2("GET", "/missing", b"", {}), ctx)
+    assert missing["statusCode"] == 404 and _json_body(missing)["error"]["code"] == "not_found"
+
+
+def test_health_through_function_url_shape(ctx: Context) -> None:
+    event = _v2("GET", "/health", "", {})
+    event["requestContext"]["domainName"] = "abcdefg.lambda-url.us-east-1.on.aws"  # Function URLs use v2
+    response = lambda_handler(event, ctx)
+    assert response["statusCode"] == 200 and _json_body(response)["status"] == "ok"
+
+
+def test_malformed_http_event_is_a_clear_400(ctx: Context) -> None:
+    response = lambda_handler({"requestContext": {"http": {}}, "body": "x"}, ctx)
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"])["error"]["code"] == "bad_event"
+
+
+# --- direct invokes ------------------------------------------------------------------------------
+
+
+def test_direct_invokes(ctx: Context, png_bytes: bytes) -> None:
+    b64 = base64.b64encode(png_bytes).decode()
+    caption = lambda_handler({"task": "caption", "image_base64": b64}, ctx)
+    detect = lambda_handler({"task": "detect", "image_base64": b64}, ctx)
+    both = lambda_handler({"task": "analyze", "image_base64": b64}, ctx)
+    only = lambda_handler({"task": "analyze", "tasks": ["detect"], "image_base64": b64}, ctx)
+    assert "statusCode" not in caption and isinstance(caption["caption"], str)
+    assert both["caption"] == caption["caption"] and both["detections"] == detect["detections"]
+    assert "caption" not in only and only["detections"] == detect["detections"]
+    assert caption["model_sha"] and caption["image"]["width"] == 96
+
+
+@pytest.mark.parametrize(
+    ("event", "code"),
+    [
+        ({"task": "segment", "image_base64": "aGk="}, "invalid_request"),
+        ({"task": "caption"}, "invalid_request"),
+        ({"task": "caption", "image_base64": "!!"}, "invalid_request"),
+        ({"task": "caption", "image_base64": base64.b64encode(b"not an image").decode()}, "bad_image"),
+        ({"task": "caption", "s3": {"bucket": "not-allowed", "key": "k"}}, "forbidden"),
+        ({"task": "analyze", "tasks": "caption,nope", "image_base64": "aGk="}, "invalid_request"),
+    ],
+)
+def test_direct_invoke_errors_are_plain_dicts(ctx: Context, event: dict, code: str) -> None:
+    response = lambda_handler(copy.deepcopy(event), ctx)
+    assert set(response) == {"error"} and response["error"]["code"] == code and response["error"]["message"]
+
+
+@pytest.mark.parametrize("event", [{"hello": "world"}, [], "caption", None, {"Records": [{"eventSource": "aws:sqs"}]}])
+def test_unknown_events_get_a_clear_error(ctx: Context, event, capsys: pytest.CaptureFixture) -> None:
+    response = lambda_handler(event, ctx)
+    assert response["error"]["code"] == "unsupported_event" and "expected" in response["error"]["message"]
+    log = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert log["request_id"] == "req-123" and log["error"] == "unsupported_event"
+
+
+def test_direct_invoke_logs_one_line(ctx: Context, png_bytes: bytes, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    lambda_handler({"task": "detect", "image_base64": base64.b64encode(png_bytes).decode()}, Context("abc"))
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert len(lines) == 1
+    assert lines[0]["request_id"] == "abc" and lines[0]["task"] == "detect" and lines[0]["source"] == "direct"
+    assert lines[0]["model_sha"] and lines[0]["image"]["height"] == 64 and lines[0]["latency_ms"] > 0
+
+
+def test_api_gateway_request_logs_the_lambda_request_id(
+    ctx: Context, png_bytes: bytes, capsys: pytest.CaptureFixture
+) -> None:
+    capsys.readouterr()
+    lambda_handler(_v2("POST", "/caption", png_bytes, {"content-type": "image/png"}), Context("gw-42"))
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert len(lines) == 1
+    assert lines[0]["request_id"] == "gw-42" and lines[0]["task"] == "caption" and lines[0]["status"] == 200
+    assert lines[0]["image"]["bytes"] == len(png_bytes) and lines[0]["model_sha"]
+
+
+@pytest.mark.parametrize(
+    "name, expect",
+    [
+        ("caption_apigw_v1.json", "caption"),
+        ("detect_apigw_v2.json", "detections"),
+    ],
+)
+def test_ready_made_events_answer_with_results(ctx: Context, name: str, expect: str) -> None:
+    """The committed `sam local invoke -e events/...` files carry a real image and get a real answer."""
+    response = lambda_handler(json.loads((EVENTS / name).read_text()), ctx)
+    assert response["statusCode"] == 200, response
+    body = _json_body(response)
+    assert expect in body and body["image"] == {
+        "width": 160,
+        "height": 120,
+        "format": "PNG",
+        "bytes": body["image"]["bytes"],
+    }
+
+
+def test_ready_made_direct_invoke_event(ctx: Context) -> None:
+    result = lambda_handler(json.loads((EVENTS / "direct_analyze.json").read_text()), ctx)
+    assert "caption" in result and "detections" in result, result
