@@ -104,7 +104,7 @@ def test_output_bucket_setting(s3, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_oversized_and_non_image_uploads_get_error_results(s3, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAX_IMAGE_BYTES", "20000")
+    monkeypatch.setenv("MAX_S3_IMAGE_BYTES", "20000")
     s3.put_object(Bucket=BUCKET, Key="huge.bmp", Body=image_bytes("BMP", (200, 200)))
     s3.put_object(Bucket=BUCKET, Key="notes.png", Body=b"shopping list")
     summary = lambda_handler(s3_event("huge.bmp", "notes.png"), Context())
@@ -145,7 +145,7 @@ def test_api_and_direct_invoke_read_allowed_buckets(s3, png_bytes: bytes) -> Non
 
 
 def test_s3_object_over_the_byte_limit_is_413_without_download(s3, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAX_IMAGE_BYTES", "1000")
+    monkeypatch.setenv("MAX_S3_IMAGE_BYTES", "1000")
     s3.put_object(Bucket=BUCKET, Key="big.bmp", Body=image_bytes("BMP", (100, 100)))
     response = TestClient(app).post("/caption", json={"s3": {"bucket": BUCKET, "key": "big.bmp"}})
     assert response.status_code == 413 and "limit is 1000" in response.json()["error"]["message"]
