@@ -19,6 +19,7 @@ import hashlib
 import json
 import pickle
 import platform
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -222,6 +223,9 @@ def _refusal(exc: Exception) -> str:
     marker = "WeightsUnpickler error: "
     if marker in text:
         text = text.split(marker, 1)[1]
+    found = re.search(r"Unsupported global: GLOBAL (\S+) was not an allowed global", text)
+    if found:
+        return f"it names {found.group(1)}, which is not on the allow-list"
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 

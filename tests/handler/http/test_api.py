@@ -190,6 +190,8 @@ def test_503_when_the_artifact_is_corrupt_and_the_failure_is_cached(
         # Format 1 predates the conv memory formats; format 2 names the old flat class paths.
         ("format_version", 1, ["format 1", "model_build fuse"]),
         ("format_version", 2, ["format 2", "model_build fuse"]),
+        # Format 3 had no processor hashes and was loaded with weights_only=False.
+        ("format_version", 3, ["format 3", "model_build fuse"]),
     ],
 )
 def test_503_when_built_for_another_runtime_or_format(
