@@ -77,17 +77,58 @@ def _http_response(status: int, code: str, message: str) -> dict[str, Any]:
     }
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _string_map(value: Any, multi: bool = False) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and (_strings(v) if multi else isinstance(v, str)) for k, v in value.items()
+    )
+
+
+_HTTP_FIELD_TYPES: dict[str, Any] = {
+    "httpMethod": lambda v: isinstance(v, str),
+    "path": lambda v: isinstance(v, str),
+    "rawPath": lambda v: isinstance(v, str),
+    "rawQueryString": lambda v: isinstance(v, str),
+    "version": lambda v: isinstance(v, str),
+    "body": lambda v: v is None or isinstance(v, str),
+    "isBase64Encoded": lambda v: isinstance(v, bool),
+    "headers": lambda v: v is None or _string_map(v),
+    "multiValueHeaders": lambda v: v is None or _string_map(v, multi=True),
+    "queryStringParameters": lambda v: v is None or _string_map(v),
+    "multiValueQueryStringParameters": lambda v: v is None or _string_map(v, multi=True),
+    "cookies": lambda v: v is None or _strings(v),
+}
+"""What Mangum passes into the ASGI scope unchecked: a list as `httpMethod` would fail inside routing."""
+
+
+def _http_event_fault(event: dict[str, Any]) -> str | None:
+    """Why an API Gateway / Function URL event cannot be served, or None; Mangum reports missing keys."""
+    wrong = [name for name, ok in _HTTP_FIELD_TYPES.items() if name in event and not ok(event[name])]
+    http = event["requestContext"].get("http")
+    if http is not None and not (isinstance(http, dict) and all(isinstance(v, str) for v in http.values())):
+        wrong.append("requestContext.http")
+    if not isinstance(event["requestContext"].get("identity", {}), dict):
+        wrong.append("requestContext.identity")
+    return f"fields of the wrong type: {', '.join(wrong)}" if wrong else None
+
+
 def _serve_http(event: dict[str, Any], context: Any, request_id: str, log_level: str) -> Any:
     """Mangum and the app; the app logs its own request line, a fault outside it is logged here."""
     from handler.logs import annotate
 
+    fault = _http_event_fault(event)
     try:
-        return _mangum()(event, context)
+        if fault is None:
+            return _mangum()(event, context)
     except Exception as exc:  # a malformed API Gateway event Mangum cannot parse
         _log.warning("unparseable HTTP event: %s", exc)
-        with request_log(request_id, "http", log_level):
-            annotate(status=400, error="bad_event")
-            return _http_response(400, "bad_event", f"malformed HTTP event: {type(exc).__name__}: {exc}")
+        fault = f"{type(exc).__name__}: {exc}"
+    with request_log(request_id, "http", log_level):
+        annotate(status=400, error="bad_event")
+        return _http_response(400, "bad_event", f"malformed HTTP event: {fault}")
 
 
 def _unsupported(event: Any) -> dict[str, Any]:
