@@ -78,14 +78,22 @@ def _instructions(text: str) -> list[tuple[str, str]]:
 
 
 def read_image_spec(dockerfile: Path = DOCKERFILE) -> ImageSpec:
-    """ENV, ENTRYPOINT, CMD and WORKDIR of the final stage, with ${VAR} references expanded."""
+    """ENV, ENTRYPOINT, CMD and WORKDIR of the final stage, with ${VAR} references expanded
+    (build args at their defaults, as a build without --build-arg has them)."""
     steps = _instructions(dockerfile.read_text())
     last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
     env: dict[str, str] = {}
+    args: dict[str, str] = {}
     spec = ImageSpec(env, [], [], "/")
     for keyword, rest in steps[last_from + 1 :]:
-        expand = lambda value: re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), f"<{m.group(1)}>"), value)
-        if keyword == "ENV":
+        known = {**args, **env}
+        expand = lambda value, known=known: re.sub(
+            r"\$\{(\w+)\}", lambda m: known.get(m.group(1), f"<{m.group(1)}>"), value
+        )
+        if keyword == "ARG":
+            name, _, default = shlex.split(rest)[0].partition("=")
+            args[name] = default
+        elif keyword == "ENV":
             for token in shlex.split(rest):
                 key, _, value = token.partition("=")
                 env[key] = expand(value)
