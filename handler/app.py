@@ -68,41 +68,116 @@ def event_kind(event: Any) -> str:
     return "unknown"
 
 
-def _http_fault(message: str) -> dict[str, Any]:
+def _http_response(status: int, code: str, message: str) -> dict[str, Any]:
     return {
-        "statusCode": 400,
+        "statusCode": status,
         "headers": {"content-type": "application/json"},
-        "body": json.dumps(error_body("bad_event", message)),
+        "body": json.dumps(error_body(code, message)),
         "isBase64Encoded": False,
     }
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _string_map(value: Any, multi: bool = False) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and (_strings(v) if multi else isinstance(v, str)) for k, v in value.items()
+    )
+
+
+_HTTP_FIELD_TYPES: dict[str, Any] = {
+    "httpMethod": lambda v: isinstance(v, str),
+    "path": lambda v: isinstance(v, str),
+    "rawPath": lambda v: isinstance(v, str),
+    "rawQueryString": lambda v: isinstance(v, str),
+    "version": lambda v: isinstance(v, str),
+    "body": lambda v: v is None or isinstance(v, str),
+    "isBase64Encoded": lambda v: isinstance(v, bool),
+    "headers": lambda v: v is None or _string_map(v),
+    "multiValueHeaders": lambda v: v is None or _string_map(v, multi=True),
+    "queryStringParameters": lambda v: v is None or _string_map(v),
+    "multiValueQueryStringParameters": lambda v: v is None or _string_map(v, multi=True),
+    "cookies": lambda v: v is None or _strings(v),
+}
+"""What Mangum passes into the ASGI scope unchecked: a list as `httpMethod` would fail inside routing."""
+
+
+def _http_event_fault(event: dict[str, Any]) -> str | None:
+    """Why an API Gateway / Function URL event cannot be served, or None; Mangum reports missing keys."""
+    wrong = [name for name, ok in _HTTP_FIELD_TYPES.items() if name in event and not ok(event[name])]
+    http = event["requestContext"].get("http")
+    if http is not None and not (isinstance(http, dict) and all(isinstance(v, str) for v in http.values())):
+        wrong.append("requestContext.http")
+    if not isinstance(event["requestContext"].get("identity", {}), dict):
+        wrong.append("requestContext.identity")
+    return f"fields of the wrong type: {', '.join(wrong)}" if wrong else None
+
+
+def _serve_http(event: dict[str, Any], context: Any, request_id: str, log_level: str) -> Any:
+    """Mangum and the app; the app logs its own request line, a fault outside it is logged here."""
+    from handler.logs import annotate
+
+    fault = _http_event_fault(event)
+    try:
+        if fault is None:
+            return _mangum()(event, context)
+    except Exception as exc:  # a malformed API Gateway event Mangum cannot parse
+        _log.warning("unparseable HTTP event: %s", exc)
+        fault = f"{type(exc).__name__}: {exc}"
+    with request_log(request_id, "http", log_level):
+        annotate(status=400, error="bad_event")
+        return _http_response(400, "bad_event", f"malformed HTTP event: {fault}")
+
+
+def _unsupported(event: Any) -> dict[str, Any]:
+    from handler.logs import annotate
+
+    annotate(status=400, error="unsupported_event")
+    keys = sorted(map(str, event))[:10] if isinstance(event, dict) else type(event).__name__
+    return error_body(
+        "unsupported_event",
+        "expected an API Gateway/Function URL event, an S3 event, or a direct invoke"
+        f' {{"task": ..., "image_base64" | "s3": ...}}; got {keys}',
+    )
+
+
 def lambda_handler(event: Any, context: Any) -> Any:
-    """Dispatch an invoke by its shape; never let bad input surface as a stack trace."""
+    """Dispatch an invoke by its shape; never let bad input surface as a stack trace.
+
+    The catch-all is the last line: any exception that escapes (a bug, not bad input) becomes the
+    documented 500 body and a request log line with status 500, so the runtime process lives on.
+    S3 events are the exception: their handler raises on purpose so Lambda retries the event.
+    """
     kind = event_kind(event)
     config = settings()
     request_id = request_id_from(context)
-    if kind == "http":
-        try:
-            return _mangum()(event, context)
-        except Exception as exc:  # a malformed API Gateway event Mangum cannot parse
-            _log.warning("unparseable HTTP event: %s", exc)
-            return _http_fault(f"malformed HTTP event: {exc}")
     if kind == "s3":
         from handler.events import s3 as s3_events
 
         return s3_events.handle(event, request_id, config)
-    with request_log(request_id, kind, config.log_level):
-        if kind == "direct":
-            from handler.events import direct
+    try:
+        if kind == "http":
+            return _serve_http(event, context, request_id, config.log_level)
+        with request_log(request_id, kind, config.log_level):
+            try:
+                if kind == "direct":
+                    from handler.events import direct
 
-            return direct.handle(event, config)
-        from handler.logs import annotate
+                    return direct.handle(event, config)
+                return _unsupported(event)
+            except Exception:
+                from handler.logs import annotate
 
-        annotate(status=400, error="unsupported_event")
-        keys = sorted(event)[:10] if isinstance(event, dict) else type(event).__name__
-        return error_body(
-            "unsupported_event",
-            "expected an API Gateway/Function URL event, an S3 event, or a direct invoke"
-            f' {{"task": ..., "image_base64" | "s3": ...}}; got {keys}',
-        )
+                _log.exception("unhandled error serving a %s invoke", kind)
+                annotate(status=500, error="internal_error")
+                return error_body("internal_error", f"internal error; request id {request_id}")
+    except Exception:  # outside any request log: log one now, with the status the caller gets
+        _log.exception("unhandled error at the Lambda boundary (%s event)", kind)
+        with request_log(request_id, kind, config.log_level) as record:
+            record.update(status=500, error="internal_error")
+        message = f"internal error; request id {request_id}"
+        if kind == "http":
+            return _http_response(500, "internal_error", message)
+        return error_body("internal_error", message)

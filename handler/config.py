@@ -3,7 +3,8 @@
 | variable | default | meaning |
 |---|---|---|
 | ARTIFACT_DIR | /opt/artifact | folder with model.pt, processor/ and manifest.json (baked into the image) |
-| MAX_IMAGE_BYTES | 5_500_000 | largest accepted image; fits Lambda's 6 MB payload after base64 |
+| MAX_IMAGE_BYTES | 4_669_440 | largest inline image (raw, multipart, base64): fits a synchronous event, see below |
+| MAX_S3_IMAGE_BYTES | 20_971_520 | largest image read from S3 (`{"s3": ...}` requests, S3 events): no event limit applies |
 | MAX_IMAGE_PIXELS | 40_000_000 | largest accepted width*height; stops decompression bombs |
 | ALLOWED_BUCKETS | (empty) | comma-separated buckets that JSON `{"s3": ...}` requests may read |
 | OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it never trigger work |
@@ -11,6 +12,12 @@
 | ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
 | TORCH_THREADS | CPUs available | intra-op threads for inference |
 | LOG_LEVEL | INFO | level of the structured JSON request log |
+| ARTIFACT_SHA256 | (empty) | when set, the sha256 of the artifact's manifest.json must equal it (docs/deploy.md) |
+
+Lambda refuses a synchronous request or response over 6,291,456 bytes, and binary bodies travel as
+base64 (4 bytes per 3). With 65,536 bytes kept for the envelope (headers, request context, multipart
+boundaries, JSON keys): (6,291,456 - 65,536) // 4 * 3 = 4,669,440 bytes of image. The same bound caps
+a binary response body (the drawn PNG).
 """
 
 from __future__ import annotations
@@ -27,6 +34,14 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+LAMBDA_PAYLOAD_BYTES = 6_291_456
+"""Lambda's limit on a synchronous invoke's event, and on its response."""
+ENVELOPE_MARGIN_BYTES = 65_536
+"""Room in the event or response for everything that is not the base64 body."""
+MAX_BINARY_BODY_BYTES = (LAMBDA_PAYLOAD_BYTES - ENVELOPE_MARGIN_BYTES) // 4 * 3
+"""4,669,440: the largest binary body whose base64 plus the envelope fits LAMBDA_PAYLOAD_BYTES."""
+
+
 def _csv(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
@@ -34,7 +49,8 @@ def _csv(value: str) -> frozenset[str]:
 @dataclass(frozen=True)
 class Settings:
     artifact_dir: str = "/opt/artifact"
-    max_image_bytes: int = 5_500_000
+    max_image_bytes: int = MAX_BINARY_BODY_BYTES
+    max_s3_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     allowed_buckets: frozenset[str] = field(default_factory=frozenset)
     output_prefix: str = "results/"
@@ -42,6 +58,7 @@ class Settings:
     artifact_retry_s: float = 30.0
     torch_threads: int = 0
     log_level: str = "INFO"
+    artifact_sha256: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -50,6 +67,7 @@ class Settings:
         return cls(
             artifact_dir=env.get("ARTIFACT_DIR", cls.artifact_dir),
             max_image_bytes=int(env.get("MAX_IMAGE_BYTES", cls.max_image_bytes)),
+            max_s3_image_bytes=int(env.get("MAX_S3_IMAGE_BYTES", cls.max_s3_image_bytes)),
             max_image_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_image_pixels)),
             allowed_buckets=_csv(env.get("ALLOWED_BUCKETS", "")),
             output_prefix=prefix if prefix.endswith("/") else prefix + "/",
@@ -57,7 +75,13 @@ class Settings:
             artifact_retry_s=float(env.get("ARTIFACT_RETRY_S", cls.artifact_retry_s)),
             torch_threads=int(env.get("TORCH_THREADS", 0)) or available_cpus(),
             log_level=env.get("LOG_LEVEL", cls.log_level),
+            artifact_sha256=env.get("ARTIFACT_SHA256", "").strip().lower(),
         )
+
+    @property
+    def largest_image_bytes(self) -> int:
+        """The decoder's own byte cap: each source enforces its tighter limit before this."""
+        return max(self.max_image_bytes, self.max_s3_image_bytes)
 
 
 def settings() -> Settings:

@@ -6,6 +6,9 @@ Every entry point (HTTP, direct invoke, S3 worker) turns these into the same
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 class ServiceError(Exception):
     """A failure with an HTTP status and a stable machine-readable code."""
@@ -19,6 +22,12 @@ class ServiceError(Exception):
 
     def body(self) -> dict:
         return error_body(self.code, self.message)
+
+
+class BadRequest(ServiceError):
+    """The request names something S3 or this service can never accept (e.g. a key over 1,024 bytes)."""
+
+    status, code = 400, "bad_request"
 
 
 class BadImage(ServiceError):
@@ -51,9 +60,26 @@ class UpstreamError(ServiceError):
     status, code = 502, "upstream_error"
 
 
+class UpstreamUnavailable(ServiceError):
+    """S3 is throttling or briefly unavailable; a retry later should succeed."""
+
+    status, code = 503, "upstream_unavailable"
+
+
 class ModelUnavailable(ServiceError):
     status, code = 503, "model_unavailable"
 
 
+def printable(text: str) -> str:
+    """`text` with anything UTF-8 cannot carry (lone surrogates from hostile JSON) escaped, so it serializes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": printable(message)}}
+
+
+def validation_message(errors: Iterable[Any]) -> str:
+    """pydantic's error list as one line: `field.path: what is wrong; ...`."""
+    parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in errors]
+    return "; ".join(parts) or "invalid request"

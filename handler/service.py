@@ -42,8 +42,8 @@ class ModelRuntime:
     """One artifact folder's model and engine; inference is serialized because each call already
     uses every CPU through torch's intra-op threads and the engine may keep per-call state."""
 
-    def __init__(self, artifact_dir: str, torch_threads: int, retry_after_s: float) -> None:
-        self.lazy = LazyArtifact(artifact_dir, retry_after_s=retry_after_s)
+    def __init__(self, artifact_dir: str, torch_threads: int, retry_after_s: float, pinned_sha256: str = "") -> None:
+        self.lazy = LazyArtifact(artifact_dir, retry_after_s=retry_after_s, pinned_sha256=pinned_sha256)
         self.torch_threads = torch_threads
         self._engine: Any = None
         self._engine_lock = threading.Lock()
@@ -91,12 +91,14 @@ _runtimes_lock = threading.Lock()
 
 
 def runtime_for(settings: Settings) -> ModelRuntime:
-    """The runtime for the configured artifact folder (one per folder, so tests can switch folders)."""
-    key = str(settings.artifact_dir)
+    """The runtime for the configured artifact folder and pin (one per pair, so tests can switch)."""
+    key = f"{settings.artifact_dir}#{settings.artifact_sha256}"
     with _runtimes_lock:
         runtime = _runtimes.get(key)
         if runtime is None:
-            runtime = ModelRuntime(key, settings.torch_threads, settings.artifact_retry_s)
+            runtime = ModelRuntime(
+                str(settings.artifact_dir), settings.torch_threads, settings.artifact_retry_s, settings.artifact_sha256
+            )
             _runtimes[key] = runtime
         return runtime
 
@@ -118,7 +120,7 @@ def decode(data: bytes, settings: Settings, full_resolution: bool = False) -> tu
 
     start = time.perf_counter()
     draft_to = 0 if full_resolution else DRAFT_TO
-    decoded = decode_image(data, settings.max_image_bytes, settings.max_image_pixels, draft_to)
+    decoded = decode_image(data, settings.largest_image_bytes, settings.max_image_pixels, draft_to)
     annotate(image=decoded.describe())
     return decoded, round((time.perf_counter() - start) * 1000, 1)
 

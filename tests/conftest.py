@@ -57,6 +57,28 @@ def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (96, 64), mode: str = 
     return buffer.getvalue()
 
 
+def photo_jpeg(size: tuple[int, int] = (4000, 3000), noise: float = 10.0, quality: int = 80, seed: int = 3) -> bytes:
+    """A photo-like JPEG: smooth gradients, shapes and sensor-like noise, so PNG cannot squeeze it much."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 200, y / height * 180, (x + y) / (width + height) * 220], axis=-1)
+    img = Image.fromarray(base.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(40):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w, h = int(rng.integers(width // 20, width // 4)), int(rng.integers(height // 20, height // 4))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x0 + w, y0 + h), fill=colour)
+    pixels = np.asarray(img, dtype=np.float32) + rng.normal(0, noise, (height, width, 3)).astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="session")
 def png_bytes() -> bytes:
     return image_bytes("PNG")

@@ -1,6 +1,8 @@
 """Direct Lambda invokes: `{"task": "caption"|"detect"|"analyze", "image_base64"|"s3": ...}`.
 
-Answers with the same JSON the HTTP API returns (no statusCode wrapper), or `{"error": ...}`.
+Answers with the same JSON the HTTP API returns (no statusCode wrapper), or `{"error": ...}`. The
+event is validated by the HTTP API's own pydantic models, so a list or dict where a string belongs
+is a 422, never a TypeError.
 """
 
 from __future__ import annotations
@@ -8,28 +10,26 @@ from __future__ import annotations
 from typing import Any
 
 from handler.config import Settings
-from handler.errors import InvalidRequest, ServiceError
+from handler.errors import ServiceError
 from handler.florence.tasks import Task
-from handler.inputs.payload import image_from_payload
+from handler.inputs.payload import DirectInvoke, image_from, parse_as
 from handler.logs import annotate
 from handler.service import analyze, parse_tasks
 
 _SINGLE = {"caption": [Task.CAPTION], "detect": [Task.DETECT]}
 
 
-def tasks_of(event: dict[str, Any]) -> list[Task]:
-    task = event.get("task")
-    if task in _SINGLE:
-        return _SINGLE[task]
-    if task == "analyze":
-        return parse_tasks(event.get("tasks"))
-    raise InvalidRequest(f'task must be "caption", "detect" or "analyze", not {task!r}')
+def tasks_of(invoke: DirectInvoke) -> list[Task]:
+    if invoke.task in _SINGLE:
+        return _SINGLE[invoke.task]
+    return parse_tasks(invoke.tasks)
 
 
 def handle(event: dict[str, Any], settings: Settings) -> dict[str, Any]:
     try:
-        tasks = tasks_of(event)
-        data = image_from_payload(event, settings)
+        invoke = parse_as(DirectInvoke, event)
+        tasks = tasks_of(invoke)
+        data = image_from(invoke, settings)
         payload = analyze(data, tasks, settings).payload
         annotate(status=200)
         return payload

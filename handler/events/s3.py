@@ -1,25 +1,30 @@
 """S3 upload worker: caption and detect every uploaded image, write `<OUTPUT_PREFIX><key>.json`.
 
 Results carry the source ETag, which makes redelivered events cheap no-ops. A record the input
-itself dooms (too big, not an image) gets an error result and is not retried; any other failure
-is retried by Lambda: the invocation raises after every record has had its turn.
+itself dooms (too big, not an image, a key S3 refuses, a malformed record) gets an error result
+where one can be written and is not retried; any other failure is retried by Lambda: the invocation
+raises after every record has had its turn. Result keys always fit S3's 1,024 bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
-from handler.errors import BadImage, ServiceError, TooLarge, error_body
+from handler.errors import BadImage, BadRequest, InvalidRequest, ServiceError, TooLarge, error_body, printable
 from handler.logs import annotate, request_log
 from handler.service import ALL_TASKS, analyze
 
 ETAG_METADATA = "source-etag"
-PERMANENT = (BadImage, TooLarge)
-"""Failures caused by the uploaded bytes; retrying cannot fix them."""
+PERMANENT = (BadImage, TooLarge, BadRequest, InvalidRequest)
+"""Failures caused by the uploaded bytes, its key or the record itself; retrying cannot fix them."""
+MAX_KEY_BYTES = 1024
+KEY_HASH_CHARS = 16
+"""A long key's result name keeps its start and ends in 16 hex digits of its sha256 (64 bits)."""
 
 
 class S3BatchError(RuntimeError):
@@ -47,7 +52,26 @@ def is_s3_event(event: Any) -> bool:
 
 
 def result_key(key: str, settings: Settings) -> str:
-    return f"{settings.output_prefix}{key}.json"
+    """`<prefix><key>.json`, or, when that would pass 1,024 bytes, the key cut short plus a hash of all of it."""
+    plain = f"{settings.output_prefix}{key}.json"
+    if len(plain.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
+        return plain
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:KEY_HASH_CHARS]
+    tail = f"~{digest}.json"
+    room = MAX_KEY_BYTES - len(settings.output_prefix.encode("utf-8")) - len(tail)
+    head = key.encode("utf-8", "surrogatepass")[: max(0, room)].decode("utf-8", "ignore")
+    return f"{settings.output_prefix}{head}{tail}"
+
+
+def _location(record: Any) -> tuple[str, str]:
+    """Bucket and decoded key of a record, or a 400 for a record S3 would never send."""
+    try:
+        bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
+    except (KeyError, TypeError) as exc:
+        raise BadRequest(f"S3 record without s3.bucket.name and s3.object.key: missing {exc}") from exc
+    if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
+        raise BadRequest("S3 record's bucket name and object key must be non-empty strings")
+    return bucket, unquote_plus(key)
 
 
 def _write(bucket: str, key: str, document: dict[str, Any], etag: str, model_sha: str | None) -> None:
@@ -59,19 +83,37 @@ def _write(bucket: str, key: str, document: dict[str, Any], etag: str, model_sha
     s3io.put_json(bucket, key, json.dumps(document, indent=2, ensure_ascii=False).encode(), metadata)
 
 
+def _reject(outcome: Outcome, key: str, exc: ServiceError) -> None:
+    outcome.rejected.append({"key": printable(key), "code": exc.code, "message": printable(exc.message)})
+    annotate(status=exc.status, error=exc.code)
+
+
 def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome) -> None:
     from handler.inputs import s3 as s3io
 
-    bucket = record["s3"]["bucket"]["name"]
-    key = unquote_plus(record["s3"]["object"]["key"])
+    try:
+        bucket, key = _location(record)
+    except BadRequest as exc:
+        _reject(outcome, "", exc)
+        return
     annotate(bucket=bucket, key=key)
+    try:  # a location S3 cannot hold: nothing to read, no result to name
+        s3io.check_bucket_name(bucket)
+        s3io.check_key(key)
+    except BadRequest as exc:
+        _reject(outcome, key, exc)
+        return
     if key.startswith(settings.output_prefix):
         outcome.skipped.append({"key": key, "reason": "under OUTPUT_PREFIX"})
         annotate(status="skipped")
         return
     out_bucket = settings.output_bucket or bucket
     out_key = result_key(key, settings)
-    head = s3io.head(bucket, key)
+    try:
+        head = s3io.head(bucket, key)
+    except PERMANENT as exc:
+        _reject(outcome, key, exc)
+        return
     etag = head.etag.strip('"')
     existing = s3io.head_metadata(out_bucket, out_key)
     if existing is not None and existing.get(ETAG_METADATA) == etag:
@@ -80,12 +122,11 @@ def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome)
         return
     source = {"bucket": bucket, "key": key, "etag": etag}
     try:
-        data = s3io.download(bucket, key, head, settings.max_image_bytes).body
+        data = s3io.download(bucket, key, head, settings.max_s3_image_bytes).body
         payload = analyze(data, ALL_TASKS, settings).payload
     except PERMANENT as exc:
         _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, None)
-        outcome.rejected.append({"key": key, "code": exc.code, "message": exc.message})
-        annotate(status=exc.status, error=exc.code)
+        _reject(outcome, key, exc)
         return
     _write(out_bucket, out_key, {"source": source, **payload}, etag, payload["model_sha"])
     outcome.written.append(f"s3://{out_bucket}/{out_key}")
@@ -95,7 +136,8 @@ def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome)
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:
     """Process every record; raise at the end if any failed for a reason a retry might fix."""
     outcome = Outcome()
-    for index, record in enumerate(event["Records"]):
+    records = event["Records"]
+    for index, record in enumerate(records):
         try:
             with request_log(f"{request_id}#{index}", "s3", settings.log_level):
                 process_record(record, settings, outcome)
@@ -104,5 +146,5 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
         except Exception as exc:  # one bad record must not starve the rest
             outcome.failed.append({"record": str(index), **error_body(type(exc).__name__, str(exc))["error"]})
     if outcome.failed:
-        raise S3BatchError(f"{len(outcome.failed)} of {len(event['Records'])} records failed: {outcome.failed}")
+        raise S3BatchError(f"{len(outcome.failed)} of {len(records)} records failed: {outcome.failed}")
     return outcome.summary()

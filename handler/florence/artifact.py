@@ -1,25 +1,36 @@
 """The served artifact: a folder with `model.pt`, `processor/` and `manifest.json`.
 
-The pickle in `model.pt` is code, so it is only unpickled after its sha256 and the runtime versions
-match the manifest. Loading is lazy, happens once per process, and is safe under concurrent first
-requests. torch and transformers are imported here only when a load actually happens.
+A sha256 next to the file it covers proves integrity, not origin: whoever can write `model.pt` can
+rewrite the manifest too. So the pickle is never trusted to run code. It is unpickled with
+`torch.load(weights_only=True)` and an explicit allow-list of the classes the served model is made of
+(`served_classes`): a pickle that names anything else (`exec`, `os.system`, a foreign module) is refused
+before a single call is made. Origin is pinned from outside the artifact: the image digest covers
+handler code and artifact together, and an optional ARTIFACT_SHA256 (baked into the image's
+environment) must equal the sha256 of `manifest.json`, whose hashes cover `model.pt` and every
+processor file. See docs/deploy.md, "Trust model".
+
+Loading is lazy, happens once per process, and is safe under concurrent first requests. torch is
+imported here only when a load actually happens; transformers never is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import platform
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-FORMAT_VERSION = 3
-"""3: the runtime's classes moved to `handler.florence.runtime` (the pickle names class paths).
-2: the fast runtime's convs carry the memory format they must run in. Older pickles are refused with
-a rebuild hint rather than failing inside the unpickler."""
+FORMAT_VERSION = 4
+"""4: the manifest covers every processor file (`processor_sha256`), and `model.pt` must load with
+weights_only and the allow-list. 3: the runtime's classes moved to `handler.florence.runtime` (the
+pickle names class paths). 2: the fast runtime's convs carry the memory format they must run in.
+Older artifacts are refused with a rebuild hint rather than failing inside the unpickler."""
 MODEL_FILE = "model.pt"
 PROCESSOR_DIR = "processor"
 MANIFEST_FILE = "manifest.json"
@@ -46,20 +57,37 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     model_file: str = MODEL_FILE
+    processor_sha256: dict[str, str] = field(default_factory=dict)
+    """sha256 of every file in `processor/`, by bare file name."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def read(cls, artifact_dir: str | Path) -> Manifest:
+    def read(cls, artifact_dir: str | Path, pinned_sha256: str = "") -> Manifest:
+        """The manifest, refused unless its format is current, its file names stay inside the folder,
+        and (when `pinned_sha256` is set) its bytes hash to the pin."""
         path = Path(artifact_dir) / MANIFEST_FILE
         try:
-            data = json.loads(path.read_text())
+            raw = path.read_bytes()
         except FileNotFoundError as exc:
             raise ArtifactError(f"no {MANIFEST_FILE} in artifact folder {artifact_dir}") from exc
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise ArtifactError(f"unreadable {path}: {exc}") from exc
+        if pinned_sha256:
+            actual = hashlib.sha256(raw).hexdigest()
+            if actual != pinned_sha256:
+                raise ArtifactError(
+                    f"{MANIFEST_FILE} sha256 {actual[:12]} is not the pinned ARTIFACT_SHA256 {pinned_sha256[:12]};"
+                    " this is not the artifact the image was built for"
+                )
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ArtifactError(f"unreadable {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path} is not a JSON object")
         if data.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(
                 f"artifact format {data.get('format_version')!r} is not the supported {FORMAT_VERSION}; "
@@ -67,13 +95,29 @@ class Manifest:
             )
         known = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise ArtifactError(f"manifest is missing fields: {exc}") from exc
+        for name in [manifest.model_file, *manifest.processor_sha256]:
+            check_bare_name(name)
+        return manifest
 
     @property
     def short_sha(self) -> str:
         return self.model_sha256[:12]
+
+
+def check_bare_name(name: object) -> None:
+    """A manifest names files inside the artifact folder only: no path, no `..`, nothing absolute."""
+    bare = (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and PurePosixPath(name).name == name
+        and PureWindowsPath(name).name == name
+        and "\0" not in name
+    )
+    if not bare:
+        raise ArtifactError(f"manifest names {name!r}; artifact files must be bare names inside the folder")
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -102,8 +146,26 @@ def _major_minor(version: str) -> str:
     return ".".join(version.split("+", maxsplit=1)[0].split(".")[:2])
 
 
+def processor_hashes(processor_dir: Path) -> dict[str, str]:
+    """sha256 of every file in the processor folder, by name (what the manifest records)."""
+    if not processor_dir.is_dir():
+        return {}
+    return {path.name: sha256_file(path) for path in sorted(processor_dir.iterdir())}
+
+
 def verify(artifact_dir: str | Path, manifest: Manifest) -> Path:
-    """Refuse an artifact whose pickle or runtime does not match its manifest; return the pickle path."""
+    """Refuse an artifact whose files or runtime do not match its manifest; return the pickle path."""
+    processor_dir = Path(artifact_dir) / PROCESSOR_DIR
+    if processor_dir.is_dir() and any(not p.is_file() for p in processor_dir.iterdir()):
+        raise ArtifactError(f"{PROCESSOR_DIR}/ holds something that is not a plain file")
+    on_disk = processor_hashes(processor_dir)
+    if set(on_disk) != set(manifest.processor_sha256):
+        raise ArtifactError(
+            f"{PROCESSOR_DIR}/ holds {sorted(on_disk)} but the manifest covers {sorted(manifest.processor_sha256)}"
+        )
+    for name, digest in on_disk.items():
+        if digest != manifest.processor_sha256[name]:
+            raise ArtifactError(f"{PROCESSOR_DIR}/{name} does not match its sha256 in the manifest")
     model_path = Path(artifact_dir) / manifest.model_file
     if not model_path.is_file():
         raise ArtifactError(f"model file {model_path} is missing")
@@ -126,42 +188,92 @@ def verify(artifact_dir: str | Path, manifest: Manifest) -> Path:
     return model_path
 
 
+def served_classes() -> list[Any]:
+    """Everything the served model's pickle may name beyond torch's own weights-only defaults.
+
+    The classes the fast runtime is built from, the torch modules inside it, the int8 linear layer
+    and its packed parameters (an empty `ScriptObject` that `__setstate__` fills from tensors), and
+    `set`. None of them runs code from pickled data: they are rebuilt with `__new__` and their state.
+    A runtime class added to the model must be added here; `write_artifact` loads every artifact it
+    writes through this list, so a missing entry fails the build, not the deploy.
+    """
+    import builtins
+
+    import torch
+    from torch.ao.nn.quantized.dynamic.modules.linear import Linear as DynamicInt8Linear
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+    from handler.florence.preprocess import ImageSpec
+    from handler.florence.runtime import model, text, vision
+
+    return [
+        *(model.FastFlorence, model.DecodeSpec, ImageSpec),
+        *(text.TextModel, text.EncoderLayer, text.DecoderLayer, text.TiedInt8Head),
+        *(vision.VisionTower, vision.PatchEmbed, vision.MixingBlock, vision.WindowAttention),
+        *(vision.ChannelAttention, vision.Mlp, vision.Projector),
+        *(torch.nn.ModuleList, torch.nn.Conv2d, torch.nn.LayerNorm),
+        *(DynamicInt8Linear, LinearPackedParams, torch.ScriptObject),
+        builtins.set,
+    ]
+
+
+def _refusal(exc: Exception) -> str:
+    """The unpickler's reason in one line, without torch's advice to retry with weights_only=False."""
+    text = str(exc)
+    marker = "WeightsUnpickler error: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    found = re.search(r"Unsupported global: GLOBAL (\S+) was not an allowed global", text)
+    if found:
+        return f"it names {found.group(1)}, which is not on the allow-list"
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+def load_model(model_path: Path) -> Any:
+    """Unpickle the served model with the allow-list only (memory-mapped); ArtifactError otherwise."""
+    import torch
+
+    from handler.florence.runtime.model import is_fast
+
+    try:
+        with torch.serialization.safe_globals(served_classes()):
+            model = torch.load(model_path, weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise ArtifactError(
+            f"refused to load {model_path.name}: it is not a model this service trusts ({_refusal(exc)}). "
+            "The artifact is forged or was built by another version; rebuild it with `python -m model_build fuse`"
+        ) from exc
+    except Exception as exc:  # corrupt zip, truncated storage, a bad __setstate__ argument
+        raise ArtifactError(f"could not load {model_path.name}: {_refusal(exc)}") from exc
+    if not is_fast(model):
+        raise ArtifactError(f"{model_path.name} holds a {type(model).__name__}, not the served fast runtime")
+    return model
+
+
 @dataclass
 class LoadedArtifact:
     manifest: Manifest
     model: Any
     processor: Any
+    """Always None when serving: the fast runtime carries its own preprocessing and tokenizer."""
     load_seconds: float
 
 
-def load_artifact(artifact_dir: str | Path) -> LoadedArtifact:
-    """Verify, then unpickle the model (memory-mapped) and load the processor."""
-    import time
-
+def load_artifact(artifact_dir: str | Path, pinned_sha256: str = "") -> LoadedArtifact:
+    """Verify every file against the (pinned) manifest, then load the model without running its code."""
     start = time.perf_counter()
-    manifest = Manifest.read(artifact_dir)
+    manifest = Manifest.read(artifact_dir, pinned_sha256)
     model_path = verify(artifact_dir, manifest)
 
-    import torch
-
     from handler.florence.memory import drop_file_pages, return_freed_heap
-    from handler.florence.runtime.model import is_fast
 
-    try:
-        model = torch.load(model_path, weights_only=False, mmap=True)
-    except Exception as exc:  # a pickle can raise anything; report it as an artifact fault
-        raise ArtifactError(f"could not unpickle {model_path.name}: {exc}") from exc
+    model = load_model(model_path)
     model.eval()
     # Unpickling repacked the int8 weights; the mapped pickle pages it read are now mostly dead.
     # Pages still in use fault back in from the file, which holds the bytes the sha256 check read.
     drop_file_pages(model_path)
     return_freed_heap()
-    processor = None
-    if not is_fast(model):  # the fast runtime carries its own preprocessing and tokenizer
-        from transformers import AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(Path(artifact_dir) / PROCESSOR_DIR)
-    return LoadedArtifact(manifest, model, processor, time.perf_counter() - start)
+    return LoadedArtifact(manifest, model, None, time.perf_counter() - start)
 
 
 class LazyArtifact:
@@ -171,9 +283,10 @@ class LazyArtifact:
     sha256 pass per window instead of one per request, and a fixed artifact is picked up later.
     """
 
-    def __init__(self, artifact_dir: str | Path, retry_after_s: float = 30.0) -> None:
+    def __init__(self, artifact_dir: str | Path, retry_after_s: float = 30.0, pinned_sha256: str = "") -> None:
         self.artifact_dir = Path(artifact_dir)
         self.retry_after_s = retry_after_s
+        self.pinned_sha256 = pinned_sha256
         self._lock = threading.Lock()
         self._loaded: LoadedArtifact | None = None
         self._failure: tuple[ArtifactError, float] | None = None
@@ -205,7 +318,7 @@ class LazyArtifact:
                         raise ArtifactError(str(failure))  # fresh object: re-raising one grows its traceback
                     self.load_count += 1
                     try:
-                        self._loaded = load_artifact(self.artifact_dir)
+                        self._loaded = load_artifact(self.artifact_dir, self.pinned_sha256)
                     except Exception as exc:  # anything that stops a load makes the model unavailable
                         error = exc if isinstance(exc, ArtifactError) else ArtifactError(f"artifact load failed: {exc}")
                         self._failure = (error, time.monotonic())

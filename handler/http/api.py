@@ -1,6 +1,10 @@
 """The HTTP app factory: FastAPI with the request log, the error handlers and the routes.
 
 Every failure, FastAPI's own 404/405/422 included, leaves as `{"error": {"code", "message"}}`.
+No response may be larger than Lambda can return (MAX_BINARY_BODY_BYTES of body, base64'd): the
+routes size what they draw to fit, and the request log middleware refuses anything bigger with a 500
+rather than let the runtime's post fail and the process die. Paths answer with or without a trailing
+slash: a redirect would drop the API Gateway stage from `Location`.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from handler.config import settings
-from handler.errors import ServiceError, error_body
+from handler.config import MAX_BINARY_BODY_BYTES, settings
+from handler.errors import ServiceError, error_body, validation_message
 from handler.http.routes import router
 from handler.logs import annotate, request_id_from, request_log
 
@@ -29,8 +33,16 @@ _STATUS_CODES = {
 }
 
 
+def _declared_length(message: Message) -> int:
+    for name, value in message.get("headers", []):
+        if name.lower() == b"content-length" and value.isdigit():
+            return int(value)
+    return 0
+
+
 class RequestLogMiddleware:
-    """Logs one JSON line per request and turns an unhandled fault into a bare JSON 500."""
+    """Logs one JSON line per request and turns an unhandled fault, or a body Lambda could not
+    return, into a bare JSON 500; the logged status is always the one sent."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -41,12 +53,23 @@ class RequestLogMiddleware:
             return
         request_id = request_id_from(scope.get("aws.context"))
         started = False
+        oversized = False
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, oversized
             if message["type"] == "http.response.start":
                 started = True
+                size = _declared_length(message)
+                if size > MAX_BINARY_BODY_BYTES:
+                    oversized = True
+                    _log.error("response of %d bytes is over the %d Lambda can return", size, MAX_BINARY_BODY_BYTES)
+                    annotate(status=500, error="response_too_large", response_bytes=size)
+                    body = error_body("response_too_large", f"the response ({size} bytes) is over the limit")
+                    await JSONResponse(body, status_code=500)(scope, receive, send)
+                    return
                 annotate(status=message["status"])
+            elif oversized:
+                return  # the body of the response that was replaced
             await send(message)
 
         with request_log(request_id, "http", settings().log_level) as record:
@@ -76,9 +99,23 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors()]
     annotate(error="invalid_request")
-    return JSONResponse(error_body("invalid_request", "; ".join(parts) or "invalid request"), status_code=422)
+    return JSONResponse(error_body("invalid_request", validation_message(exc.errors())), status_code=422)
+
+
+class OptionalTrailingSlash:
+    """`POST /caption/` is `POST /caption`: routing sees the path without its trailing slash."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+            if "raw_path" in scope and isinstance(scope["raw_path"], bytes):
+                scope["raw_path"] = scope["raw_path"].rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
 
 
 def create_app() -> FastAPI:
@@ -87,6 +124,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Captions and object detection from one int8 Florence-2 model on CPU.",
     )
+    app.router.redirect_slashes = False
+    app.add_middleware(OptionalTrailingSlash)
     app.add_middleware(RequestLogMiddleware)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,8 +1,16 @@
-"""Rendering detections onto the image for `POST /detect?format=png`."""
+"""Rendering detections onto the image for `POST /detect?format=png`.
+
+The PNG must fit in a Lambda response (`max_bytes`, after which base64 and the envelope fill the
+6 MB). A photo's PNG is often larger than its JPEG, so the drawing is downscaled until it fits,
+rather than re-encoded lossy or refused: the caller asked for a PNG, and boxes drawn at a smaller
+scale still show what was found. The JSON of `/detect` keeps boxes in original pixels.
+"""
 
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -41,3 +49,46 @@ def to_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=3)
     return buffer.getvalue()
+
+
+EXPECTED_PNG_RATIO = 0.5
+"""A photo's PNG is about half its raw RGB bytes: where the first attempt starts."""
+SHRINK_MARGIN = 0.9
+"""Each retry aims 10% under the limit, since PNG size does not fall exactly with pixel count."""
+MAX_ATTEMPTS = 3
+"""After these, a size whose raw bytes alone fit is used, which always fits (PNG adds ~1 byte a row)."""
+
+
+@dataclass
+class DrawnImage:
+    png: bytes
+    scale: float
+    """Drawn pixels per original pixel (1.0 unless downscaled to fit)."""
+
+
+def _scaled(detections: list[Detection], scale: float) -> list[Detection]:
+    return [
+        Detection(d.label, (d.box[0] * scale, d.box[1] * scale, d.box[2] * scale, d.box[3] * scale)) for d in detections
+    ]
+
+
+def _draw_at(image: Image.Image, detections: list[Detection], scale: float) -> bytes:
+    if scale < 1.0:
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        detections = _scaled(detections, scale)
+    return to_png(draw_detections(image, detections))
+
+
+def drawn_png(image: Image.Image, detections: list[Detection], max_bytes: int) -> DrawnImage:
+    """The detections drawn on the image as a PNG of at most `max_bytes`, downscaled only if needed."""
+    raw_bytes = image.width * image.height * 3
+    scale = min(1.0, math.sqrt(max_bytes / (raw_bytes * EXPECTED_PNG_RATIO)))
+    for _ in range(MAX_ATTEMPTS):
+        png = _draw_at(image, detections, scale)
+        if len(png) <= max_bytes:
+            return DrawnImage(png, scale)
+        scale *= math.sqrt(max_bytes / len(png)) * SHRINK_MARGIN
+    # Raw RGB plus one filter byte per row, with 5% to spare for zlib's block headers.
+    scale = min(scale, math.sqrt(max_bytes * 0.95 / (raw_bytes + image.height * 3)))
+    return DrawnImage(_draw_at(image, detections, scale), scale)

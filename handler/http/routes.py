@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from handler.config import settings
+from handler.config import MAX_BINARY_BODY_BYTES, settings
 from handler.florence.tasks import Task
 from handler.http.body import image_bytes
 from handler.http.schemas import AnalyzeResponse, CaptionResponse, DetectResponse, ErrorResponse, HealthResponse
@@ -87,21 +87,24 @@ async def caption(request: Request) -> dict:
 )
 async def detect(
     request: Request,
-    format: Literal["json", "png"] = Query("json", description="png: the image with boxes drawn"),
+    format: Literal["json", "png"] = Query(
+        "json", description="png: the image with boxes drawn, downscaled if needed to fit a Lambda response"
+    ),
 ) -> Any:
     """Objects with labels and boxes in the original image's pixel coordinates."""
     result = await _serve(request, [Task.DETECT], full_resolution=format == "png")
     if format == "json":
         return result.payload
-    from handler.http.drawing import draw_detections, to_png
+    from handler.http.drawing import drawn_png
 
-    png = await run_in_threadpool(lambda: to_png(draw_detections(result.image.image, result.detections)))
+    drawn = await run_in_threadpool(drawn_png, result.image.image, result.detections, MAX_BINARY_BODY_BYTES)
     headers = {
         "X-Model-Sha": result.payload["model_sha"],
         "X-Timings-Ms": json.dumps(result.payload["timings_ms"], separators=(",", ":")),
         "X-Detections": str(len(result.detections)),
+        "X-Drawn-Scale": f"{drawn.scale:.4f}",
     }
-    return Response(png, media_type="image/png", headers=headers)
+    return Response(drawn.png, media_type="image/png", headers=headers)
 
 
 @router.post(

@@ -1,22 +1,59 @@
 """Where an image comes from in a JSON request: inline base64 or an allowed S3 object.
 
-Shared by the HTTP API (`application/json` bodies) and direct Lambda invokes, so both accept the
-same shapes and fail with the same errors.
+Shared by the HTTP API (`application/json` bodies) and direct Lambda invokes: both are validated by
+the same pydantic models, so they accept the same shapes and fail with the same 4xx errors whatever
+type a hostile field has. pydantic is imported with this module, which only requests that carry
+JSON import.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from handler.config import Settings
-from handler.errors import Forbidden, InvalidRequest, TooLarge
+from handler.errors import Forbidden, InvalidRequest, TooLarge, validation_message
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def _decode_base64(value: Any, max_bytes: int) -> bytes:
-    if not isinstance(value, str):
-        raise InvalidRequest("image_base64 must be a string")
+class S3Location(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    bucket: StrictStr = Field(min_length=1, description="must be listed in ALLOWED_BUCKETS")
+    key: StrictStr = Field(min_length=1, description="1 to 1,024 bytes of UTF-8")
+
+
+class ImagePayload(BaseModel):
+    """The JSON body of `/caption`, `/detect` and `/analyze`: one of `image_base64` or `s3`."""
+
+    model_config = ConfigDict(strict=True)
+
+    image_base64: StrictStr | None = Field(None, description="the image file, base64 (a data: URL is accepted)")
+    s3: S3Location | None = Field(None, description="an object in an allowed bucket")
+
+
+class DirectInvoke(ImagePayload):
+    """A direct Lambda invoke: the JSON body plus the task(s) the HTTP API takes from the path."""
+
+    task: Literal["caption", "detect", "analyze"]
+    tasks: StrictStr | list[StrictStr] | None = Field(None, description='with task "analyze": which tasks')
+
+
+def parse_as(model: type[ModelT], payload: Any) -> ModelT:
+    """`payload` validated as `model`, or a 422 that names every bad field."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest(f"expected a JSON object, got {type(payload).__name__}")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message(exc.errors(include_input=False))) from exc
+
+
+def _decode_base64(value: str, max_bytes: int) -> bytes:
     if value.startswith("data:") and "," in value:  # accept data URLs as browsers produce them
         value = value.split(",", 1)[1]
     value = "".join(value.split())
@@ -28,28 +65,21 @@ def _decode_base64(value: Any, max_bytes: int) -> bytes:
         raise InvalidRequest(f"image_base64 is not valid base64: {exc}") from exc
 
 
-def _s3_location(value: Any) -> tuple[str, str]:
-    if not isinstance(value, dict):
-        raise InvalidRequest('s3 must be an object {"bucket": ..., "key": ...}')
-    bucket, key = value.get("bucket"), value.get("key")
-    if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
-        raise InvalidRequest("s3.bucket and s3.key must be non-empty strings")
-    return bucket, key
+def image_from(payload: ImagePayload, settings: Settings) -> bytes:
+    """The image bytes a validated payload names; 422 when it names none, 400/403/404/413/502/503 from S3."""
+    if payload.image_base64 is not None:
+        return _decode_base64(payload.image_base64, settings.max_image_bytes)
+    if payload.s3 is not None:
+        check_bucket(payload.s3.bucket, settings)
+        from handler.inputs import s3 as s3io
+
+        return s3io.fetch(payload.s3.bucket, payload.s3.key, settings.max_s3_image_bytes).body
+    raise InvalidRequest('JSON body needs "image_base64" or "s3": {"bucket", "key"}')
 
 
 def image_from_payload(payload: Any, settings: Settings) -> bytes:
-    """The image bytes a JSON request names; 422 when it names none, 403/404/413 from S3."""
-    if not isinstance(payload, dict):
-        raise InvalidRequest('JSON body must be an object with "image_base64" or "s3"')
-    if "image_base64" in payload:
-        return _decode_base64(payload["image_base64"], settings.max_image_bytes)
-    if "s3" in payload:
-        bucket, key = _s3_location(payload["s3"])
-        check_bucket(bucket, settings)
-        from handler.inputs import s3 as s3io
-
-        return s3io.fetch(bucket, key, settings.max_image_bytes).body
-    raise InvalidRequest('JSON body needs "image_base64" or "s3": {"bucket", "key"}')
+    """The image bytes of an unvalidated JSON body."""
+    return image_from(parse_as(ImagePayload, payload), settings)
 
 
 def check_bucket(bucket: str, settings: Settings) -> None:

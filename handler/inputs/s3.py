@@ -6,13 +6,21 @@ boto3 costs about half a second to import, so it is imported on first S3 use, no
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from handler.errors import Forbidden, NotFound, TooLarge, UpstreamError
+from handler.errors import BadRequest, Forbidden, NotFound, TooLarge, UpstreamError, UpstreamUnavailable
 
+MAX_KEY_BYTES = 1024
+"""S3's limit on an object key, in UTF-8 bytes."""
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+"""S3's rule for bucket names (3-63 lowercase letters, digits, dots and hyphens)."""
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
-_DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden"})
+_DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
+_BUSY_CODES = frozenset({"503", "SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException"})
+_TRANSIENT_4XX = frozenset({"RequestTimeout", "RequestTimeTooSkewed", "PreconditionFailed", "412", "409"})
+"""4xx answers that are not the caller's fault: a slow link, a clock, an object overwritten mid-read."""
 
 
 @functools.cache
@@ -31,23 +39,60 @@ class S3Object:
     etag: str
 
 
-def _client_error_code(exc: Exception) -> str | None:
+def check_key(key: str) -> None:
+    """Refuse a key S3 can never hold (lone surrogates, over 1,024 bytes) before botocore sees it."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"S3 key {key!r} is not valid UTF-8: {exc.reason}") from exc
+    if not 0 < size <= MAX_KEY_BYTES:
+        raise BadRequest(f"S3 key is {size} bytes in UTF-8; S3 keys are 1 to {MAX_KEY_BYTES} bytes")
+
+
+def check_bucket_name(bucket: str) -> None:
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise BadRequest(f"{bucket!r} is not a valid S3 bucket name")
+
+
+def _client_error_code(exc: Exception) -> tuple[str, int] | None:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code"))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(response.get("Error", {}).get("Code")), int(status) if isinstance(status, int) else 0
     return None
 
 
+def _is_connection_error(exc: Exception) -> bool:
+    """Network faults between us and S3: botocore's connection/timeout errors and urllib3's."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, ResponseStreamingError
+
+    return isinstance(
+        exc, (BotoConnectionError, HTTPClientError, ResponseStreamingError, ConnectionError, TimeoutError)
+    )
+
+
 def translate_error(exc: Exception, bucket: str, key: str) -> Exception:
-    """Map botocore errors onto the service's vocabulary; other exceptions pass through untouched."""
-    code = _client_error_code(exc)
-    if code is None:
+    """Class a botocore failure: the caller's (4xx, never retried), S3's (502/503, retried) or ours.
+
+    Anything unrecognised passes through untouched and is ours: the entry point answers 500.
+    """
+    where = f"s3://{bucket}/{key!r}"
+    error = _client_error_code(exc)
+    if error is None:
+        if _is_connection_error(exc):
+            return UpstreamError(f"S3 unreachable reading {where}: {type(exc).__name__}")
         return exc
-    if code in _MISSING_CODES:
-        return NotFound(f"s3://{bucket}/{key} does not exist")
-    if code in _DENIED_CODES:
-        return Forbidden(f"access to s3://{bucket}/{key} was denied")
-    return UpstreamError(f"S3 error {code} for s3://{bucket}/{key}")
+    code, status = error
+    if code in _MISSING_CODES or status == 404:
+        return NotFound(f"{where} does not exist")
+    if code in _DENIED_CODES or status == 403:
+        return Forbidden(f"access to {where} was denied")
+    if code in _BUSY_CODES or status in (429, 503):
+        return UpstreamUnavailable(f"S3 is busy ({code}) for {where}; retry later")
+    if code in _TRANSIENT_4XX or status >= 500 or status == 0:
+        return UpstreamError(f"S3 error {code} for {where}")
+    return BadRequest(f"S3 refused {where}: {code}")
 
 
 @dataclass
@@ -58,6 +103,7 @@ class ObjectHead:
 
 
 def head(bucket: str, key: str) -> ObjectHead:
+    check_key(key)
     try:
         response = s3_client().head_object(Bucket=bucket, Key=key)
     except Exception as exc:
@@ -86,13 +132,18 @@ def fetch(bucket: str, key: str, max_bytes: int) -> S3Object:
 
 def head_metadata(bucket: str, key: str) -> dict[str, str] | None:
     """User metadata of an object, or None when it does not exist."""
+    check_key(key)
     try:
         return s3_client().head_object(Bucket=bucket, Key=key).get("Metadata", {})
     except Exception as exc:
-        if _client_error_code(exc) in _MISSING_CODES:
+        if isinstance(translate_error(exc, bucket, key), NotFound):
             return None
         raise translate_error(exc, bucket, key) from exc
 
 
 def put_json(bucket: str, key: str, payload: bytes, metadata: dict[str, str]) -> None:
-    s3_client().put_object(Bucket=bucket, Key=key, Body=payload, ContentType="application/json", Metadata=metadata)
+    check_key(key)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=payload, ContentType="application/json", Metadata=metadata)
+    except Exception as exc:
+        raise translate_error(exc, bucket, key) from exc

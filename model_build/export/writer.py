@@ -12,7 +12,16 @@ from typing import Any
 
 import torch
 
-from handler.florence.artifact import MANIFEST_FILE, MODEL_FILE, PROCESSOR_DIR, Manifest, runtime_versions, sha256_file
+from handler.florence.artifact import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PROCESSOR_DIR,
+    Manifest,
+    load_model,
+    processor_hashes,
+    runtime_versions,
+    sha256_file,
+)
 from handler.florence.tasks import MAX_NEW_TOKENS, NUM_BEAMS, Task
 
 
@@ -36,13 +45,18 @@ def write_artifact(
     parity: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Pickle the finished model, save the processor and write a manifest that pins both."""
+    """Pickle the finished model, save the processor and write a manifest that pins both.
+
+    The pickle is loaded back the way the handler loads it (weights_only, the allow-list), so a model
+    holding a class the handler would refuse fails here, at build time.
+    """
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model_path = out / MODEL_FILE
     torch.save(model, model_path)
+    load_model(model_path)
     processor.save_pretrained(out / PROCESSOR_DIR)
     manifest = Manifest(
         model_sha256=sha256_file(model_path),
@@ -54,6 +68,7 @@ def write_artifact(
         adapter_sha256=adapter_sha256,
         parity=parity or {},
         extra=extra or {},
+        processor_sha256=processor_hashes(out / PROCESSOR_DIR),
         **runtime_versions(),
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())

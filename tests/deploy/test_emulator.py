@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, image_bytes
+from tests.conftest import REPO_ROOT, image_bytes, photo_jpeg
 
 ROOT = REPO_ROOT
 EVENTS = ROOT / "events"
@@ -78,14 +78,22 @@ def _instructions(text: str) -> list[tuple[str, str]]:
 
 
 def read_image_spec(dockerfile: Path = DOCKERFILE) -> ImageSpec:
-    """ENV, ENTRYPOINT, CMD and WORKDIR of the final stage, with ${VAR} references expanded."""
+    """ENV, ENTRYPOINT, CMD and WORKDIR of the final stage, with ${VAR} references expanded
+    (build args at their defaults, as a build without --build-arg has them)."""
     steps = _instructions(dockerfile.read_text())
     last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
     env: dict[str, str] = {}
+    args: dict[str, str] = {}
     spec = ImageSpec(env, [], [], "/")
     for keyword, rest in steps[last_from + 1 :]:
-        expand = lambda value: re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), f"<{m.group(1)}>"), value)
-        if keyword == "ENV":
+        known = {**args, **env}
+        expand = lambda value, known=known: re.sub(
+            r"\$\{(\w+)\}", lambda m: known.get(m.group(1), f"<{m.group(1)}>"), value
+        )
+        if keyword == "ARG":
+            name, _, default = shlex.split(rest)[0].partition("=")
+            args[name] = default
+        elif keyword == "ENV":
             for token in shlex.split(rest):
                 key, _, value = token.partition("=")
                 env[key] = expand(value)
@@ -415,6 +423,43 @@ def test_malformed_events_get_clean_errors_and_the_runtime_survives(stack: Stack
         assert invocation.report.init_ms is None, "a bad event restarted the runtime"
     health = stack.emulator.invoke(api_v2("GET", "/health", b"", "application/json"))
     assert health.payload["statusCode"] == 200 and stack.emulator.process.poll() is None
+
+
+LAMBDA_RESPONSE_LIMIT = 6_291_456
+
+
+def test_every_route_on_a_12_mp_photo_fits_a_lambda_response_and_the_runtime_stays_warm(stack: Stack) -> None:
+    """The drawn PNG of a 12 MP photo is far over 6 MB at full size; every response must still fit,
+    the runtime must deliver it, and the next request must be served by the same warm process."""
+    from handler.config import MAX_BINARY_BODY_BYTES
+
+    photo = photo_jpeg((4000, 3000), noise=14, quality=85)
+    assert len(photo) <= MAX_BINARY_BODY_BYTES  # an inline upload the default limit accepts
+    sizes: dict[str, int] = {}
+    for name, event in {
+        "v1 POST /caption": api_v1("POST", "/caption", photo, "image/jpeg"),
+        "v1 POST /detect": api_v1("POST", "/detect", photo, "image/jpeg"),
+        "v1 POST /analyze": api_v1("POST", "/analyze", photo, "image/jpeg"),
+        "v1 POST /detect?format=png": api_v1("POST", "/detect", photo, "image/jpeg", {"format": "png"}),
+        "v2 POST /detect/?format=png": api_v2("POST", "/detect/", photo, "image/jpeg", {"format": "png"}),
+    }.items():
+        invocation = stack.emulator.invoke(event)
+        response = invocation.payload
+        assert response["statusCode"] == 200, (name, str(response)[:500])
+        assert invocation.report.init_ms is None, f"{name} ran on a restarted runtime: {invocation.report.line}"
+        sizes[name] = len(invocation.raw)
+        if "png" in name:
+            drawn = base64.b64decode(response["body"])
+            assert drawn.startswith(b"\x89PNG") and len(drawn) <= MAX_BINARY_BODY_BYTES
+            assert 0 < float(response["headers"]["x-drawn-scale"]) < 1.0  # downscaled to fit
+    pid = stack.emulator.process.pid
+    after = stack.emulator.invoke(api_v2("GET", "/health", b"", "application/json"))
+    assert after.payload["statusCode"] == 200 and after.report.init_ms is None, after.report.line
+    assert json_body(after.payload)["load_count"] == 1 and stack.emulator.process.poll() is None
+    assert stack.emulator.process.pid == pid
+    print(f"\n12 MP photo ({len(photo)} bytes JPEG): response bytes by route: {json.dumps(sizes)}")
+    print(f"largest response: {max(sizes.values())} bytes (limit {LAMBDA_RESPONSE_LIMIT}); next: {after.report.line}")
+    assert max(sizes.values()) <= LAMBDA_RESPONSE_LIMIT
 
 
 def test_nothing_is_written_outside_tmp(stack: Stack) -> None:

@@ -231,3 +231,44 @@ def test_ready_made_events_answer_with_results(ctx: Context, name: str, expect: 
 def test_ready_made_direct_invoke_event(ctx: Context) -> None:
     result = lambda_handler(json.loads((EVENTS / "direct_analyze.json").read_text()), ctx)
     assert "caption" in result and "detections" in result, result
+
+
+def test_an_unexpected_exception_is_the_documented_500_and_logged_as_such(
+    ctx: Context, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A bug (not bad input) must not escape to the runtime as a stack trace, nor log a 200."""
+    from handler.events import direct
+
+    def broken(event, settings):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(direct, "handle", broken)
+    response = lambda_handler({"task": "caption", "image_base64": "aGk="}, ctx)
+    assert response["error"]["code"] == "internal_error" and "a bug" not in response["error"]["message"]
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(line["status"], line["error"]) for line in logged] == [(500, "internal_error")]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"task": ["caption"], "image_base64": "aGk="},
+        {"task": {"caption": 1}, "image_base64": "aGk="},
+        {"task": "caption", "image_base64": 12},
+        {"task": "analyze", "tasks": [1, 2], "image_base64": "aGk="},
+        {"task": "caption", "s3": {"bucket": "allowed-bucket", "key": ["k"]}},
+        {"task": "caption", "s3": "bucket/key"},
+    ],
+)
+def test_direct_invoke_fields_of_the_wrong_type_are_422(ctx: Context, event: dict, capsys) -> None:
+    response = lambda_handler(event, ctx)
+    assert response["error"]["code"] == "invalid_request", response
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert logged[-1]["status"] == 422
+
+
+def test_an_http_event_with_fields_of_the_wrong_type_is_a_400(ctx: Context, png_bytes: bytes) -> None:
+    event = _v1("POST", "/caption", png_bytes, {"content-type": "image/png"})
+    event["httpMethod"] = ["POST"]  # reached routing as a list, and failed there as a 500
+    response = lambda_handler(event, ctx)
+    assert response["statusCode"] == 400 and "httpMethod" in _json_body(response)["error"]["message"]

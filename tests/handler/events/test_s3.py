@@ -104,7 +104,7 @@ def test_output_bucket_setting(s3, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_oversized_and_non_image_uploads_get_error_results(s3, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAX_IMAGE_BYTES", "20000")
+    monkeypatch.setenv("MAX_S3_IMAGE_BYTES", "20000")
     s3.put_object(Bucket=BUCKET, Key="huge.bmp", Body=image_bytes("BMP", (200, 200)))
     s3.put_object(Bucket=BUCKET, Key="notes.png", Body=b"shopping list")
     summary = lambda_handler(s3_event("huge.bmp", "notes.png"), Context())
@@ -145,7 +145,31 @@ def test_api_and_direct_invoke_read_allowed_buckets(s3, png_bytes: bytes) -> Non
 
 
 def test_s3_object_over_the_byte_limit_is_413_without_download(s3, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAX_IMAGE_BYTES", "1000")
+    monkeypatch.setenv("MAX_S3_IMAGE_BYTES", "1000")
     s3.put_object(Bucket=BUCKET, Key="big.bmp", Body=image_bytes("BMP", (100, 100)))
     response = TestClient(app).post("/caption", json={"s3": {"bucket": BUCKET, "key": "big.bmp"}})
     assert response.status_code == 413 and "limit is 1000" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("length", [1012, 1019, 1024])
+def test_long_upload_keys_get_result_keys_that_fit(s3, length: int) -> None:
+    """A key of 1,012-1,024 bytes would give `results/<key>.json` over S3's 1,024: it gets a hashed name."""
+    key = "uploads/" + "é" * ((length - 8) // 2) + "x" * ((length - 8) % 2)
+    assert len(key.encode()) == length
+    s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+    summary = lambda_handler(s3_event(key), Context())
+    (written,) = summary["written"]
+    out_key = written.removeprefix(f"s3://{BUCKET}/")
+    assert len(out_key.encode()) <= 1024 and out_key.startswith("results/uploads/é") and out_key.endswith(".json")
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=out_key)["Body"].read())
+    assert stored["source"]["key"] == key
+    assert lambda_handler(s3_event(key), Context())["skipped"][0]["reason"] == "result exists for this ETag"
+
+
+def test_keys_s3_cannot_hold_are_rejected_not_retried(s3) -> None:
+    event = s3_event("ok.png")
+    event["Records"][0]["s3"]["object"]["key"] = "k" * 1025
+    summary = lambda_handler(event, Context())  # no S3BatchError: a retry could never succeed
+    assert summary["rejected"][0]["code"] == "bad_request" and "1025 bytes" in summary["rejected"][0]["message"]
+    event["Records"][0]["s3"] = {"bucket": {"name": BUCKET}}  # malformed: no object at all
+    assert lambda_handler(event, Context())["rejected"][0]["code"] == "bad_request"

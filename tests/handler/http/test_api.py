@@ -190,6 +190,8 @@ def test_503_when_the_artifact_is_corrupt_and_the_failure_is_cached(
         # Format 1 predates the conv memory formats; format 2 names the old flat class paths.
         ("format_version", 1, ["format 1", "model_build fuse"]),
         ("format_version", 2, ["format 2", "model_build fuse"]),
+        # Format 3 had no processor hashes and was loaded with weights_only=False.
+        ("format_version", 3, ["format 3", "model_build fuse"]),
     ],
 )
 def test_503_when_built_for_another_runtime_or_format(
@@ -278,3 +280,28 @@ def test_large_jpeg_boxes_and_png_are_in_the_original_frame(client: TestClient) 
         assert 0 <= x0 <= x1 <= 1800 and 0 <= y0 <= y1 <= 1200
     png = _raw(client, "/detect?format=png", data, "image/jpeg")
     assert Image.open(io.BytesIO(png.content)).size == (1800, 1200)
+
+
+@pytest.mark.parametrize("path", ["/caption/", "/detect//", "/analyze/?tasks=caption"])
+def test_trailing_slash_answers_without_a_redirect(client: TestClient, png_bytes: bytes, path: str) -> None:
+    response = client.post(path, content=png_bytes, headers={"content-type": "image/png"}, follow_redirects=False)
+    assert response.status_code == 200 and "location" not in response.headers, response.text
+    _assert_error(client.post("/nowhere/", content=png_bytes, follow_redirects=False), 404, "not_found")
+
+
+def test_a_response_lambda_could_not_return_is_a_logged_500(capsys: pytest.CaptureFixture) -> None:
+    """The last guard: a body over the limit never reaches the runtime's post, and the log says 500."""
+    from handler.config import MAX_BINARY_BODY_BYTES
+    from handler.http.api import RequestLogMiddleware
+
+    async def oversized(scope, receive, send):
+        body = b"x" * (MAX_BINARY_BODY_BYTES + 1)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    response = TestClient(RequestLogMiddleware(oversized)).get("/big")
+    _assert_error(response, 500, "response_too_large")
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert logged[-1]["status"] == 500 and logged[-1]["error"] == "response_too_large"

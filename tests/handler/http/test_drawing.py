@@ -27,3 +27,31 @@ def test_boxes_and_labels_are_drawn_in_pixel_coordinates() -> None:
 def test_no_detections_returns_the_image_itself() -> None:
     image = Image.new("RGB", (40, 30), (10, 20, 30))
     assert list(draw_detections(image, []).getdata()) == list(image.getdata())
+
+
+def test_a_drawing_too_big_for_a_lambda_response_is_downscaled_to_fit() -> None:
+    """Noise does not compress: at full size this PNG is several times the limit; the drawn one fits."""
+    import numpy as np
+
+    from handler.http.drawing import drawn_png
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8))
+    detections = [Detection("cat", (100.0, 100.0, 700.0, 500.0))]
+    limit = 400_000
+    assert len(to_png(draw_detections(image, detections))) > 3 * limit
+    drawn = drawn_png(image, detections, limit)
+    assert len(drawn.png) <= limit and 0.2 < drawn.scale < 1.0
+    decoded = Image.open(io.BytesIO(drawn.png))
+    assert decoded.size == (int(800 * drawn.scale), int(600 * drawn.scale))
+    rgb, y = decoded.convert("RGB"), int(300 * drawn.scale)
+    # the box's left edge is drawn where the detection is, at the drawn scale
+    assert PALETTE[0] in {rgb.getpixel((x, y)) for x in range(int(100 * drawn.scale) - 1, int(100 * drawn.scale) + 2)}
+
+
+def test_a_drawing_that_fits_is_not_downscaled() -> None:
+    from handler.http.drawing import drawn_png
+
+    image = Image.new("RGB", (300, 200), "white")
+    drawn = drawn_png(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0))], 400_000)
+    assert drawn.scale == 1.0 and Image.open(io.BytesIO(drawn.png)).size == (300, 200)

@@ -1,0 +1,598 @@
+"""A hostile corpus through every entry point: no 5xx, no exception, no hang, one error shape, honest logs.
+
+Over 1,000 distinct inputs: a deterministic mutation corpus (truncations, byte flips, header corruptions,
+huge declared sizes, wrong content types) of real images, sent through API Gateway v1 and v2 (raw
+body), multipart, JSON base64, direct invokes and S3 records (objects in moto's S3), plus
+property-based inputs from hypothesis (garbage JSON, bad base64, odd keys, malformed events, odd field
+types). Every send is checked at once:
+
+- no 5xx, no exception out of `lambda_handler`, no send over HANG_S;
+- every error is exactly `{"error": {"code", "message"}}`;
+- the request log's status equals the one returned (one line per request, one per S3 record).
+
+The table of inputs x entry point x outcome is written to `<tmp>/hostile_corpus.md` and printed
+(`pytest -s tests/handler/test_hostile_corpus.py`). Most inputs fail before inference, so the whole
+corpus runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import random
+import signal
+import struct
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from handler.app import event_kind, lambda_handler
+from handler.inputs import s3 as s3io
+from handler.logs import logger
+from tests.conftest import REPO_ROOT, image_bytes
+from tests.handler.test_app import Context, _multipart, _v1, _v2
+
+BUCKET = "allowed-bucket"
+HANG_S = 30.0
+"""A send slower than this counts as a hang (the slowest real one, an inference, takes well under 1 s)."""
+MIN_DISTINCT_INPUTS = 1000
+ENTRY_POINTS = ["apigw-v1", "apigw-v2", "multipart", "json-base64", "direct", "s3-record"]
+PROPERTY = settings(
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],  # no explain phase: it traces every line, slowly
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@dataclass
+class Tally:
+    """Every send: which family and entry point, what came back; distinct inputs by fingerprint."""
+
+    sends: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    fingerprints: set[str] = field(default_factory=set)
+
+    def record(self, family: str, entry: str, fingerprint: str, outcome: str) -> None:
+        self.sends[(family, entry, outcome)] += 1
+        self.fingerprints.add(fingerprint)
+
+    def table(self) -> str:
+        entries = [e for e in [*ENTRY_POINTS, "apigw-event", "s3-event"] if any(k[1] == e for k in self.sends)]
+        families = sorted({k[0] for k in self.sends})
+        outcomes = ["2xx", "4xx", "5xx", "exception", "hang"]
+        lines = [
+            f"hostile corpus: {len(self.fingerprints)} distinct inputs, {sum(self.sends.values())} sends",
+            "",
+            "| inputs \\ entry point | " + " | ".join(entries) + " | total |",
+            "|---" * (len(entries) + 2) + "|",
+        ]
+        for family in families:
+            cells = [sum(n for (f, e, _), n in self.sends.items() if f == family and e == entry) for entry in entries]
+            lines.append(f"| {family} | " + " | ".join(str(c) for c in cells) + f" | {sum(cells)} |")
+        lines += [
+            "",
+            "| outcome \\ entry point | " + " | ".join(entries) + " | total |",
+            "|---" * (len(entries) + 2) + "|",
+        ]
+        for outcome in outcomes:
+            cells = [sum(n for (_, e, o), n in self.sends.items() if e == entry and o == outcome) for entry in entries]
+            lines.append(f"| {outcome} | " + " | ".join(str(c) for c in cells) + f" | {sum(cells)} |")
+        return "\n".join(lines) + "\n"
+
+
+TALLY = Tally()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def corpus_report() -> Iterator[None]:
+    """Writes and prints the table once every test of the module has sent its inputs."""
+    yield
+    report = TALLY.table()
+    path = Path(tempfile.gettempdir()) / "hostile_corpus.md"
+    path.write_text(report)
+    print(f"\n{report}(written to {path})")
+
+
+class LogLines(logging.Handler):
+    """Collects the request log's JSON lines, so each send's logged status can be compared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(record.getMessage()))
+
+
+@pytest.fixture
+def world(serving_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The tiny model, moto's S3 with the allowed bucket, and the request log collected."""
+    from moto import mock_aws
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    log = logger()
+    lines = LogLines()
+    log.addHandler(lines)
+    try:
+        with mock_aws():
+            import boto3
+
+            s3io.s3_client.cache_clear()
+            client = boto3.client("s3", region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            yield World(client, lines)
+    finally:
+        log.removeHandler(lines)
+        s3io.s3_client.cache_clear()
+
+
+@dataclass
+class World:
+    s3: Any
+    log: LogLines
+    uploads: int = 0
+
+    def upload(self, body: bytes) -> str:
+        self.uploads += 1
+        key = f"corpus/{self.uploads}-{hashlib.sha256(body).hexdigest()[:8]}.img"
+        self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        return key
+
+
+def _fingerprint(entry: str, event: Any, extra: bytes = b"") -> str:
+    text = json.dumps(event, sort_keys=True, default=repr, ensure_ascii=True)
+    return hashlib.sha256(entry.encode() + text.encode() + extra).hexdigest()
+
+
+def _error_shape(body: Any) -> None:
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str), body
+
+
+def _check_http(response: Any, lines: list[dict[str, Any]]) -> str:
+    assert isinstance(response, dict) and isinstance(response.get("statusCode"), int), response
+    status = response["statusCode"]
+    assert status < 500, response
+    assert [line["status"] for line in lines] == [status], (status, lines)
+    if status >= 400:
+        assert response["isBase64Encoded"] is False
+        _error_shape(json.loads(response["body"]))
+        return "4xx"
+    return "2xx"
+
+
+def _check_direct(response: Any, lines: list[dict[str, Any]]) -> str:
+    assert isinstance(response, dict), response
+    assert len(lines) == 1, lines
+    if "error" in response:
+        _error_shape(response)
+        assert 400 <= lines[0]["status"] < 500 and lines[0]["error"] == response["error"]["code"], (response, lines)
+        return "4xx"
+    assert lines[0]["status"] == 200 and lines[0]["source"] == "direct" and "model_sha" in response, (response, lines)
+    return "2xx"
+
+
+def _check_s3(response: Any, lines: list[dict[str, Any]], records: int) -> str:
+    """Every record is written, skipped or rejected (4xx); none failed, so nothing raised for a retry."""
+    assert isinstance(response, dict) and response["failed"] == [], response
+    assert len(lines) == records, lines
+    rejected = {r["code"] for r in response["rejected"]}
+    assert all(isinstance(line["status"], str) or line["status"] < 500 for line in lines), lines
+    assert rejected == {line["error"] for line in lines if "error" in line}, (response, lines)
+    return "4xx" if response["rejected"] else "2xx"
+
+
+class Hang(Exception):
+    """Raised in the test's own thread by SIGALRM when a send runs past HANG_S."""
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise Hang
+
+
+def send(world: World, family: str, entry: str, event: Any, check: Callable[..., str], extra: bytes = b"") -> str:
+    """Invoke `lambda_handler` under a deadline, check the answer, and tally the outcome.
+
+    The handler runs on the main thread, as the Lambda runtime runs it (Mangum keeps its event loop
+    there); a timer signal interrupts it if it hangs.
+    """
+    world.log.lines.clear()
+    fingerprint = _fingerprint(entry, event, extra)
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, HANG_S)
+    try:
+        response = lambda_handler(event, Context())
+    except Hang:
+        TALLY.record(family, entry, fingerprint, "hang")
+        raise AssertionError(f"hang: {family} via {entry} took over {HANG_S} s") from None
+    except Exception as exc:
+        TALLY.record(family, entry, fingerprint, "exception")
+        raise AssertionError(f"exception out of lambda_handler: {family} via {entry}: {exc!r}") from exc
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    try:
+        outcome = check(response, list(world.log.lines))
+    except AssertionError:
+        status = response.get("statusCode", 0) if isinstance(response, dict) else 0
+        TALLY.record(family, entry, fingerprint, "5xx" if isinstance(status, int) and status >= 500 else "exception")
+        raise
+    TALLY.record(family, entry, fingerprint, outcome)
+    return outcome
+
+
+# ---------------------------------------------------------------- the mutation corpus (deterministic)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_with_header(width: int, height: int, depth: int = 8, colour: int = 2) -> bytes:
+    """A PNG whose IHDR declares any size, with valid CRCs, and a tiny IDAT: huge declared sizes."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _jpeg_with_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its SOF0 frame header declaring another size."""
+    at = jpeg.index(b"\xff\xc0")
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
+
+
+def _bomb() -> bytes:
+    """3000x3000 of zeros: a few KB of PNG that would decode to 27 MB (over the 4 MP test limit)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+BASES = {
+    "png": image_bytes("PNG", (32, 24)),
+    "jpeg": image_bytes("JPEG", (32, 24), quality=85),
+    "gif": image_bytes("GIF", (32, 24), mode="P"),
+    "bmp": image_bytes("BMP", (16, 12)),
+    "webp": image_bytes("WEBP", (32, 24)),
+}
+
+
+def mutation_corpus(seed: int = 12) -> list[tuple[str, bytes, str]]:
+    """(family, bytes, content type) for every mutated image, the same on every run."""
+    rng = random.Random(seed)
+    corpus: list[tuple[str, bytes, str]] = []
+    for name, data in BASES.items():
+        ctype = f"image/{name}"
+        cuts = sorted(
+            {0, 1, 2, 8, 16, 33, len(data) // 2, len(data) - 1} | {rng.randrange(len(data)) for _ in range(8)}
+        )
+        corpus += [("truncation", data[:cut], ctype) for cut in cuts]
+        # PNG flips mostly break a CRC; JPEG flips mostly decode, so they cost inference: fewer of them.
+        for _ in range(6 if name == "jpeg" else 14):
+            flipped = bytearray(data)
+            for _ in range(rng.choice([1, 1, 2, 3])):
+                at = rng.randrange(min(len(data), 200) if rng.random() < 0.7 else len(data))
+                flipped[at] ^= rng.randrange(1, 256)
+            corpus.append(("byte flip", bytes(flipped), ctype))
+        corpus.append(("header corruption", b"GIF89a" + data[6:], ctype))
+        corpus.append(("header corruption", data[:4] + b"\x00" * 16 + data[20:], ctype))
+        corpus.append(("wrong content type", data, rng.choice(["text/plain", "application/xml", "text/html"])))
+        corpus.append(("wrong content type", data, "image/png; charset=utf-8; boundary=x"))
+    for width, height in [(0, 24), (24, 0), (2**31 - 1, 1), (100_000, 100_000), (4001, 1000), (65_535, 65_535)]:
+        corpus.append(("huge declared size", _png_with_header(width, height), "image/png"))
+    corpus += [
+        ("header corruption", _png_with_header(32, 24, depth, colour), "image/png")
+        for depth, colour in [(3, 2), (8, 7), (16, 3)]
+    ]
+    for width, height in [(65_535, 65_535), (0, 0), (3000, 2000)]:
+        corpus.append(("huge declared size", _jpeg_with_size(BASES["jpeg"], width, height), "image/jpeg"))
+    corpus.append(("huge declared size", _bomb(), "image/png"))
+    corpus.append(("random bytes", bytes(rng.randrange(256) for _ in range(300)), "application/octet-stream"))
+    corpus.append(("random bytes", b"", "image/png"))
+    return corpus
+
+
+def _http_event(entry: str, data: bytes, ctype: str, path: str, headers: dict[str, str] | None = None) -> dict:
+    if entry == "multipart":
+        body, multipart_type = _multipart(data)
+        return _v2("POST", path, body, {"content-type": multipart_type, **(headers or {})})
+    if entry == "json-base64":
+        body = json.dumps({"image_base64": base64.b64encode(data).decode()}).encode()
+        return _v1("POST", path, body, {"content-type": "application/json", **(headers or {})})
+    make = _v1 if entry == "apigw-v1" else _v2
+    return make("POST", path, data, {"content-type": ctype, **(headers or {})})
+
+
+def _s3_event(bucket: str, key: str, quote: bool = True) -> dict:
+    template = json.loads((REPO_ROOT / "events" / "s3_put.json").read_text())
+    record = template["Records"][0]
+    record["s3"]["bucket"].update(name=bucket, arn=f"arn:aws:s3:::{bucket}")
+    record["s3"]["object"]["key"] = quote_plus(key, safe="/") if quote else key
+    return {"Records": [record]}
+
+
+NOT_AN_IMAGE = b"%PDF-1.4 not an image"
+"""What S3-side tests upload: the record is read, rejected with 400 and its error result written."""
+PATHS = ["/caption", "/detect", "/analyze", "/detect?format=png", "/caption/"]
+
+
+def _decodes(data: bytes) -> bool:
+    """Whether the service's own decoder accepts these bytes (then a send costs an inference)."""
+    from handler.inputs.images import decode_image
+
+    try:
+        decode_image(data, 2_000_000, 4_000_000)
+    except Exception:
+        return False
+    return True
+
+
+def test_mutated_images_through_every_entry_point(world: World) -> None:
+    """Each mutation that fails to decode goes through all six entry points; one that still decodes
+    costs an inference per send, so it goes through one, taking turns (the CI budget)."""
+    turn = 0
+    for index, (family, data, ctype) in enumerate(mutation_corpus()):
+        path = PATHS[index % len(PATHS)]
+        route, _, query = path.partition("?")
+        entries = ENTRY_POINTS
+        if _decodes(data):
+            entries, turn = [ENTRY_POINTS[turn % len(ENTRY_POINTS)]], turn + 1
+        for entry in entries:
+            if entry == "direct":
+                task = ["caption", "detect", "analyze"][index % 3]
+                event: Any = {"task": task, "image_base64": base64.b64encode(data).decode()}
+                send(world, family, entry, event, _check_direct)
+            elif entry == "s3-record":
+                event = _s3_event(BUCKET, world.upload(data))
+                send(world, family, entry, event, lambda r, lines: _check_s3(r, lines, 1), extra=data)
+            else:
+                event = _http_event(entry, data, ctype, route)
+                if query:
+                    event["queryStringParameters"] = dict([query.split("=")])
+                    event["rawQueryString"] = query
+                    event["multiValueQueryStringParameters"] = {
+                        k: [v] for k, v in event["queryStringParameters"].items()
+                    }
+                send(world, family, entry, event, _check_http)
+
+
+def test_huge_declared_sizes_and_over_limit_bodies(world: World) -> None:
+    data = BASES["png"]
+    for entry in ["apigw-v1", "apigw-v2", "multipart", "json-base64"]:
+        for declared in ["99999999999", "2000001", "-1", "abc", "0", str(2**64)]:
+            event = _http_event(entry, data, "image/png", "/caption", {"content-length": declared})
+            send(world, "huge declared size", entry, event, _check_http)
+        over = _http_event(entry, b"\x89PNG" + b"\x00" * 2_000_000, "image/png", "/caption")
+        assert send(world, "huge declared size", entry, over, _check_http) == "4xx"
+    huge_b64 = {"task": "caption", "image_base64": "A" * 2_700_000}
+    assert send(world, "huge declared size", "direct", huge_b64, _check_direct) == "4xx"
+    world.s3.put_object(Bucket=BUCKET, Key="corpus/huge.bin", Body=b"\x00" * 2_000_001)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAX_S3_IMAGE_BYTES", "2000000")
+        assert (
+            send(
+                world,
+                "huge declared size",
+                "s3-record",
+                _s3_event(BUCKET, "corpus/huge.bin"),
+                lambda r, lines: _check_s3(r, lines, 1),
+            )
+            == "4xx"
+        )
+
+
+# ---------------------------------------------------------------- property-based inputs (hypothesis)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+odd_keys = st.one_of(
+    st.text(min_size=1, max_size=40),
+    st.sampled_from(["\ud800", "a\udfffb", "\x00", "../../etc/passwd", "a" * 1025, "é" * 513, " ", "%", "+", "/"]),
+    st.integers(1000, 1100).map(lambda n: "k" * n),
+    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3),
+)
+bad_base64 = st.one_of(
+    st.text(max_size=40),
+    st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()[:-1]),
+    st.binary(max_size=30).map(lambda b: "data:image/png;base64," + base64.b64encode(b).decode() + "!"),
+    st.sampled_from(["====", "data:,", "data:image/png;base64,", "\u00e9\u00e9\u00e9\u00e9", "aGk"]),
+)
+
+
+@PROPERTY
+@given(body=st.one_of(json_values.map(json.dumps), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+def test_garbage_json_bodies(world: World, body: str) -> None:
+    for entry, make in [("apigw-v1", _v1), ("apigw-v2", _v2)]:
+        event = make("POST", "/analyze", body.encode("utf-8", "surrogatepass"), {"content-type": "application/json"})
+        send(world, "garbage JSON", entry, event, _check_http)
+
+
+@PROPERTY
+@given(value=bad_base64, route=st.sampled_from(["/caption", "/detect"]))
+def test_bad_base64(world: World, value: str, route: str) -> None:
+    body = json.dumps({"image_base64": value}).encode()
+    send(
+        world, "bad base64", "json-base64", _v2("POST", route, body, {"content-type": "application/json"}), _check_http
+    )
+    send(world, "bad base64", "direct", {"task": "caption", "image_base64": value}, _check_direct)
+
+
+@PROPERTY
+@given(key=odd_keys)
+def test_odd_keys(world: World, key: str) -> None:
+    body = json.dumps({"s3": {"bucket": BUCKET, "key": key}}).encode()
+    send(
+        world,
+        "odd key",
+        "json-base64",
+        _v1("POST", "/caption", body, {"content-type": "application/json"}),
+        _check_http,
+    )
+    send(world, "odd key", "direct", {"task": "detect", "s3": {"bucket": BUCKET, "key": key}}, _check_direct)
+    try:
+        s3io.check_key(key)
+    except Exception:  # a key S3 cannot hold: the record is rejected before any S3 call
+        event = _s3_event(BUCKET, key, quote=False)
+    else:  # a key S3 holds: upload under it, so the record is read and its result written (not an
+        # image, so no inference: the key's round trip through S3 is what is tested)
+        world.s3.put_object(Bucket=BUCKET, Key=key, Body=NOT_AN_IMAGE)
+        event = _s3_event(BUCKET, key)
+    send(world, "odd key", "s3-record", event, lambda r, lines: _check_s3(r, lines, 1))
+
+
+direct_invokes = st.fixed_dictionaries(
+    {"task": st.one_of(st.sampled_from(["caption", "detect", "analyze"]), json_values)},
+    optional={
+        "tasks": json_values,
+        "image_base64": st.one_of(json_values, st.just(base64.b64encode(BASES["png"]).decode())),
+        "s3": st.one_of(json_values, st.fixed_dictionaries({"bucket": json_values, "key": json_values})),
+    },
+)
+
+
+@PROPERTY
+@given(event=direct_invokes)
+def test_odd_field_types_in_direct_invokes(world: World, event: dict) -> None:
+    send(world, "odd field type", "direct", event, _check_direct)
+
+
+@PROPERTY
+@given(payload=st.dictionaries(st.sampled_from(["image_base64", "s3", "tasks"]), json_values, min_size=1))
+def test_odd_field_types_in_json_bodies(world: World, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    event = _v2("POST", "/analyze", body, {"content-type": "application/json"})
+    send(world, "odd field type", "json-base64", event, _check_http)
+
+
+def _mutate(event: Any, path: list[str], value: Any) -> Any:
+    """A copy of `event` with the value at `path` replaced (or removed when `value` is the Ellipsis)."""
+    copy = json.loads(json.dumps(event))
+    target = copy
+    for part in path[:-1]:
+        if not isinstance(target, dict) or not isinstance(target.get(part), dict):
+            return copy
+        target = target[part]
+    if value is Ellipsis:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    return copy
+
+
+V1_PATHS = [
+    ["httpMethod"],
+    ["path"],
+    ["headers"],
+    ["multiValueHeaders"],
+    ["body"],
+    ["isBase64Encoded"],
+    ["queryStringParameters"],
+    ["requestContext"],
+    ["requestContext", "httpMethod"],
+    ["headers", "content-type"],
+]
+V2_PATHS = [
+    ["rawPath"],
+    ["rawQueryString"],
+    ["headers"],
+    ["cookies"],
+    ["body"],
+    ["isBase64Encoded"],
+    ["requestContext", "http"],
+    ["requestContext", "http", "method"],
+    ["requestContext", "http", "path"],
+    ["headers", "content-type"],
+    ["version"],
+]
+S3_PATHS = [
+    ["s3"],
+    ["s3", "bucket"],
+    ["s3", "bucket", "name"],
+    ["s3", "object"],
+    ["s3", "object", "key"],
+    ["s3", "object", "size"],
+    ["eventName"],
+]
+
+
+@PROPERTY
+@given(
+    version=st.sampled_from(["v1", "v2"]),
+    index=st.integers(0, 10),
+    value=st.one_of(st.just(Ellipsis), json_values),
+)
+def test_malformed_api_gateway_events(world: World, version: str, index: int, value: Any) -> None:
+    make, paths = (_v1, V1_PATHS) if version == "v1" else (_v2, V2_PATHS)
+    event = make("POST", "/caption", BASES["png"], {"content-type": "image/png"})
+    event = _mutate(event, paths[index % len(paths)], value)
+    # An event mutated out of the API Gateway shape (no requestContext) is answered as an unknown event.
+    check = _check_http if event_kind(event) == "http" else _check_direct
+    send(world, "malformed event", "apigw-event", event, check)
+
+
+@PROPERTY
+@given(index=st.integers(0, 6), value=st.one_of(st.just(Ellipsis), json_values))
+def test_malformed_s3_records(world: World, index: int, value: Any) -> None:
+    key = world.upload(NOT_AN_IMAGE)
+    event = _s3_event(BUCKET, key)
+    event["Records"][0] = _mutate(event["Records"][0], S3_PATHS[index], value)
+    _make_real(world, event["Records"][0])
+    send(world, "malformed event", "s3-event", event, lambda r, lines: _check_s3(r, lines, 1))
+
+
+def _make_real(world: World, record: Any) -> None:
+    """Create the bucket and object a mutated record still names well, so only malformation is tested.
+
+    A well-formed record for an object that does not exist is a retryable fault (the invocation raises
+    so Lambda retries), which is S3 behaviour tested in tests/handler/events, not a malformed event.
+    """
+    from urllib.parse import unquote_plus
+
+    location = record.get("s3") if isinstance(record, dict) else None
+    bucket = location.get("bucket") if isinstance(location, dict) else None
+    obj = location.get("object") if isinstance(location, dict) else None
+    name = bucket.get("name") if isinstance(bucket, dict) else None
+    key = obj.get("key") if isinstance(obj, dict) else None
+    if not isinstance(name, str) or not s3io.BUCKET_NAME.fullmatch(name) or not isinstance(key, str) or not key:
+        return
+    try:
+        s3io.check_key(unquote_plus(key))
+    except Exception:
+        return
+    if name != BUCKET:
+        world.s3.create_bucket(Bucket=name)
+    world.s3.put_object(Bucket=name, Key=unquote_plus(key), Body=NOT_AN_IMAGE)
+
+
+def test_the_corpus_is_large_and_clean() -> None:
+    """Runs last: the module's sends add up to the promised corpus, with no bad outcome anywhere."""
+    bad = {k: n for k, n in TALLY.sends.items() if k[2] in ("5xx", "exception", "hang")}
+    assert not bad, bad
+    assert len(TALLY.fingerprints) >= MIN_DISTINCT_INPUTS, TALLY.table()
+    entries = {entry for _, entry, _ in TALLY.sends}
+    assert set(ENTRY_POINTS) <= entries, entries
