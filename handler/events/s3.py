@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
 from handler.errors import BadImage, ServiceError, TooLarge, error_body
+from handler.florence.tasks import Task
 from handler.logs import annotate, request_log
 from handler.service import ALL_TASKS, analyze
 
 ETAG_METADATA = "source-etag"
+TASKS_METADATA = "tasks"
+ERROR_METADATA = "error-code"
 PERMANENT = (BadImage, TooLarge)
 """Failures caused by the uploaded bytes; retrying cannot fix them."""
 
@@ -26,12 +30,42 @@ class S3BatchError(RuntimeError):
     """Raised after all records ran when some failed, so Lambda retries or dead-letters the event."""
 
 
+class Disposition(str, Enum):
+    """What became of one object; every door that processes objects reports these."""
+
+    WRITTEN = "written"
+    ALREADY_PRESENT = "already present"
+    UNDER_OUTPUT_PREFIX = "under OUTPUT_PREFIX"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """One object's outcome: the result key it has (if any) and the error that doomed it (if any)."""
+
+    key: str
+    disposition: Disposition
+    result_uri: str | None = None
+    error: dict[str, str] | None = None
+    """`{"code", "message"}` of a rejected object, or of an error result already present."""
+
+
 @dataclass
 class Outcome:
     written: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, result: ObjectResult) -> None:
+        if result.disposition is Disposition.WRITTEN:
+            self.written.append(str(result.result_uri))
+        elif result.disposition is Disposition.REJECTED:
+            self.rejected.append({"key": result.key, **(result.error or {})})
+        elif result.disposition is Disposition.ALREADY_PRESENT:
+            self.skipped.append({"key": result.key, "reason": "result exists for this ETag"})
+        else:
+            self.skipped.append({"key": result.key, "reason": result.disposition.value})
 
     def summary(self) -> dict[str, Any]:
         return {"written": self.written, "skipped": self.skipped, "rejected": self.rejected, "failed": self.failed}
@@ -50,46 +84,66 @@ def result_key(key: str, settings: Settings) -> str:
     return f"{settings.output_prefix}{key}.json"
 
 
-def _write(bucket: str, key: str, document: dict[str, Any], etag: str, model_sha: str | None) -> None:
+def _write(
+    bucket: str, key: str, document: dict[str, Any], etag: str, tasks: list[Task], model_sha: str | None
+) -> None:
     from handler.inputs import s3 as s3io
 
-    metadata = {ETAG_METADATA: etag}
+    metadata = {ETAG_METADATA: etag, TASKS_METADATA: ",".join(t.api_name for t in tasks)}
     if model_sha:
         metadata["model-sha"] = model_sha
+    else:
+        metadata[ERROR_METADATA] = document["error"]["code"]
     s3io.put_json(bucket, key, json.dumps(document, indent=2, ensure_ascii=False).encode(), metadata)
 
 
-def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome) -> None:
+def _covers(existing: dict[str, str], tasks: list[Task]) -> bool:
+    """Whether a stored result answered every task asked for now (results before the tag ran them all)."""
+    done = existing.get(TASKS_METADATA)
+    return done is None or {t.api_name for t in tasks} <= set(done.split(","))
+
+
+def process_object(
+    bucket: str, key: str, settings: Settings, tasks: list[Task] = ALL_TASKS, overwrite: bool = False
+) -> ObjectResult:
+    """Run `tasks` on one object and write its result document; the work every S3 door shares.
+
+    Skips keys under OUTPUT_PREFIX (results never become inputs) and objects whose result already
+    covers these tasks for the same ETag, unless `overwrite`. Raises for failures a retry may fix.
+    """
     from handler.inputs import s3 as s3io
 
-    bucket = record["s3"]["bucket"]["name"]
-    key = unquote_plus(record["s3"]["object"]["key"])
     annotate(bucket=bucket, key=key)
     if key.startswith(settings.output_prefix):
-        outcome.skipped.append({"key": key, "reason": "under OUTPUT_PREFIX"})
         annotate(status="skipped")
-        return
+        return ObjectResult(key, Disposition.UNDER_OUTPUT_PREFIX)
     out_bucket = settings.output_bucket or bucket
     out_key = result_key(key, settings)
+    result_uri = f"s3://{out_bucket}/{out_key}"
     head = s3io.head(bucket, key)
     etag = head.etag.strip('"')
-    existing = s3io.head_metadata(out_bucket, out_key)
-    if existing is not None and existing.get(ETAG_METADATA) == etag:
-        outcome.skipped.append({"key": key, "reason": "result exists for this ETag"})
+    existing = None if overwrite else s3io.head_metadata(out_bucket, out_key)
+    if existing is not None and existing.get(ETAG_METADATA) == etag and _covers(existing, tasks):
         annotate(status="skipped")
-        return
+        error = {"code": existing[ERROR_METADATA]} if ERROR_METADATA in existing else None
+        return ObjectResult(key, Disposition.ALREADY_PRESENT, result_uri, error)
     source = {"bucket": bucket, "key": key, "etag": etag}
     try:
         data = s3io.download(bucket, key, head, settings.max_image_bytes).body
-        payload = analyze(data, ALL_TASKS, settings).payload
+        payload = analyze(data, tasks, settings).payload
     except PERMANENT as exc:
-        _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, None)
-        outcome.rejected.append({"key": key, "code": exc.code, "message": exc.message})
+        _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, tasks, None)
         annotate(status=exc.status, error=exc.code)
-        return
-    _write(out_bucket, out_key, {"source": source, **payload}, etag, payload["model_sha"])
-    outcome.written.append(f"s3://{out_bucket}/{out_key}")
+        return ObjectResult(key, Disposition.REJECTED, result_uri, exc.body()["error"])
+    _write(out_bucket, out_key, {"source": source, **payload}, etag, tasks, payload["model_sha"])
     annotate(status=200, output=out_key)
+    return ObjectResult(key, Disposition.WRITTEN, result_uri)
+
+
+def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome) -> None:
+    bucket = record["s3"]["bucket"]["name"]
+    key = unquote_plus(record["s3"]["object"]["key"])
+    outcome.add(process_object(bucket, key, settings))
 
 
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:
