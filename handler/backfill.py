@@ -246,7 +246,10 @@ class LocalSummary:
 
 def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
     """The function's per-object code over the plan, in this process."""
-    from tqdm import tqdm  # a dev/build dependency: only this mode needs it
+    try:
+        from tqdm import tqdm  # a build/dev dependency, not a serve one: only this mode needs it
+    except ImportError as exc:
+        raise SystemExit("--local needs tqdm (pip install tqdm) and the serve dependencies") from exc
 
     summary = LocalSummary(skipped=sum(found.skipped.values()))
     start = time.perf_counter()

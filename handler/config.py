@@ -5,7 +5,7 @@
 | ARTIFACT_DIR | /opt/artifact | folder with model.pt, processor/ and manifest.json (baked into the image) |
 | MAX_IMAGE_BYTES | 5_500_000 | largest accepted image; fits Lambda's 6 MB payload after base64 |
 | MAX_IMAGE_PIXELS | 40_000_000 | largest accepted width*height; stops decompression bombs |
-| ALLOWED_BUCKETS | (empty) | comma-separated buckets that JSON `{"s3": ...}` requests may read |
+| ALLOWED_BUCKETS | (empty) | comma-separated buckets that JSON `{"s3": ...}` requests and Batch Operations tasks may read |
 | OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it never trigger work |
 | OUTPUT_BUCKET | (empty) | write results to this bucket instead of the source bucket |
 | ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
