@@ -3,6 +3,9 @@
 Results carry the source ETag, which makes redelivered events cheap no-ops. A record the input
 itself dooms (too big, not an image) gets an error result and is not retried; any other failure
 is retried by Lambda: the invocation raises after every record has had its turn.
+
+`process_object` is the per-object work; S3 Batch Operations tasks (`handler.events.batch`) and
+`python -m handler.backfill --local` run it too, so every door writes the same result document.
 """
 
 from __future__ import annotations
