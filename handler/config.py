@@ -9,7 +9,7 @@
 | OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it never trigger work |
 | OUTPUT_BUCKET | (empty) | write results to this bucket instead of the source bucket |
 | ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
-| TORCH_THREADS | CPUs available | intra-op threads for inference |
+| TORCH_THREADS | CPUs available, on Lambda at most its CPU share | intra-op threads for inference |
 | LOG_LEVEL | INFO | level of the structured JSON request log |
 """
 
@@ -25,6 +25,25 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+MB_PER_LAMBDA_CPU = 1769
+"""Lambda grants one CPU's worth of time per 1,769 MB of memory."""
+
+
+def default_torch_threads(env: dict[str, str]) -> int:
+    """CPUs available, but on Lambda no more than the CPU time it grants (memory/1769, rounded).
+
+    Lambda may show more vCPUs than that share (two at 1,769 MB and less); threads beyond the share
+    only wait for CPU time, and intra-op threads that wait for each other are slower than one thread
+    (docs/deploy.md §8: one thread beats two at 2,048 MB; two threads on an oversubscribed CPU ran
+    a backfill 10x slower than one).
+    """
+    cpus = available_cpus()
+    memory_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    if memory_mb.isdigit():
+        return max(1, min(cpus, round(int(memory_mb) / MB_PER_LAMBDA_CPU)))
+    return cpus
 
 
 def _csv(value: str) -> frozenset[str]:
@@ -55,7 +74,7 @@ class Settings:
             output_prefix=prefix if prefix.endswith("/") else prefix + "/",
             output_bucket=env.get("OUTPUT_BUCKET", ""),
             artifact_retry_s=float(env.get("ARTIFACT_RETRY_S", cls.artifact_retry_s)),
-            torch_threads=int(env.get("TORCH_THREADS", 0)) or available_cpus(),
+            torch_threads=int(env.get("TORCH_THREADS", 0)) or default_torch_threads(env),
             log_level=env.get("LOG_LEVEL", cls.log_level),
         )
 

@@ -50,3 +50,29 @@ def test_bad_pairs_are_refused() -> None:
         main(["cost", "--measured", "lots-of-memory"])
     with pytest.raises(SystemExit, match="--measured"):
         main(["cost"])
+
+
+def test_estimates_between_one_and_two_cpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    two = json.loads(BENCH.read_text())
+    two["threads"] = 2
+    one = copy.deepcopy(two)
+    one["threads"] = 1
+    for case in one["latency"].values():
+        case["served"]["median_s"] *= 1.4
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    (tmp_path / "two.json").write_text(json.dumps(two))
+    measured = f"1769={tmp_path / 'one.json'},4096={tmp_path / 'two.json'}"
+    assert main(["cost", "--measured", measured, "--estimate", "2048,3008"]) == 0
+    rows = {
+        line.split(" |")[0]: line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and " MB" in line
+    }
+    t1 = one["latency"]["caption+detect"]["served"]["median_s"]
+    t2 = two["latency"]["caption+detect"]["served"]["median_s"]
+    assert list(rows) == ["| 1769 MB", "| 2048 MB (est.)", "| 3008 MB (est.)", "| 4096 MB"]
+    # 1.16 CPUs: one thread, as fast as on one whole CPU; 1.70 CPUs: two threads, paying 2 x t2 CPU-seconds.
+    assert rows["| 2048 MB (est.)"].startswith(f"| 2048 MB (est.) | 1.16 | 1 | {t1:.3f} |")
+    assert rows["| 3008 MB (est.)"].startswith(f"| 3008 MB (est.) | 1.70 | 2 | {2 * t2 / (3008 / 1769):.3f} |")
+    with pytest.raises(SystemExit, match="1-thread run and a measured 2-thread"):
+        main(["cost", "--measured", f"4096={tmp_path / 'two.json'}", "--estimate", "2048"])
