@@ -220,7 +220,7 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     job_id = clients("s3control").create_job(**request)["JobId"]
     region = config.function_arn.split(":")[3] if config.function_arn else ""
     print(f"manifest: s3://{config.report_bucket}/{manifest_key} ({len(found.candidates)} objects)")
-    print(f"job: {job_id}  (runs without confirmation; New -> Preparing -> Active -> Complete)")
+    print(f"job: {job_id}  (no confirmation step: New -> Preparing -> Ready -> Active -> Complete)")
     print(
         f"follow: aws s3control describe-job --region {region} --account-id {request['AccountId']} --job-id {job_id}"
         " --query 'Job.[Status,ProgressSummary]'"
