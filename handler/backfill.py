@@ -26,7 +26,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -213,8 +212,9 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
         raise SystemExit(f"need --stack NAME or --{missing[0].replace('_', '-')} to create a Batch Operations job")
     config.report_bucket = config.report_bucket or config.bucket
     body = manifest_csv(config.bucket, found.candidates)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    manifest_key = f"{config.batch_prefix}manifests/{stamp}-{hashlib.sha256(body).hexdigest()[:12]}.csv"
+    # Named by content: a rerun of the same plan rewrites the same object and sends the same request,
+    # which S3 answers with the job the first run created (its ClientRequestToken is the same too).
+    manifest_key = f"{config.batch_prefix}manifests/{hashlib.sha256(body).hexdigest()[:16]}.csv"
     put = clients("s3").put_object(Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv")
     request = job_request(config, manifest_key, put["ETag"].strip('"'), body)
     job_id = clients("s3control").create_job(**request)["JobId"]

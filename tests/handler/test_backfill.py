@@ -184,7 +184,12 @@ def test_job_is_created_from_the_stack_outputs_with_a_manifest_the_function_read
         [BUCKET, "photos/%C3%BCn%C3%AF/%E7%8C%AB%2B1.PNG"],
     ]
 
-    (request,) = control.requests
+    # Run again before the job has done anything: the same manifest object and the same request,
+    # which S3 answers with the first job instead of starting a second one.
+    assert backfill.run(_config(prefix="photos/", stack="florence", tasks=backfill.tasks_from("detect")), clients) == 0
+    assert set(_keys(s3, "batch/manifests/")) == set(manifests)
+    request, again = control.requests
+    assert again.body == request.body
     assert request.method == "POST" and request.url == (
         "https://123456789012.s3-control.us-east-1.amazonaws.com/v20180820/jobs"
     )
