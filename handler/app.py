@@ -53,7 +53,7 @@ def _mangum() -> Any:
 
 
 def event_kind(event: Any) -> str:
-    """Which door an event came through: http, s3, direct, or unknown."""
+    """Which door an event came through: http, s3, batch (S3 Batch Operations), direct, or unknown."""
     if not isinstance(event, dict):
         return "unknown"
     context = event.get("requestContext")
@@ -63,6 +63,10 @@ def event_kind(event: Any) -> str:
 
     if is_s3_event(event):
         return "s3"
+    from handler.events.batch import is_batch_event
+
+    if is_batch_event(event):
+        return "batch"
     if "task" in event:
         return "direct"
     return "unknown"
@@ -138,7 +142,7 @@ def _unsupported(event: Any) -> dict[str, Any]:
     keys = sorted(map(str, event))[:10] if isinstance(event, dict) else type(event).__name__
     return error_body(
         "unsupported_event",
-        "expected an API Gateway/Function URL event, an S3 event, or a direct invoke"
+        "expected an API Gateway/Function URL event, an S3 event, an S3 Batch Operations event, or a direct invoke"
         f' {{"task": ..., "image_base64" | "s3": ...}}; got {keys}',
     )
 
@@ -157,6 +161,10 @@ def lambda_handler(event: Any, context: Any) -> Any:
         from handler.events import s3 as s3_events
 
         return s3_events.handle(event, request_id, config)
+    if kind == "batch":  # answers per task; a task that fails unexpectedly is a TemporaryFailure
+        from handler.events import batch
+
+        return batch.handle(event, request_id, config)
     try:
         if kind == "http":
             return _serve_http(event, context, request_id, config.log_level)

@@ -6,11 +6,11 @@
 | MAX_IMAGE_BYTES | 4_669_440 | largest inline image (raw, multipart, base64): fits a synchronous event, see below |
 | MAX_S3_IMAGE_BYTES | 20_971_520 | largest image read from S3 (`{"s3": ...}` requests, S3 events): no event limit applies |
 | MAX_IMAGE_PIXELS | 40_000_000 | largest accepted width*height; stops decompression bombs |
-| ALLOWED_BUCKETS | (empty) | comma-separated buckets that JSON `{"s3": ...}` requests may read |
+| ALLOWED_BUCKETS | (empty) | comma-separated buckets that JSON `{"s3": ...}` requests and Batch Operations tasks may read |
 | OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it never trigger work |
 | OUTPUT_BUCKET | (empty) | write results to this bucket instead of the source bucket |
 | ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
-| TORCH_THREADS | CPUs available | intra-op threads for inference |
+| TORCH_THREADS | CPUs available, on Lambda at most its CPU share | intra-op threads for inference |
 | LOG_LEVEL | INFO | level of the structured JSON request log |
 | ARTIFACT_SHA256 | (empty) | when set, the sha256 of the artifact's manifest.json must equal it (docs/deploy.md) |
 
@@ -40,6 +40,25 @@ ENVELOPE_MARGIN_BYTES = 65_536
 """Room in the event or response for everything that is not the base64 body."""
 MAX_BINARY_BODY_BYTES = (LAMBDA_PAYLOAD_BYTES - ENVELOPE_MARGIN_BYTES) // 4 * 3
 """4,669,440: the largest binary body whose base64 plus the envelope fits LAMBDA_PAYLOAD_BYTES."""
+
+
+MB_PER_LAMBDA_CPU = 1769
+"""Lambda grants one CPU's worth of time per 1,769 MB of memory."""
+
+
+def default_torch_threads(env: dict[str, str]) -> int:
+    """CPUs available, but on Lambda no more than the CPU time it grants (memory/1769, rounded).
+
+    Lambda may show more vCPUs than that share (two at 1,769 MB and less); threads beyond the share
+    only wait for CPU time, and intra-op threads that wait for each other are slower than one thread
+    (docs/deploy.md §8: one thread beats two at 2,048 MB; two threads on an oversubscribed CPU ran
+    a backfill 10x slower than one).
+    """
+    cpus = available_cpus()
+    memory_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    if memory_mb.isdigit():
+        return max(1, min(cpus, round(int(memory_mb) / MB_PER_LAMBDA_CPU)))
+    return cpus
 
 
 def _csv(value: str) -> frozenset[str]:
@@ -73,7 +92,7 @@ class Settings:
             output_prefix=prefix if prefix.endswith("/") else prefix + "/",
             output_bucket=env.get("OUTPUT_BUCKET", ""),
             artifact_retry_s=float(env.get("ARTIFACT_RETRY_S", cls.artifact_retry_s)),
-            torch_threads=int(env.get("TORCH_THREADS", 0)) or available_cpus(),
+            torch_threads=int(env.get("TORCH_THREADS", 0)) or default_torch_threads(env),
             log_level=env.get("LOG_LEVEL", cls.log_level),
             artifact_sha256=env.get("ARTIFACT_SHA256", "").strip().lower(),
         )

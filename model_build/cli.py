@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuse": ("model_build.commands.fuse", "merge, quantize, parity-check and write the served artifact"),
     "eval": ("model_build.commands.eval", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
     "bench": ("model_build.commands.bench", "benchmark the served runtime against the seed recipe"),
+    "cost": ("model_build.commands.cost", "Lambda duration and dollars per 1,000 images from bench runs"),
     "demo": (
         "model_build.commands.demo",
         "the main job: synth, finetune, fuse, then caption and detect via the local API",

@@ -4,6 +4,9 @@ Results carry the source ETag, which makes redelivered events cheap no-ops. A re
 itself dooms (too big, not an image, a key S3 refuses, a malformed record) gets an error result
 where one can be written and is not retried; any other failure is retried by Lambda: the invocation
 raises after every record has had its turn. Result keys always fit S3's 1,024 bytes.
+
+`process_object` is the per-object work; S3 Batch Operations tasks (`handler.events.batch`) and
+`python -m handler.backfill --local` run it too, so every door writes the same result document.
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
 from handler.errors import BadImage, BadRequest, InvalidRequest, ServiceError, TooLarge, error_body, printable
+from handler.florence.tasks import Task
 from handler.logs import annotate, request_log
 from handler.service import ALL_TASKS, analyze
 
 ETAG_METADATA = "source-etag"
+TASKS_METADATA = "tasks"
+ERROR_METADATA = "error-code"
 PERMANENT = (BadImage, TooLarge, BadRequest, InvalidRequest)
 """Failures caused by the uploaded bytes, its key or the record itself; retrying cannot fix them."""
 MAX_KEY_BYTES = 1024
@@ -31,12 +38,42 @@ class S3BatchError(RuntimeError):
     """Raised after all records ran when some failed, so Lambda retries or dead-letters the event."""
 
 
+class Disposition(str, Enum):
+    """What became of one object; every door that processes objects reports these."""
+
+    WRITTEN = "written"
+    ALREADY_PRESENT = "already present"
+    UNDER_OUTPUT_PREFIX = "under OUTPUT_PREFIX"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """One object's outcome: the result key it has (if any) and the error that doomed it (if any)."""
+
+    key: str
+    disposition: Disposition
+    result_uri: str | None = None
+    error: dict[str, str] | None = None
+    """`{"code", "message"}` of a rejected object, or of an error result already present."""
+
+
 @dataclass
 class Outcome:
     written: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, result: ObjectResult) -> None:
+        if result.disposition is Disposition.WRITTEN:
+            self.written.append(str(result.result_uri))
+        elif result.disposition is Disposition.REJECTED:
+            self.rejected.append({"key": printable(result.key), **(result.error or {})})
+        elif result.disposition is Disposition.ALREADY_PRESENT:
+            self.skipped.append({"key": printable(result.key), "reason": "result exists for this ETag"})
+        else:
+            self.skipped.append({"key": printable(result.key), "reason": result.disposition.value})
 
     def summary(self) -> dict[str, Any]:
         return {"written": self.written, "skipped": self.skipped, "rejected": self.rejected, "failed": self.failed}
@@ -74,63 +111,81 @@ def _location(record: Any) -> tuple[str, str]:
     return bucket, unquote_plus(key)
 
 
-def _write(bucket: str, key: str, document: dict[str, Any], etag: str, model_sha: str | None) -> None:
+def _write(
+    bucket: str, key: str, document: dict[str, Any], etag: str, tasks: list[Task], model_sha: str | None
+) -> None:
     from handler.inputs import s3 as s3io
 
-    metadata = {ETAG_METADATA: etag}
+    metadata = {ETAG_METADATA: etag, TASKS_METADATA: ",".join(t.api_name for t in tasks)}
     if model_sha:
         metadata["model-sha"] = model_sha
+    else:
+        metadata[ERROR_METADATA] = document["error"]["code"]
     s3io.put_json(bucket, key, json.dumps(document, indent=2, ensure_ascii=False).encode(), metadata)
 
 
-def _reject(outcome: Outcome, key: str, exc: ServiceError) -> None:
-    outcome.rejected.append({"key": printable(key), "code": exc.code, "message": printable(exc.message)})
+def _rejected(key: str, exc: ServiceError, result_uri: str | None = None) -> ObjectResult:
     annotate(status=exc.status, error=exc.code)
+    return ObjectResult(key, Disposition.REJECTED, result_uri, exc.body()["error"])
 
 
-def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome) -> None:
+def _covers(existing: dict[str, str], tasks: list[Task]) -> bool:
+    """Whether a stored result answered every task asked for now (results before the tag ran them all)."""
+    done = existing.get(TASKS_METADATA)
+    return done is None or {t.api_name for t in tasks} <= set(done.split(","))
+
+
+def process_object(
+    bucket: str, key: str, settings: Settings, tasks: list[Task] = ALL_TASKS, overwrite: bool = False
+) -> ObjectResult:
+    """Run `tasks` on one object and write its result document; the work every S3 door shares.
+
+    Skips keys under OUTPUT_PREFIX (results never become inputs) and objects whose result already
+    covers these tasks for the same ETag, unless `overwrite`. Raises for failures a retry may fix.
+    """
     from handler.inputs import s3 as s3io
 
-    try:
-        bucket, key = _location(record)
-    except BadRequest as exc:
-        _reject(outcome, "", exc)
-        return
     annotate(bucket=bucket, key=key)
     try:  # a location S3 cannot hold: nothing to read, no result to name
         s3io.check_bucket_name(bucket)
         s3io.check_key(key)
     except BadRequest as exc:
-        _reject(outcome, key, exc)
-        return
+        return _rejected(key, exc)
     if key.startswith(settings.output_prefix):
-        outcome.skipped.append({"key": key, "reason": "under OUTPUT_PREFIX"})
         annotate(status="skipped")
-        return
+        return ObjectResult(key, Disposition.UNDER_OUTPUT_PREFIX)
     out_bucket = settings.output_bucket or bucket
     out_key = result_key(key, settings)
+    result_uri = f"s3://{out_bucket}/{out_key}"
     try:
         head = s3io.head(bucket, key)
     except PERMANENT as exc:
-        _reject(outcome, key, exc)
-        return
+        return _rejected(key, exc)
     etag = head.etag.strip('"')
-    existing = s3io.head_metadata(out_bucket, out_key)
-    if existing is not None and existing.get(ETAG_METADATA) == etag:
-        outcome.skipped.append({"key": key, "reason": "result exists for this ETag"})
+    existing = None if overwrite else s3io.head_metadata(out_bucket, out_key)
+    if existing is not None and existing.get(ETAG_METADATA) == etag and _covers(existing, tasks):
         annotate(status="skipped")
-        return
+        error = {"code": existing[ERROR_METADATA]} if ERROR_METADATA in existing else None
+        return ObjectResult(key, Disposition.ALREADY_PRESENT, result_uri, error)
     source = {"bucket": bucket, "key": key, "etag": etag}
     try:
         data = s3io.download(bucket, key, head, settings.max_s3_image_bytes).body
-        payload = analyze(data, ALL_TASKS, settings).payload
+        payload = analyze(data, tasks, settings).payload
     except PERMANENT as exc:
-        _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, None)
-        _reject(outcome, key, exc)
-        return
-    _write(out_bucket, out_key, {"source": source, **payload}, etag, payload["model_sha"])
-    outcome.written.append(f"s3://{out_bucket}/{out_key}")
+        _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, tasks, None)
+        return _rejected(key, exc, result_uri)
+    _write(out_bucket, out_key, {"source": source, **payload}, etag, tasks, payload["model_sha"])
     annotate(status=200, output=out_key)
+    return ObjectResult(key, Disposition.WRITTEN, result_uri)
+
+
+def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome) -> None:
+    try:
+        bucket, key = _location(record)
+    except BadRequest as exc:
+        outcome.add(_rejected("", exc))
+        return
+    outcome.add(process_object(bucket, key, settings))
 
 
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:

@@ -190,7 +190,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         sizes, cold = {}, {"seed": [], "served": []}
         for label, obj in (("seed", seed), ("served", fast)):
             manifest = write_artifact(
-                obj, processor, tmp_path / label, base_id="bench", image_size=IMAGE_SIZE, tasks=list(Task)
+                obj,
+                processor,
+                tmp_path / label,
+                base_id="bench",
+                image_size=IMAGE_SIZE,
+                tasks=list(Task),
+                served=label == "served",
             )
             sizes[label] = manifest.model_bytes / 2**20
         seed = fast = engine = None  # free both models before the cold-start children (closures keep the names)

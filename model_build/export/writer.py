@@ -44,11 +44,13 @@ def write_artifact(
     adapter_sha256: str | None = None,
     parity: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    served: bool = True,
 ) -> Manifest:
     """Pickle the finished model, save the processor and write a manifest that pins both.
 
     The pickle is loaded back the way the handler loads it (weights_only, the allow-list), so a model
-    holding a class the handler would refuse fails here, at build time.
+    holding a class the handler would refuse fails here, at build time. `served=False` skips that for
+    the benchmark's seed-recipe artifact, which a plain `torch.load` reads and the handler never serves.
     """
     out = Path(out_dir)
     if out.exists():
@@ -56,7 +58,8 @@ def write_artifact(
     out.mkdir(parents=True)
     model_path = out / MODEL_FILE
     torch.save(model, model_path)
-    load_model(model_path)
+    if served:
+        load_model(model_path)
     processor.save_pretrained(out / PROCESSOR_DIR)
     manifest = Manifest(
         model_sha256=sha256_file(model_path),

@@ -462,6 +462,30 @@ def test_every_route_on_a_12_mp_photo_fits_a_lambda_response_and_the_runtime_sta
     assert max(sizes.values()) <= LAMBDA_RESPONSE_LIMIT
 
 
+def test_s3_batch_operations_events_of_both_schemas(stack: Stack) -> None:
+    from tests.handler.events.test_batch import AWKWARD, GOOD, MISSING, NOT_IMAGE, batch_event
+
+    stack.s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    stack.s3.put_object(Bucket=BUCKET, Key=NOT_IMAGE, Body=b"shopping list")
+    stack.s3.put_object(Bucket=BUCKET, Key=AWKWARD, Body=image_bytes("JPEG", (80, 60), quality=90))
+    under_output = f"{OUTPUT_PREFIX}{GOOD}.json"
+    keys = [GOOD, MISSING, NOT_IMAGE, AWKWARD, under_output]
+    v2 = stack.emulator.invoke(batch_event("2.0", keys, bucket=BUCKET))
+    print("schema 2.0 response:", json.dumps(v2.payload, ensure_ascii=False, indent=2))
+    assert v2.payload["invocationSchemaVersion"] == "2.0" and v2.payload["treatMissingKeysAs"] == "PermanentFailure"
+    codes = [r["resultCode"] for r in v2.payload["results"]]
+    assert codes == ["Succeeded", "PermanentFailure", "PermanentFailure", "Succeeded", "Succeeded"], v2.payload
+    for key in (GOOD, AWKWARD):
+        stored = json.loads(stack.s3.get_object(Bucket=BUCKET, Key=f"{OUTPUT_PREFIX}{key}.json")["Body"].read())
+        assert stored["source"]["key"] == key and isinstance(stored["caption"], str)
+    assert v2.report.init_ms is None
+
+    v1 = stack.emulator.invoke(batch_event("1.0", keys, bucket=BUCKET))
+    strings = [r["resultString"] for r in v1.payload["results"]]
+    assert strings[0].startswith("already present:") and strings[3].startswith("already present:"), v1.payload
+    assert [r["resultCode"] for r in v1.payload["results"]] == codes
+
+
 def test_nothing_is_written_outside_tmp(stack: Stack) -> None:
     assert _tree(stack.task_root) == stack.before["task_root"], "the function wrote next to its code"
     assert _tree(stack.artifact) == stack.before["artifact"], "the function wrote into the artifact"

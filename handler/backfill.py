@@ -1,0 +1,344 @@
+"""`python -m handler.backfill`: caption and detect what a bucket already holds.
+
+Uploads are handled as they arrive; this is for the images that were there before. It runs on your
+machine with boto3 (never in the image: the Lambda path does not import it, import-linter checks).
+
+1. Plan: list `--bucket`/`--prefix`, skip results, backfill files, non-image names and keys whose
+   result is newer than the image, and print the count and size (`--dry-run` stops here).
+2. By default, write the plan as a CSV manifest to S3 and create an S3 Batch Operations job that
+   invokes the deployed function once per object (ARNs from `--stack NAME` or flags). Batch
+   Operations retries `TemporaryFailure` tasks and writes a completion report.
+3. With `--local`, run the same per-object code as the function (`handler.events.s3.process_object`)
+   in this process instead, with a progress bar: for small buckets and tests. It needs the serve
+   dependencies, an artifact (ARTIFACT_DIR) and tqdm.
+
+The function re-checks every object's ETag, so a plan that is slightly stale costs a skip, not a
+second result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from handler.config import Settings
+from handler.events.s3 import Disposition, process_object, result_key
+from handler.florence.tasks import Task, tasks_from
+from handler.service import ALL_TASKS
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""Names worth an invocation; anything else would cost one to learn it is not an image."""
+
+SCHEMA_VERSION = "2.0"
+"""2.0 carries `userArguments` (tasks, overwrite) to the function."""
+
+MANIFEST_FORMAT = "S3BatchOperations_CSV_20180820"
+REPORT_FORMAT = "Report_CSV_20180820"
+STACK_OUTPUTS = {
+    "function_arn": "FunctionArn",
+    "role_arn": "BatchOperationsRoleArn",
+    "report_bucket": "UploadsBucketName",
+    "batch_prefix": "BatchPrefix",
+}
+"""Which output of the deployed stack (template.yaml) fills which setting."""
+
+
+@dataclass
+class BackfillConfig:
+    """What to backfill and where the job's pieces are; flags mirror these fields."""
+
+    bucket: str
+    prefix: str = ""
+    tasks: list[Task] = field(default_factory=lambda: list(ALL_TASKS))
+    overwrite: bool = False
+    dry_run: bool = False
+    local: bool = False
+    stack: str | None = None
+    function_arn: str | None = None
+    role_arn: str | None = None
+    report_bucket: str | None = None
+    """Bucket for the manifest and the completion report (the stack's uploads bucket; its role may use it)."""
+    batch_prefix: str = "batch/"
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+    priority: int = 10
+    settings: Settings = field(default_factory=Settings.from_env)
+    """OUTPUT_PREFIX / OUTPUT_BUCKET as the function sees them, and the model for `--local`."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: str
+    size: int
+
+
+@dataclass
+class Plan:
+    """The objects to process, and how many were left out and why."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.size for c in self.candidates)
+
+    def describe(self, bucket: str, prefix: str) -> str:
+        skips = ", ".join(f"{reason} {count}" for reason, count in sorted(self.skipped.items())) or "none"
+        return (
+            f"s3://{bucket}/{prefix}: {len(self.candidates)} objects to process, "
+            f"{self.total_bytes / 2**20:.1f} MiB; skipped: {skips}"
+        )
+
+
+class Clients:
+    """boto3 clients made on first use; tests hand in their own."""
+
+    def __init__(self, region: str | None = None, **given: Any) -> None:
+        self.region = region
+        self._clients = dict(given)
+
+    def __call__(self, service: str) -> Any:
+        if service not in self._clients:
+            import boto3
+
+            make: Any = boto3.client  # its overloads are per service name; this one is any of three
+            self._clients[service] = make(service, region_name=self.region)
+        return self._clients[service]
+
+
+def _objects(s3: Any, bucket: str, prefix: str) -> Any:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+def plan(config: BackfillConfig, clients: Clients) -> Plan:
+    """List the bucket once and the results once; no request per object."""
+    s3, settings = clients("s3"), config.settings
+    out_bucket = settings.output_bucket or config.bucket
+    results = {o["Key"]: o["LastModified"] for o in _objects(s3, out_bucket, settings.output_prefix + config.prefix)}
+    own_files = config.batch_prefix if config.report_bucket in (None, config.bucket) else None
+    suffixes = tuple(s.lower() for s in config.suffixes)
+    found = Plan()
+    for obj in _objects(s3, config.bucket, config.prefix):
+        key = obj["Key"]
+        done_at = results.get(result_key(key, settings))
+        if out_bucket == config.bucket and key.startswith(settings.output_prefix):
+            found.skipped["result"] += 1
+        elif own_files and key.startswith(own_files):
+            found.skipped["manifest or report"] += 1
+        elif key.endswith("/") or (suffixes and not key.lower().endswith(suffixes)):
+            found.skipped["not an image name"] += 1
+        elif not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
+            found.skipped["has a result"] += 1  # written after the image was: the function would skip it too
+        else:
+            found.candidates.append(Candidate(key, int(obj["Size"])))
+    return found
+
+
+def manifest_csv(bucket: str, candidates: list[Candidate]) -> bytes:
+    """Batch Operations' CSV manifest: `bucket,key` rows, keys URL-encoded (the function decodes them)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for candidate in candidates:
+        writer.writerow([bucket, quote(candidate.key, safe="/")])
+    return buffer.getvalue().encode()
+
+
+def _resolve_stack(config: BackfillConfig, clients: Clients) -> None:
+    """Fill unset ARNs and the report location from the stack's outputs."""
+    if config.stack is None:
+        return
+    stack = clients("cloudformation").describe_stacks(StackName=config.stack)["Stacks"][0]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    for attribute, output in STACK_OUTPUTS.items():
+        if output not in outputs:
+            raise SystemExit(f"stack {config.stack} has no output {output}; deploy the current template.yaml")
+        if attribute == "batch_prefix" or getattr(config, attribute) is None:
+            setattr(config, attribute, outputs[output])
+
+
+def job_request(config: BackfillConfig, manifest_key: str, manifest_etag: str, body: bytes) -> dict[str, Any]:
+    """The `s3control create_job` arguments: invoke the function on every manifest row, report every task."""
+    if not (config.function_arn and config.role_arn and config.report_bucket):
+        raise ValueError("a job needs the function ARN, the role ARN and the report bucket")
+    account = config.function_arn.split(":")[4]  # arn:aws:lambda:<region>:<account>:function:<name>
+    partition = config.function_arn.split(":")[1]
+    user_arguments = {"tasks": ",".join(t.api_name for t in config.tasks), "overwrite": str(config.overwrite).lower()}
+    # Same manifest, function and options -> same token, so a retried command cannot start a second job.
+    token = hashlib.sha256(body + config.function_arn.encode() + repr(sorted(user_arguments.items())).encode())
+    return {
+        "AccountId": account,
+        "ConfirmationRequired": False,
+        "Operation": {
+            "LambdaInvoke": {
+                "FunctionArn": config.function_arn,
+                "InvocationSchemaVersion": SCHEMA_VERSION,
+                "UserArguments": user_arguments,
+            }
+        },
+        "Report": {
+            "Bucket": f"arn:{partition}:s3:::{config.report_bucket}",
+            "Prefix": f"{config.batch_prefix}reports",
+            "Format": REPORT_FORMAT,
+            "Enabled": True,
+            "ReportScope": "AllTasks",
+        },
+        "Manifest": {
+            "Spec": {"Format": MANIFEST_FORMAT, "Fields": ["Bucket", "Key"]},
+            "Location": {
+                "ObjectArn": f"arn:{partition}:s3:::{config.report_bucket}/{manifest_key}",
+                "ETag": manifest_etag,
+            },
+        },
+        "Priority": config.priority,
+        "RoleArn": config.role_arn,
+        "ClientRequestToken": token.hexdigest()[:64],
+        "Description": f"florence backfill s3://{config.bucket}/{config.prefix}"[:256],
+    }
+
+
+def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
+    """Write the manifest, create the job, print how to follow it; returns the job id."""
+    missing = [name for name in ("function_arn", "role_arn") if getattr(config, name) is None]
+    if missing:
+        raise SystemExit(f"need --stack NAME or --{missing[0].replace('_', '-')} to create a Batch Operations job")
+    config.report_bucket = config.report_bucket or config.bucket
+    body = manifest_csv(config.bucket, found.candidates)
+    # Named by content: a rerun of the same plan rewrites the same object and sends the same request,
+    # which S3 answers with the job the first run created (its ClientRequestToken is the same too).
+    manifest_key = f"{config.batch_prefix}manifests/{hashlib.sha256(body).hexdigest()[:16]}.csv"
+    put = clients("s3").put_object(Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv")
+    request = job_request(config, manifest_key, put["ETag"].strip('"'), body)
+    job_id = clients("s3control").create_job(**request)["JobId"]
+    region = config.function_arn.split(":")[3] if config.function_arn else ""
+    print(f"manifest: s3://{config.report_bucket}/{manifest_key} ({len(found.candidates)} objects)")
+    print(f"job: {job_id}  (no confirmation step: New -> Preparing -> Ready -> Active -> Complete)")
+    print(
+        f"follow: aws s3control describe-job --region {region} --account-id {request['AccountId']} --job-id {job_id}"
+        " --query 'Job.[Status,ProgressSummary]'"
+    )
+    print(f"report: s3://{config.report_bucket}/{config.batch_prefix}reports/job-{job_id}/ when the job completes")
+    return job_id
+
+
+@dataclass
+class LocalSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"done {self.done}, skipped {self.skipped}, failed {len(self.failed)}"
+            f" in {self.seconds:.1f} s ({rate:.2f} images/s)"
+        )
+
+
+def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
+    """The function's per-object code over the plan, in this process."""
+    try:
+        from tqdm import tqdm  # a build/dev dependency, not a serve one: only this mode needs it
+    except ImportError as exc:
+        raise SystemExit("--local needs tqdm (pip install tqdm) and the serve dependencies") from exc
+
+    summary = LocalSummary(skipped=sum(found.skipped.values()))
+    start = time.perf_counter()
+    for candidate in tqdm(found.candidates, desc="backfill", unit="image"):
+        try:
+            result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
+        except Exception as exc:  # one object must not stop the rest; it is listed at the end
+            summary.failed.append(f"{candidate.key}: {getattr(exc, 'message', exc)}")
+            continue
+        if result.disposition is Disposition.WRITTEN:
+            summary.done += 1
+        elif result.disposition is Disposition.REJECTED:
+            summary.failed.append(f"{candidate.key}: {(result.error or {}).get('code')}")
+        else:
+            summary.skipped += 1
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def run(config: BackfillConfig, clients: Clients) -> int:
+    _resolve_stack(config, clients)
+    found = plan(config, clients)
+    print(found.describe(config.bucket, config.prefix))
+    if config.dry_run:
+        return 0
+    if config.local:
+        summary = run_local(config, found)
+        for failure in summary.failed:
+            print(f"failed: {failure}")
+        print(summary.line())
+        return 1 if summary.failed else 0
+    if not found.candidates:
+        print("nothing to do: no job created")
+        return 0
+    submit(config, found, clients)
+    return 0
+
+
+def _tasks(text: str) -> list[Task]:
+    try:
+        return tasks_from(text, ALL_TASKS)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | None]:
+    defaults = BackfillConfig(bucket="")
+    parser = argparse.ArgumentParser(prog="python -m handler.backfill", description=__doc__.splitlines()[0])
+    parser.add_argument("--bucket", required=True, help="bucket holding the images")
+    parser.add_argument("--prefix", default=defaults.prefix, help="only keys under this prefix (default: all)")
+    parser.add_argument("--tasks", type=_tasks, default=defaults.tasks, help="caption,detect (default: both)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute objects that already have a result")
+    parser.add_argument("--dry-run", action="store_true", help="count and size the work; write nothing")
+    parser.add_argument("--local", action="store_true", help="process in this process instead of a Batch job")
+    parser.add_argument("--stack", help="deployed stack whose outputs give the ARNs, bucket and prefix")
+    parser.add_argument("--function-arn", help="function to invoke (default: the stack's FunctionArn)")
+    parser.add_argument("--role-arn", help="role the job assumes (default: the stack's BatchOperationsRoleArn)")
+    parser.add_argument("--report-bucket", help="bucket for manifest and report (default: the stack's, else --bucket)")
+    parser.add_argument("--batch-prefix", default=defaults.batch_prefix, help="manifests/ and reports/ go under it")
+    parser.add_argument(
+        "--suffixes",
+        default=",".join(IMAGE_SUFFIXES),
+        help="key endings to process, comma-separated; '' = every key",
+    )
+    parser.add_argument("--priority", type=int, default=defaults.priority, help="Batch Operations job priority")
+    parser.add_argument("--region", help="AWS region (default: your AWS configuration's)")
+    args = parser.parse_args(argv)
+    config = BackfillConfig(
+        bucket=args.bucket,
+        prefix=args.prefix,
+        tasks=args.tasks,
+        overwrite=args.overwrite,
+        dry_run=args.dry_run,
+        local=args.local,
+        stack=args.stack,
+        function_arn=args.function_arn,
+        role_arn=args.role_arn,
+        report_bucket=args.report_bucket,
+        batch_prefix=args.batch_prefix,
+        suffixes=tuple(s.strip() for s in args.suffixes.split(",") if s.strip()),
+        priority=args.priority,
+    )
+    return config, args.region
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, region = parse_args(argv)
+    return run(config, Clients(region))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

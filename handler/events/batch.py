@@ -1,0 +1,211 @@
+"""S3 Batch Operations worker: caption what a bucket already holds, one answer per task.
+
+A Batch Operations job (`python -m handler.backfill` creates one) invokes the function synchronously
+with `tasks` naming objects. Each task gets exactly the work and the result document of an S3 upload
+event (`handler.events.s3.process_object`), so a backfill and live uploads never disagree, and a
+result already present for the object's ETag is not computed again.
+
+Batch Operations reads only the response: `Succeeded`, `TemporaryFailure` (it retries the task) or
+`PermanentFailure` (it records the task as failed in the completion report, with `resultString`).
+So no task may raise: every error becomes one of those codes, and the invocation always answers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import unquote_plus
+
+from handler.config import Settings
+from handler.errors import InvalidRequest, ServiceError
+from handler.events.s3 import Disposition, ObjectResult, process_object
+from handler.florence.tasks import Task
+from handler.inputs.payload import check_bucket
+from handler.logs import annotate, request_log
+from handler.service import ALL_TASKS, parse_tasks
+
+SCHEMA_VERSIONS = ("1.0", "2.0")
+"""1.0 names the bucket by ARN (`s3BucketArn`); 2.0 by name (`s3Bucket`) and carries `job.userArguments`."""
+
+TREAT_MISSING_KEYS_AS = "PermanentFailure"
+"""A task this answer leaves out failed for good: the handler answers every task it was given."""
+
+RESULT_STRING_LIMIT = 1024
+"""Batch Operations keeps `resultString` in the completion report; keep it short and whole."""
+
+
+class ResultCode(str, Enum):
+    SUCCEEDED = "Succeeded"
+    TEMPORARY_FAILURE = "TemporaryFailure"
+    PERMANENT_FAILURE = "PermanentFailure"
+
+
+def is_batch_event(event: Any) -> bool:
+    return isinstance(event, dict) and "invocationSchemaVersion" in event and "tasks" in event
+
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise InvalidRequest(f"userArguments.{name} must be true or false, not {value!r}")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-job options from schema 2.0's `job.userArguments` (a string-to-string map of at most 10).
+
+    `tasks` and `overwrite` are applied here. `min_score` is validated and carried for the detection
+    scores that read it; keys this version does not know are kept in `ignored` and logged, so a job
+    written for a newer function still runs on this one.
+    """
+
+    tasks: list[Task] = field(default_factory=lambda: list(ALL_TASKS))
+    overwrite: bool = False
+    min_score: float | None = None
+    ignored: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_user_arguments(cls, arguments: Any) -> JobOptions:
+        if arguments is None:
+            return cls()
+        if not isinstance(arguments, dict) or not all(isinstance(v, str) for v in arguments.values()):
+            raise InvalidRequest("job.userArguments must map names to strings")
+        known = {"tasks", "overwrite", "min_score"}
+        min_score = None
+        if arguments.get("min_score", "").strip():
+            try:
+                min_score = float(arguments["min_score"])
+            except ValueError:
+                min_score = math.nan
+            if not 0.0 <= min_score <= 1.0:  # NaN fails this too
+                raise InvalidRequest(
+                    f"userArguments.min_score must be a number in [0, 1], not {arguments['min_score']!r}"
+                )
+        return cls(
+            tasks=parse_tasks(arguments.get("tasks")),
+            overwrite=_flag("overwrite", arguments.get("overwrite", "")),
+            min_score=min_score,
+            ignored={k: v for k, v in arguments.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """One object to process, decoded once: the bucket by name and the key URL-decoded."""
+
+    task_id: str
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, task: Any, schema: str) -> BatchTask:
+        if not isinstance(task, dict) or not isinstance(task.get("taskId"), str):
+            raise InvalidRequest("a task must be an object with a taskId")
+        bucket: Any
+        if schema == "1.0":
+            arn = task.get("s3BucketArn")
+            if not isinstance(arn, str) or not arn.startswith("arn:") or ":s3:" not in arn:
+                raise InvalidRequest(f"s3BucketArn must be an S3 bucket ARN, not {arn!r}")
+            bucket = arn.rsplit(":", 1)[-1]  # arn:aws:s3:::name; bucket names hold no ':'
+        else:
+            bucket = task.get("s3Bucket")
+        key = task.get("s3Key")
+        if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
+            raise InvalidRequest("a task needs a non-empty bucket and s3Key")
+        # Keys arrive URL-encoded, as in S3 event notifications and CSV manifests.
+        return cls(task["taskId"], bucket, unquote_plus(key))
+
+
+def _result(task_id: str, code: ResultCode, text: str) -> dict[str, str]:
+    if len(text) > RESULT_STRING_LIMIT:
+        text = text[: RESULT_STRING_LIMIT - 1] + "…"
+    return {"taskId": task_id, "resultCode": code.value, "resultString": text}
+
+
+def _succeeded(task_id: str, result: ObjectResult) -> dict[str, str]:
+    if result.disposition is Disposition.UNDER_OUTPUT_PREFIX:
+        # A manifest built from an inventory lists results too; they are not inputs, and failing
+        # them would count against the job's failure threshold.
+        return _result(task_id, ResultCode.SUCCEEDED, f"skipped: {result.key} is a result (under OUTPUT_PREFIX)")
+    return _result(task_id, ResultCode.SUCCEEDED, f"{result.disposition.value}: {result.result_uri}")
+
+
+def _failure_code(exc: Exception) -> ResultCode:
+    """Retry what time can fix (throttling, S3 5xx, timeouts, the model not loaded yet); fail the rest."""
+    if isinstance(exc, ServiceError):
+        return ResultCode.TEMPORARY_FAILURE if exc.status == 429 or exc.status >= 500 else ResultCode.PERMANENT_FAILURE
+    if type(exc).__module__.startswith(("botocore", "urllib3")) or isinstance(exc, TimeoutError | ConnectionError):
+        return ResultCode.TEMPORARY_FAILURE  # connection drops and read timeouts never became ServiceErrors
+    return ResultCode.PERMANENT_FAILURE
+
+
+def run_task(task: BatchTask, options: JobOptions, settings: Settings) -> dict[str, str]:
+    """Process one task and answer for it; never raises."""
+    try:
+        check_bucket(task.bucket, settings)
+        result = process_object(task.bucket, task.key, settings, options.tasks, options.overwrite)
+    except Exception as exc:
+        code = _failure_code(exc)
+        status, error = (exc.status, exc.code) if isinstance(exc, ServiceError) else (500, type(exc).__name__)
+        annotate(status=status, error=error, result_code=code.value)
+        message = exc.message if isinstance(exc, ServiceError) else str(exc)
+        return _result(task.task_id, code, f"{error}: {message}")
+    if result.disposition is Disposition.REJECTED or result.error is not None:
+        stored = result.error or {}
+        annotate(result_code=ResultCode.PERMANENT_FAILURE.value)
+        detail = f"{stored.get('code')}: {stored['message']}" if "message" in stored else f"{stored.get('code')}"
+        where = f" (error result at {result.result_uri})" if result.result_uri else ""
+        return _result(task.task_id, ResultCode.PERMANENT_FAILURE, detail + where)
+    annotate(result_code=ResultCode.SUCCEEDED.value)
+    return _succeeded(task.task_id, result)
+
+
+def _job_options(event: dict[str, Any], job: dict[str, Any]) -> JobOptions:
+    """The job's options, or InvalidRequest (for an unknown schema too), which fails every task alike."""
+    schema = event.get("invocationSchemaVersion")
+    if schema not in SCHEMA_VERSIONS:
+        raise InvalidRequest(f"invocationSchemaVersion {schema!r} is not one of {SCHEMA_VERSIONS}")
+    return JobOptions.from_user_arguments(job.get("userArguments") if schema == "2.0" else None)
+
+
+def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:
+    """Answer every task of one invocation in the response shape Batch Operations expects."""
+    schema = event.get("invocationSchemaVersion")
+    raw_tasks = event.get("tasks")
+    tasks: list[Any] = raw_tasks if isinstance(raw_tasks, list) else []
+    raw_job = event.get("job")
+    job: dict[str, Any] = raw_job if isinstance(raw_job, dict) else {}
+    options: JobOptions | InvalidRequest
+    try:
+        options = _job_options(event, job)
+    except InvalidRequest as exc:
+        options = exc
+    results = []
+    for index, raw in enumerate(tasks):
+        task_id = str(raw.get("taskId", index)) if isinstance(raw, dict) else str(index)
+        with request_log(f"{request_id}#{index}", "batch", settings.log_level):
+            annotate(job_id=job.get("id"), task_id=task_id, schema=schema)
+            try:
+                if isinstance(options, InvalidRequest):
+                    raise options
+                task = BatchTask.parse(raw, str(schema))
+            except InvalidRequest as exc:
+                annotate(status=exc.status, error=exc.code, result_code=ResultCode.PERMANENT_FAILURE.value)
+                results.append(_result(task_id, ResultCode.PERMANENT_FAILURE, f"{exc.code}: {exc.message}"))
+                continue
+            if options.ignored:
+                annotate(ignored_user_arguments=sorted(options.ignored))
+            results.append(run_task(task, options, settings))
+    return {
+        "invocationSchemaVersion": schema,
+        "treatMissingKeysAs": TREAT_MISSING_KEYS_AS,
+        "invocationId": event.get("invocationId"),
+        "results": results,
+    }

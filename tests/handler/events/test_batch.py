@@ -1,0 +1,207 @@
+"""S3 Batch Operations events (schema 1.0 and 2.0) through `lambda_handler`, against moto's S3 in-process."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from handler.app import event_kind, lambda_handler
+from handler.errors import ModelUnavailable, UpstreamError
+from handler.events import batch
+from tests.conftest import REPO_ROOT, image_bytes
+from tests.handler.events.test_s3 import BUCKET, s3  # noqa: F401  (the moto fixture)
+from tests.handler.test_app import Context
+
+EVENTS = REPO_ROOT / "events"
+GOOD = "uploads/good.png"
+MISSING = "uploads/deleted-before-the-job-ran.jpg"
+NOT_IMAGE = "uploads/notes.png"
+AWKWARD = "uploads/my cat+dog ünïcødé/猫 ☕.jpg"
+RESULT = "results/uploads/earlier.png.json"
+
+
+def batch_event(schema: str, keys: list[str], bucket: str = BUCKET, user_arguments: dict | None = None) -> dict:
+    """The committed documented event for `schema`, one task per key, keys URL-encoded as Batch sends them."""
+    event = json.loads((EVENTS / f"s3_batch_v{schema[0]}.json").read_text())
+    template = event["tasks"][0]
+    event["tasks"] = []
+    for index, key in enumerate(keys):
+        task = copy.deepcopy(template)
+        # quote_plus in one schema, quote in the other: the handler must decode both spellings.
+        task.update(taskId=f"task-{index}", s3Key=(quote_plus if schema == "1.0" else quote)(key, safe="/"))
+        if schema == "1.0":
+            task["s3BucketArn"] = f"arn:aws:s3:::{bucket}"
+        else:
+            task["s3Bucket"] = bucket
+        event["tasks"].append(task)
+    if user_arguments is not None:
+        event["job"]["userArguments"] = user_arguments
+    return event
+
+
+def _codes(response: dict) -> dict[str, str]:
+    return {r["taskId"]: r["resultCode"] for r in response["results"]}
+
+
+def _stored(client, key: str) -> dict:
+    return json.loads(client.get_object(Bucket=BUCKET, Key=f"results/{key}.json")["Body"].read())
+
+
+def _put_inputs(client) -> None:
+    client.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    client.put_object(Bucket=BUCKET, Key=NOT_IMAGE, Body=b"shopping list")
+    client.put_object(Bucket=BUCKET, Key=AWKWARD, Body=image_bytes("JPEG", (80, 60), quality=90))
+    client.put_object(Bucket=BUCKET, Key=RESULT, Body=b"{}")
+
+
+KEYS = [GOOD, MISSING, NOT_IMAGE, AWKWARD, RESULT]
+
+
+@pytest.mark.parametrize("schema", ["1.0", "2.0"])
+def test_batch_event_answers_every_task_and_writes_results(s3, schema: str) -> None:  # noqa: F811
+    _put_inputs(s3)
+    event = batch_event(schema, KEYS)
+    assert event_kind(event) == "batch"
+    response = lambda_handler(event, Context())
+
+    assert set(response) == {"invocationSchemaVersion", "treatMissingKeysAs", "invocationId", "results"}
+    assert response["invocationSchemaVersion"] == schema
+    assert response["invocationId"] == event["invocationId"]
+    assert response["treatMissingKeysAs"] == "PermanentFailure"
+    assert [set(r) for r in response["results"]] == [{"taskId", "resultCode", "resultString"}] * len(KEYS)
+    assert _codes(response) == {
+        "task-0": "Succeeded",
+        "task-1": "PermanentFailure",
+        "task-2": "PermanentFailure",
+        "task-3": "Succeeded",
+        "task-4": "Succeeded",
+    }
+    strings = [r["resultString"] for r in response["results"]]
+    assert strings[0] == f"written: s3://{BUCKET}/results/{GOOD}.json"
+    assert strings[1].startswith("not_found:") and MISSING in strings[1]
+    assert strings[2].startswith("bad_image:") and f"results/{NOT_IMAGE}.json" in strings[2]
+    assert strings[3] == f"written: s3://{BUCKET}/results/{AWKWARD}.json"
+    assert strings[4].startswith("skipped:")
+
+    for key, width in ((GOOD, 96), (AWKWARD, 80)):
+        stored = _stored(s3, key)
+        etag = s3.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+        assert stored["source"] == {"bucket": BUCKET, "key": key, "etag": etag}
+        assert stored["image"]["width"] == width
+        assert isinstance(stored["caption"], str) and isinstance(stored["detections"], list)
+    assert _stored(s3, NOT_IMAGE)["error"]["code"] == "bad_image"
+    written = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")["Contents"]}
+    assert written == {RESULT, f"results/{GOOD}.json", f"results/{NOT_IMAGE}.json", f"results/{AWKWARD}.json"}
+
+
+def test_second_run_reports_results_already_present_and_writes_nothing(s3) -> None:  # noqa: F811
+    _put_inputs(s3)
+    lambda_handler(batch_event("2.0", KEYS), Context())
+    before = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    again = lambda_handler(batch_event("2.0", KEYS), Context())
+    strings = [r["resultString"] for r in again["results"]]
+    assert strings[0] == f"already present: s3://{BUCKET}/results/{GOOD}.json"
+    assert _codes(again)["task-2"] == "PermanentFailure" and strings[2].startswith("bad_image")
+    assert strings[3].startswith("already present:")
+    assert {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]} == before
+
+
+def test_user_arguments_choose_tasks_and_overwrite(s3) -> None:  # noqa: F811
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    caption_only = lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "caption"}), Context())
+    assert _codes(caption_only) == {"task-0": "Succeeded"}
+    stored = _stored(s3, GOOD)
+    assert "caption" in stored and "detections" not in stored
+
+    # A caption-only result does not answer a later job that asks for boxes too.
+    both = lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "caption,detect"}), Context())
+    assert both["results"][0]["resultString"].startswith("written:")
+    assert "detections" in _stored(s3, GOOD)
+    same = lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "detect"}), Context())
+    assert same["results"][0]["resultString"].startswith("already present:")
+
+    first = s3.head_object(Bucket=BUCKET, Key=f"results/{GOOD}.json")["ETag"]
+    s3.put_object(Bucket=BUCKET, Key=f"results/{GOOD}.json", Body=b"{}", Metadata={"source-etag": "stale"})
+    forced = {"tasks": "caption", "overwrite": "true", "min_score": "0.3", "from_a_newer_version": "x"}
+    overwritten = lambda_handler(batch_event("2.0", [GOOD], user_arguments=forced), Context())
+    assert overwritten["results"][0]["resultString"].startswith("written:")
+    assert s3.head_object(Bucket=BUCKET, Key=f"results/{GOOD}.json")["ETag"] != first
+    assert "caption" in _stored(s3, GOOD)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"tasks": "segment"}, "segment"),
+        ({"overwrite": "maybe"}, "overwrite"),
+        ({"min_score": "1.5"}, "min_score"),
+        ({"min_score": "nan"}, "min_score"),
+    ],
+)
+def test_invalid_user_arguments_fail_each_task_permanently(s3, arguments: dict, message: str) -> None:  # noqa: F811
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    response = lambda_handler(batch_event("2.0", [GOOD, GOOD], user_arguments=arguments), Context())
+    assert _codes(response) == {"task-0": "PermanentFailure", "task-1": "PermanentFailure"}
+    assert all(message in r["resultString"] for r in response["results"])
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")
+
+
+def test_bucket_outside_allowed_buckets_and_malformed_tasks_fail_permanently(s3) -> None:  # noqa: F811
+    s3.create_bucket(Bucket="someone-elses")
+    s3.put_object(Bucket="someone-elses", Key=GOOD, Body=image_bytes("PNG"))
+    denied = lambda_handler(batch_event("1.0", [GOOD], bucket="someone-elses"), Context())
+    assert _codes(denied) == {"task-0": "PermanentFailure"}
+    assert denied["results"][0]["resultString"].startswith("forbidden:")
+    assert "Contents" not in s3.list_objects_v2(Bucket="someone-elses", Prefix="results/")
+
+    event = batch_event("1.0", [GOOD])
+    event["tasks"][0]["s3BucketArn"] = "not-an-arn"
+    event["tasks"].append({"no": "taskId"})
+    broken = lambda_handler(event, Context())
+    assert [r["resultCode"] for r in broken["results"]] == ["PermanentFailure", "PermanentFailure"]
+    assert [r["taskId"] for r in broken["results"]] == ["task-0", "1"]
+
+    unknown = batch_event("2.0", [GOOD])
+    unknown["invocationSchemaVersion"] = "3.0"
+    answer = lambda_handler(unknown, Context())
+    assert answer["invocationSchemaVersion"] == "3.0" and "not one of" in answer["results"][0]["resultString"]
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (ModelUnavailable("model unavailable: loading"), "TemporaryFailure"),
+        (UpstreamError("S3 error SlowDown for s3://b/k"), "TemporaryFailure"),
+        (TimeoutError("read timed out"), "TemporaryFailure"),
+        (ValueError("a bug"), "PermanentFailure"),
+    ],
+)
+def test_failures_a_retry_may_fix_are_temporary(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    code: str,
+) -> None:
+    """The real per-object code raises these from S3 or the model; force one at that seam."""
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(batch, "process_object", failing)
+    response = lambda_handler(batch_event("2.0", [GOOD]), Context())
+    assert _codes(response) == {"task-0": code}
+
+
+def test_a_model_that_cannot_load_is_a_temporary_failure(s3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    """No seam: an artifact folder without a model makes the real service answer 503."""
+    monkeypatch.setenv("ARTIFACT_DIR", str(tmp_path / "no-artifact-yet"))
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    response = lambda_handler(batch_event("2.0", [GOOD]), Context())
+    assert _codes(response) == {"task-0": "TemporaryFailure"}
+    assert response["results"][0]["resultString"].startswith("model_unavailable:")
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")

@@ -1,0 +1,251 @@
+"""`python -m handler.backfill` against moto: the plan's skip rules, --dry-run, --local, and the job it creates.
+
+moto 5 does not implement `s3control create_job`, so the job request is checked as the HTTP request
+botocore actually serializes and would send (captured at `before-send`, answered with the documented
+CreateJobResult); the manifest it points at is a real object in moto's S3, and its rows are fed back
+through `lambda_handler` as Batch Operations would.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import time
+import xml.etree.ElementTree as ET
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from handler import backfill
+from handler.app import lambda_handler
+from tests.conftest import REPO_ROOT, image_bytes
+from tests.handler.events.test_s3 import BUCKET, s3  # noqa: F401  (the moto fixture)
+from tests.handler.test_app import Context
+
+FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:florence"
+ROLE_ARN = "arn:aws:iam::123456789012:role/florence-BatchOperationsRole"
+IMAGES = ["photos/a.png", "photos/b c.jpg", "photos/ünï/猫+1.PNG"]
+S3CONTROL_NS = "{http://awss3control.amazonaws.com/doc/2018-08-20/}"
+
+
+def _fill(client) -> None:
+    for key in IMAGES:
+        client.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG" if key.lower().endswith("png") else "JPEG"))
+    client.put_object(Bucket=BUCKET, Key="photos/", Body=b"")  # a console "folder"
+    client.put_object(Bucket=BUCKET, Key="photos/notes.txt", Body=b"not an image")
+    client.put_object(Bucket=BUCKET, Key="batch/manifests/old.csv", Body=b"x,y\n")
+    # done.png has a result written after it; stale.png was re-uploaded after its result.
+    client.put_object(Bucket=BUCKET, Key="photos/stale.png", Body=image_bytes("PNG"))
+    client.put_object(Bucket=BUCKET, Key="results/photos/stale.png.json", Body=b"{}")
+    time.sleep(1.1)  # S3 LastModified has one-second resolution
+    client.put_object(Bucket=BUCKET, Key="photos/stale.png", Body=image_bytes("PNG", (50, 40)))
+    client.put_object(Bucket=BUCKET, Key="photos/done.png", Body=image_bytes("PNG"))
+    time.sleep(1.1)
+    client.put_object(Bucket=BUCKET, Key="results/photos/done.png.json", Body=b"{}")
+
+
+def _config(**overrides: Any) -> backfill.BackfillConfig:
+    return backfill.BackfillConfig(bucket=BUCKET, **overrides)
+
+
+def _keys(client, prefix: str = "") -> dict[str, Any]:
+    return {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
+
+
+def test_plan_skips_results_backfill_files_non_images_and_done_keys(s3) -> None:  # noqa: F811
+    _fill(s3)
+    found = backfill.plan(_config(), backfill.Clients(s3=s3))
+    assert sorted(c.key for c in found.candidates) == sorted([*IMAGES, "photos/stale.png"])
+    assert found.skipped == {"result": 2, "manifest or report": 1, "not an image name": 2, "has a result": 1}
+    sizes = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert found.total_bytes == sum(sizes[c.key] for c in found.candidates)
+
+    only_photos = backfill.plan(_config(prefix="photos/", suffixes=()), backfill.Clients(s3=s3))
+    assert "photos/notes.txt" in {c.key for c in only_photos.candidates}  # '' suffixes = every key
+    assert only_photos.skipped == {"not an image name": 1, "has a result": 1}
+    overwrite = backfill.plan(_config(overwrite=True), backfill.Clients(s3=s3))
+    assert "photos/done.png" in {c.key for c in overwrite.candidates}
+
+
+def test_dry_run_counts_and_writes_nothing(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    _fill(s3)
+    before = _keys(s3)
+    assert backfill.main(["--bucket", BUCKET, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"s3://{BUCKET}/: 4 objects to process" in out and "has a result 1" in out
+    assert _keys(s3) == before
+
+
+def test_local_runs_the_function_code_and_a_second_run_does_nothing(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    _fill(s3)
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "photos/", "--local"]) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert first.startswith("done 4, skipped 3, failed 0 in "), first
+    for key in [*IMAGES, "photos/stale.png"]:
+        stored = json.loads(s3.get_object(Bucket=BUCKET, Key=f"results/{key}.json")["Body"].read())
+        assert stored["source"]["key"] == key and isinstance(stored["caption"], str)
+        assert isinstance(stored["detections"], list)
+    assert (
+        json.loads(s3.get_object(Bucket=BUCKET, Key="results/photos/stale.png.json")["Body"].read())["image"]["width"]
+        == 50
+    )
+
+    results = _keys(s3, "results/")
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "photos/", "--local", "--tasks", "caption"]) == 0
+    out = capsys.readouterr().out
+    assert "photos/: 0 objects to process" in out
+    assert out.strip().splitlines()[-1].startswith("done 0, skipped 7, failed 0")
+    assert _keys(s3, "results/") == results
+
+
+def test_local_reports_objects_that_fail(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    s3.put_object(Bucket=BUCKET, Key="in/fake.png", Body=b"shopping list")
+    s3.put_object(Bucket=BUCKET, Key="in/real.png", Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "in/", "--local"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "failed: in/fake.png: bad_image" in lines
+    assert lines[-1].startswith("done 1, skipped 0, failed 1")
+
+
+def _namespaced(path: str) -> str:
+    return "/".join(S3CONTROL_NS + part for part in path.split("/"))
+
+
+class CapturedControl:
+    """A real s3control client whose requests are recorded and answered with CreateJobResult."""
+
+    def __init__(self) -> None:
+        import boto3
+        from botocore.awsrequest import AWSResponse
+
+        self.requests: list[Any] = []
+        self.client = boto3.client("s3control", region_name="us-east-1")
+
+        class _Raw:
+            def stream(self, **_: Any):
+                yield b""
+
+        def answer(request: Any, **_: Any) -> AWSResponse:
+            self.requests.append(request)
+            body = (
+                b'<?xml version="1.0" encoding="UTF-8"?><CreateJobResult>'
+                b"<JobId>00e123a4-c0d8-41f4-a0eb-b46f9ba5b07c</JobId></CreateJobResult>"
+            )
+            response = AWSResponse(request.url, 200, {"content-type": "application/xml"}, _Raw())
+            response._content = body
+            return response
+
+        self.client.meta.events.register("before-send.s3-control.CreateJob", answer)
+
+
+def _stack(stack_name: str = "florence") -> None:
+    import boto3
+
+    outputs = {
+        "FunctionArn": FUNCTION_ARN,
+        "BatchOperationsRoleArn": ROLE_ARN,
+        "UploadsBucketName": BUCKET,
+        "BatchPrefix": "batch/",
+    }
+    template = {
+        "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {name: {"Value": value} for name, value in outputs.items()},
+    }
+    boto3.client("cloudformation", region_name="us-east-1").create_stack(
+        StackName=stack_name, TemplateBody=json.dumps(template)
+    )
+
+
+def test_job_is_created_from_the_stack_outputs_with_a_manifest_the_function_reads(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _fill(s3)
+    _stack()
+    control = CapturedControl()
+    clients = backfill.Clients(s3=s3, s3control=control.client)
+    config = _config(prefix="photos/", stack="florence", tasks=backfill.tasks_from("detect"))
+    assert backfill.run(config, clients) == 0
+    out = capsys.readouterr().out
+    assert "job: 00e123a4-c0d8-41f4-a0eb-b46f9ba5b07c" in out
+    assert "aws s3control describe-job --region us-east-1 --account-id 123456789012 --job-id 00e123a4" in out
+
+    manifests = _keys(s3, "batch/manifests/")
+    (manifest_key,) = set(manifests) - {"batch/manifests/old.csv"}
+    body = s3.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read().decode()
+    rows = list(csv.reader(io.StringIO(body)))
+    assert rows == [  # in listing order
+        [BUCKET, "photos/a.png"],
+        [BUCKET, "photos/b%20c.jpg"],
+        [BUCKET, "photos/stale.png"],
+        [BUCKET, "photos/%C3%BCn%C3%AF/%E7%8C%AB%2B1.PNG"],
+    ]
+
+    # Run again before the job has done anything: the same manifest object and the same request,
+    # which S3 answers with the first job instead of starting a second one.
+    assert backfill.run(_config(prefix="photos/", stack="florence", tasks=backfill.tasks_from("detect")), clients) == 0
+    assert set(_keys(s3, "batch/manifests/")) == set(manifests)
+    request, again = control.requests
+    assert again.body == request.body
+    assert request.method == "POST" and request.url == (
+        "https://123456789012.s3-control.us-east-1.amazonaws.com/v20180820/jobs"
+    )
+    assert request.headers["x-amz-account-id"] == b"123456789012"
+    job = ET.fromstring(request.body)
+    text = lambda path: job.findtext(_namespaced(path))
+    assert text("ConfirmationRequired") == "false"
+    assert text("RoleArn") == ROLE_ARN
+    assert text("Priority") == "10"
+    assert text("Operation/LambdaInvoke/FunctionArn") == FUNCTION_ARN
+    assert text("Operation/LambdaInvoke/InvocationSchemaVersion") == "2.0"
+    entries = job.findall(_namespaced("Operation/LambdaInvoke/UserArguments/entry"))
+    assert {e.findtext(_namespaced("key")): e.findtext(_namespaced("value")) for e in entries} == {
+        "tasks": "detect",
+        "overwrite": "false",
+    }
+    assert text("Manifest/Spec/Format") == "S3BatchOperations_CSV_20180820"
+    fields = job.findall(_namespaced("Manifest/Spec/Fields/member"))
+    assert [f.text for f in fields] == ["Bucket", "Key"]
+    assert text("Manifest/Location/ObjectArn") == f"arn:aws:s3:::{BUCKET}/{manifest_key}"
+    assert text("Manifest/Location/ETag") == manifests[manifest_key].strip('"')
+    assert text("Report/Bucket") == f"arn:aws:s3:::{BUCKET}"
+    assert text("Report/Prefix") == "batch/reports"
+    assert text("Report/Format") == "Report_CSV_20180820"
+    assert text("Report/ReportScope") == "AllTasks"
+    assert len(text("ClientRequestToken") or "") == 64
+
+    # What Batch Operations would send for these rows, with these userArguments, to the function.
+    event = json.loads((REPO_ROOT / "events" / "s3_batch_v2.json").read_text())
+    event["job"]["userArguments"] = {"tasks": "detect", "overwrite": "false"}
+    event["tasks"] = [
+        {**copy.deepcopy(event["tasks"][0]), "taskId": str(i), "s3Bucket": bucket, "s3Key": key}
+        for i, (bucket, key) in enumerate(rows)
+    ]
+    response = lambda_handler(event, Context())
+    assert [r["resultCode"] for r in response["results"]] == ["Succeeded"] * 4, response
+    for _, key in rows:
+        stored = json.loads(s3.get_object(Bucket=BUCKET, Key=f"results/{unquote(key)}.json")["Body"].read())
+        assert "detections" in stored and "caption" not in stored
+
+
+def test_the_same_plan_makes_the_same_request_token(s3) -> None:  # noqa: F811
+    """A retried command must not start a second job: the token depends on manifest and options only."""
+    config = _config(function_arn=FUNCTION_ARN, role_arn=ROLE_ARN, report_bucket=BUCKET)
+    body = backfill.manifest_csv(BUCKET, [backfill.Candidate("a.png", 1)])
+    first = backfill.job_request(config, "batch/manifests/1.csv", "etag", body)
+    again = backfill.job_request(config, "batch/manifests/2.csv", "etag", body)
+    assert first["ClientRequestToken"] == again["ClientRequestToken"]
+    config.overwrite = True
+    assert backfill.job_request(config, "m", "etag", body)["ClientRequestToken"] != first["ClientRequestToken"]
+
+
+def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    s3.put_object(Bucket=BUCKET, Key="a.png", Body=image_bytes("PNG"))
+    with pytest.raises(SystemExit, match="--stack NAME or --function-arn"):
+        backfill.run(_config(), backfill.Clients(s3=s3))
+    with pytest.raises(SystemExit):
+        backfill.parse_args(["--bucket", BUCKET, "--tasks", "segment"])
+    assert "segment" in capsys.readouterr().err
