@@ -196,7 +196,6 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 base_id="bench",
                 image_size=IMAGE_SIZE,
                 tasks=list(Task),
-                served=label == "served",
             )
             sizes[label] = manifest.model_bytes / 2**20
         seed = fast = engine = None  # free both models before the cold-start children (closures keep the names)

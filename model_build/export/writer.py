@@ -22,6 +22,7 @@ from handler.florence.artifact import (
     runtime_versions,
     sha256_file,
 )
+from handler.florence.runtime.model import is_fast
 from handler.florence.tasks import MAX_NEW_TOKENS, NUM_BEAMS, Task
 
 
@@ -44,13 +45,12 @@ def write_artifact(
     adapter_sha256: str | None = None,
     parity: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
-    served: bool = True,
 ) -> Manifest:
     """Pickle the finished model, save the processor and write a manifest that pins both.
 
-    The pickle is loaded back the way the handler loads it (weights_only, the allow-list), so a model
-    holding a class the handler would refuse fails here, at build time. `served=False` skips that for
-    the benchmark's seed-recipe artifact, which a plain `torch.load` reads and the handler never serves.
+    A served (fast runtime) model is loaded back the way the handler loads it (weights_only, the
+    allow-list), so a model holding a class the handler would refuse fails here, at build time. The
+    bench also writes the seed recipe's transformers model, which is timed but never served.
     """
     out = Path(out_dir)
     if out.exists():
@@ -58,7 +58,7 @@ def write_artifact(
     out.mkdir(parents=True)
     model_path = out / MODEL_FILE
     torch.save(model, model_path)
-    if served:
+    if is_fast(model):
         load_model(model_path)
     processor.save_pretrained(out / PROCESSOR_DIR)
     manifest = Manifest(
