@@ -11,6 +11,7 @@
 | ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
 | TORCH_THREADS | CPUs available | intra-op threads for inference |
 | LOG_LEVEL | INFO | level of the structured JSON request log |
+| MIN_SCORE | 0 | default floor on box scores, 0..1: S3 uploads use it; a request's `min_score` overrides it |
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Settings:
     artifact_retry_s: float = 30.0
     torch_threads: int = 0
     log_level: str = "INFO"
+    min_score: float = 0.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -57,6 +59,7 @@ class Settings:
             artifact_retry_s=float(env.get("ARTIFACT_RETRY_S", cls.artifact_retry_s)),
             torch_threads=int(env.get("TORCH_THREADS", 0)) or available_cpus(),
             log_level=env.get("LOG_LEVEL", cls.log_level),
+            min_score=float(env.get("MIN_SCORE", cls.min_score)),
         )
 
 

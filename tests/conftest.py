@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,24 @@ def jpeg_bytes() -> bytes:
 
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def scene_with_scored_boxes(analyze: Callable[[bytes], dict], attempts: int = 40) -> tuple[bytes, dict]:
+    """A synthetic scene (PNG) on which the model finds boxes of at least two different scores, and its answer.
+
+    `analyze` posts PNG bytes to the service and returns the JSON answer; the scenes are seeded, so a
+    run is repeatable, but which scene qualifies is the model's call, not hard-coded here.
+    """
+    import random
+
+    from model_build.data.synth import make_image
+
+    rng = random.Random(5)
+    for _ in range(attempts):
+        image, _objects = make_image(rng)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        answer = analyze(buffer.getvalue())
+        if len({d["score"] for d in answer["detections"]}) >= 2:
+            return buffer.getvalue(), answer
+    raise AssertionError(f"no synthetic scene in {attempts} gave two differently scored boxes")

@@ -1,4 +1,4 @@
-"""Direct Lambda invokes: `{"task": "caption"|"detect"|"analyze", "image_base64"|"s3": ...}`.
+"""Direct Lambda invokes: `{"task": "caption"|"detect"|"analyze", "image_base64"|"s3": ..., "min_score"?: 0..1}`.
 
 Answers with the same JSON the HTTP API returns (no statusCode wrapper), or `{"error": ...}`.
 """
@@ -12,7 +12,7 @@ from handler.errors import InvalidRequest, ServiceError
 from handler.florence.tasks import Task
 from handler.inputs.payload import image_from_payload
 from handler.logs import annotate
-from handler.service import analyze, parse_tasks
+from handler.service import analyze, parse_min_score, parse_tasks
 
 _SINGLE = {"caption": [Task.CAPTION], "detect": [Task.DETECT]}
 
@@ -29,8 +29,9 @@ def tasks_of(event: dict[str, Any]) -> list[Task]:
 def handle(event: dict[str, Any], settings: Settings) -> dict[str, Any]:
     try:
         tasks = tasks_of(event)
+        min_score = parse_min_score(event.get("min_score"), settings.min_score)
         data = image_from_payload(event, settings)
-        payload = analyze(data, tasks, settings).payload
+        payload = analyze(data, tasks, settings, min_score=min_score).payload
         annotate(status=200)
         return payload
     except ServiceError as exc:

@@ -81,7 +81,7 @@ def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome)
     source = {"bucket": bucket, "key": key, "etag": etag}
     try:
         data = s3io.download(bucket, key, head, settings.max_image_bytes).body
-        payload = analyze(data, ALL_TASKS, settings).payload
+        payload = analyze(data, ALL_TASKS, settings, min_score=settings.min_score).payload
     except PERMANENT as exc:
         _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, None)
         outcome.rejected.append({"key": key, "code": exc.code, "message": exc.message})

@@ -27,3 +27,12 @@ def test_boxes_and_labels_are_drawn_in_pixel_coordinates() -> None:
 def test_no_detections_returns_the_image_itself() -> None:
     image = Image.new("RGB", (40, 30), (10, 20, 30))
     assert list(draw_detections(image, []).getdata()) == list(image.getdata())
+
+
+def test_each_box_is_tagged_with_its_score() -> None:
+    image = Image.new("RGB", (300, 200), "white")
+    sure = draw_detections(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0), 0.98)])
+    unsure = draw_detections(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0), 0.12)])
+    band = (50, 0, 150, 60)  # the tag above the box: same label, different score text
+    assert sure.crop(band).tobytes() != unsure.crop(band).tobytes()
+    assert sure.crop((0, 60, 300, 200)).tobytes() == unsure.crop((0, 60, 300, 200)).tobytes()  # same box
