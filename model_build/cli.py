@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuse": ("model_build.commands.fuse", "merge, quantize, parity-check and write the served artifact"),
     "eval": ("model_build.commands.eval", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
     "bench": ("model_build.commands.bench", "benchmark the served runtime against the seed recipe"),
+    "bench-scores": ("model_build.commands.bench_scores", "decode time with and without box/caption scores"),
     "demo": (
         "model_build.commands.demo",
         "the main job: synth, finetune, fuse, then caption and detect via the local API",

@@ -160,16 +160,21 @@ class FastRuntime:
             generation = self.model.generate(
                 task.value, encoded.features, max_new_tokens or MAX_NEW_TOKENS[task], min_new_tokens
             )
-            generated = generation.ids[1:]  # the logits' rows predict these
-            probabilities = chosen_token_probabilities(generation.logits, torch.tensor(generated)).tolist()
-        tokenizer = self.model.tokenizer
+        return self.parse(task, generation, encoded.size)
+
+    def parse(self, task: Task, generation: Any, size: tuple[int, int]) -> Prediction:
+        """A scored caption or boxes from a `Generation`: each token's probability from its logits, then the parse."""
+        import torch
+
+        generated = generation.ids[1:]  # the logits' rows predict these
+        probabilities = chosen_token_probabilities(generation.logits, torch.tensor(generated)).tolist()
         tokens = GeneratedTokens(
             generation.text,
-            tokenizer.decode_batch([[i] for i in generated], skip_special_tokens=False),
+            self.model.tokenizer.decode_batch([[i] for i in generated], skip_special_tokens=False),
             probabilities,
             lambda start, end: self.model.decode(generated[start:end]),
         )
-        return parse_output(task, tokens, *encoded.size)
+        return parse_output(task, tokens, *size)
 
 
 class PlainRuntime:

@@ -10,6 +10,7 @@ import pytest
 
 from handler.florence.tasks import Task
 from model_build.bench.run import BenchConfig
+from model_build.bench.scores import ScoresBenchConfig
 from model_build.cli import COMMANDS, build_parser
 from model_build.commands.options import config_from
 from model_build.data.synth import SynthConfig
@@ -26,6 +27,7 @@ CONFIGS = {
     "pretrain-tiny": PretrainConfig,
     "demo": DemoConfig,
     "bench": BenchConfig,
+    "bench-scores": ScoresBenchConfig,
     "synth": SynthConfig,
 }
 
