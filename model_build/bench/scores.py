@@ -4,6 +4,8 @@ Scores come from the logits the greedy loop already keeps (`handler.florence.eng
 one log-sum-exp per step, a per-token decode and the token-level parse. This times that served path
 against the path without scores (generate, then the text parser), interleaved so machine noise hits both
 alike, and times the scoring step alone on a saved generation. The target: under 2% of decode time.
+On a shared machine the end-to-end difference is mostly noise; the fastest run of each path (`min`)
+and the scoring step timed alone are the figures that hold.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def _served_model(quick: bool) -> tuple[Any, str]:
     return fast, "Florence-2-base architecture, random weights, int8 fast runtime"
 
 
-def _median_ms(samples: list[float]) -> float:
-    return round(statistics.median(samples) * 1000, 2)
+def _ms(samples: list[float]) -> dict[str, float]:
+    return {"min_ms": round(min(samples) * 1000, 2), "median_ms": round(statistics.median(samples) * 1000, 2)}
 
 
 def bench_scores(config: ScoresBenchConfig) -> dict[str, Any]:
@@ -92,15 +94,15 @@ def bench_scores(config: ScoresBenchConfig) -> dict[str, Any]:
             start = time.perf_counter()
             runtime.parse(task, generation, encoded.size)
             scoring_s.append(time.perf_counter() - start)
-        decode_ms, served_ms, scoring_ms = _median_ms(plain_s), _median_ms(scored_s), _median_ms(scoring_s)
+        without, served, scoring = _ms(plain_s), _ms(scored_s), _ms(scoring_s)
         result["tasks"][task.api_name] = {
             "new_tokens": len(generation.ids) - 1,
-            "decode_without_scores_ms": decode_ms,
-            "decode_with_scores_ms": served_ms,
-            "difference_pct": round(100 * (served_ms - decode_ms) / decode_ms, 2),
-            "scoring_alone_ms": scoring_ms,
-            "scoring_share_pct": round(100 * scoring_ms / decode_ms, 2),
+            "decode_without_scores": without,
+            "decode_with_scores": served,
+            "difference_of_min_pct": round(100 * (served["min_ms"] - without["min_ms"]) / without["min_ms"], 2),
+            "scoring_alone": scoring,
+            "scoring_share_of_min_pct": round(100 * scoring["min_ms"] / without["min_ms"], 2),
         }
     result["target_pct"] = OVERHEAD_TARGET_PCT
-    result["target_met"] = all(t["scoring_share_pct"] <= OVERHEAD_TARGET_PCT for t in result["tasks"].values())
+    result["target_met"] = all(t["scoring_share_of_min_pct"] <= OVERHEAD_TARGET_PCT for t in result["tasks"].values())
     return result
