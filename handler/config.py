@@ -13,6 +13,7 @@
 | TORCH_THREADS | CPUs available, on Lambda at most its CPU share | intra-op threads for inference |
 | LOG_LEVEL | INFO | level of the structured JSON request log |
 | ARTIFACT_SHA256 | (empty) | when set, the sha256 of the artifact's manifest.json must equal it (docs/deploy.md) |
+| MIN_SCORE | 0 | default floor on box scores, 0..1: S3 uploads use it; a request's `min_score` overrides it |
 
 Lambda refuses a synchronous request or response over 6,291,456 bytes, and binary bodies travel as
 base64 (4 bytes per 3). With 65,536 bytes kept for the envelope (headers, request context, multipart
@@ -78,6 +79,7 @@ class Settings:
     torch_threads: int = 0
     log_level: str = "INFO"
     artifact_sha256: str = ""
+    min_score: float = 0.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -95,6 +97,7 @@ class Settings:
             torch_threads=int(env.get("TORCH_THREADS", 0)) or default_torch_threads(env),
             log_level=env.get("LOG_LEVEL", cls.log_level),
             artifact_sha256=env.get("ARTIFACT_SHA256", "").strip().lower(),
+            min_score=float(env.get("MIN_SCORE", cls.min_score)),
         )
 
     @property

@@ -7,15 +7,16 @@ imports torch until the first request that needs the model, so importing the app
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from handler.config import Settings
 from handler.errors import InvalidRequest, ModelUnavailable
 from handler.florence.artifact import ArtifactError, LazyArtifact, Manifest
-from handler.florence.tasks import IMAGE_SIZE, Detection, Task, tasks_from
+from handler.florence.tasks import IMAGE_SIZE, Detection, Task, above_score, tasks_from
 from handler.logs import annotate
 
 if TYPE_CHECKING:  # Pillow is imported on the first request, not with the app
@@ -111,6 +112,22 @@ def parse_tasks(value: object, default: list[Task] = ALL_TASKS) -> list[Task]:
         raise InvalidRequest(str(exc)) from exc
 
 
+def parse_min_score(value: object, default: float = 0.0) -> float:
+    """`min_score` from a request field (direct invoke, S3 Batch `userArguments`): a number in [0, 1], or a 422.
+
+    None or "" means `default`; numeric strings are accepted because `userArguments` values are strings.
+    """
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= 1.0:
+        raise InvalidRequest(f"min_score must be a number from 0 to 1, not {value!r}")
+    return number
+
+
 DRAFT_TO = 2 * IMAGE_SIZE
 """JPEGs decode at reduced scale down to twice the model's input; the final resize does the filtering."""
 
@@ -130,7 +147,7 @@ def to_original(detections: list[Detection], scale: tuple[float, float]) -> list
     if scale == (1.0, 1.0):
         return list(detections)
     sx, sy = scale
-    return [Detection(d.label, (d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy)) for d in detections]
+    return [replace(d, box=(d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy)) for d in detections]
 
 
 @dataclass
@@ -142,8 +159,10 @@ class ImageAnalysis:
     detections: list[Detection]
 
 
-def analyze(data: bytes, tasks: list[Task], settings: Settings, full_resolution: bool = False) -> ImageAnalysis:
-    """Decode and run `tasks` on one image.
+def analyze(
+    data: bytes, tasks: list[Task], settings: Settings, full_resolution: bool = False, min_score: float = 0.0
+) -> ImageAnalysis:
+    """Decode and run `tasks` on one image; keep the boxes scored at least `min_score`.
 
     `full_resolution` skips the reduced-scale JPEG decode, for callers that need every pixel
     (drawing boxes on the image).
@@ -158,7 +177,7 @@ def analyze(data: bytes, tasks: list[Task], settings: Settings, full_resolution:
         prediction = result.predictions[task]
         payload.update(prediction.as_dict())
         if task is Task.DETECT:
-            detections = to_original(prediction.detections, decoded.scale)
+            detections = to_original(above_score(prediction.detections, min_score), decoded.scale)
             payload["detections"] = [d.as_dict() for d in detections]
     timings = {"decode": decode_ms, **result.timings_ms}
     timings["total"] = round(decode_ms + result.timings_ms.get("total", 0.0), 1)

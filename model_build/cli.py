@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("model_build.commands.eval", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
     "bench": ("model_build.commands.bench", "benchmark the served runtime against the seed recipe"),
     "cost": ("model_build.commands.cost", "Lambda duration and dollars per 1,000 images from bench runs"),
+    "bench-scores": ("model_build.commands.bench_scores", "decode time with and without box/caption scores"),
     "demo": (
         "model_build.commands.demo",
         "the main job: synth, finetune, fuse, then caption and detect via the local API",

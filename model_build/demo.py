@@ -1,7 +1,8 @@
 """The main job on the embedded default: synth → finetune → fuse → local API → a caption and boxes.
 
 It runs the same code a user runs by hand, in order, and ends by calling the real HTTP API (uvicorn
-serving `handler.app:app`) on a held-out image, so a fresh clone proves the whole product works.
+serving `handler.app:app`) on a held-out image, so a fresh clone proves the whole product works. It
+prints the URL of the demo page (`GET /`); with `--serve` the API and the page stay up.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class DemoConfig:
     run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs")
     artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out")
     steps: int | None = setting(None, help="fine-tuning steps (default: finetune's own)")
-    serve: bool = setting(False, help="keep the API running after the sample request (Ctrl-C to stop)")
+    serve: bool = setting(False, help="keep the API and the demo page running after the sample request (Ctrl-C)")
+    port: int = setting(0, help="port for the API and the demo page on 127.0.0.1 (0: any free port)")
 
 
 def _free_port() -> int:
@@ -83,9 +85,9 @@ def build(config: DemoConfig) -> Path:
     return config.artifact_dir
 
 
-def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: bool) -> dict:
+def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: bool, port: int = 0) -> dict:
     """Start uvicorn on the artifact, POST one image to /analyze and /detect?format=png, print the answers."""
-    port = _free_port()
+    port = port or _free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ARTIFACT_DIR": str(artifact_dir.resolve())}
     server = subprocess.Popen(
@@ -113,15 +115,16 @@ def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: 
         result = json.loads(payload)
         print(f"      caption:    {result.get('caption')!r}")
         for det in result.get("detections", []):
-            print(f"      detection:  {det['label']:<10} box {det['box']}")
+            print(f"      detection:  {det['label']:<10} score {det['score']:.2f} box {det['box']}")
         print(f"      timings ms: {result.get('timings_ms')}")
         status, png = _post(base_url + "/detect?format=png", body, "image/jpeg")
         if status == 200:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "detections.png").write_bytes(png)
             print(f"      boxes drawn on the image: {out_dir / 'detections.png'}")
+        print(f"      demo page:  {base_url}/ (pick or drop an image; scores, slider, timings)")
         if keep_serving:
-            print(f"serving at {base_url} until Ctrl-C")
+            print(f"serving the API and the demo page at {base_url}/ until Ctrl-C")
             server.wait()
         return result
     finally:
@@ -135,4 +138,5 @@ def run_demo(config: DemoConfig) -> dict:
     from model_build.evaluate import split_images
 
     sample = split_images(config.data_dir, "val2017", 1)[0]
-    return call_api(artifact, config.data_dir / "val2017" / sample["file_name"], config.run_dir, config.serve)
+    image = config.data_dir / "val2017" / sample["file_name"]
+    return call_api(artifact, image, config.run_dir, config.serve, config.port)

@@ -1,10 +1,11 @@
 """Scoring a model on a COCO-format split: CIDEr, BLEU-4 and exact match for captions, COCO mAP for boxes.
 
 Captions are scored with pycocoevalcap's standard `Cider` and `Bleu(4)` after its PTB tokenizer (a
-Java program). Boxes go through pycocotools' `COCOeval`. Florence-2 emits no confidences, so each
-detection gets a rank score (1.0 for the first box of an image, lower for later ones): generation
-order is the only ranking the model offers. Predictions come from `handler.florence.engine.predict_batch`,
-the served decode path.
+Java program). Boxes go through pycocotools' `COCOeval`, ranked by each box's score (the mean probability
+of its tokens, `handler.florence.tasks.detection_score`); the report puts beside it the mAP with one
+constant score for every box (what Florence-2 tools report without scores), so the gain from scoring is
+measured, and the mean score of right and of wrong boxes. Predictions come from
+`handler.florence.engine.predict_batch`, the served decode path.
 """
 
 from __future__ import annotations
@@ -144,42 +145,82 @@ def read_references(data_dir: Path, split: str, style: str) -> dict[int, list[st
     return references
 
 
-def detection_metrics(predicted: dict[int, Prediction], instances_file: Path) -> dict:
-    """mAP@[.5:.95] and mAP@.5 from pycocotools, on the evaluated images only."""
-    from pycocotools.coco import COCO
+CORRECT_IOU = 0.5
+"""A box is correct when it overlaps a ground-truth box of its label by at least this IoU."""
+
+
+def _coco_results(predicted: dict[int, Prediction], category: dict[str, int], constant_score: bool) -> list[dict]:
+    return [
+        {
+            "image_id": image_id,
+            "category_id": category[det.label],
+            "bbox": [det.box[0], det.box[1], det.box[2] - det.box[0], det.box[3] - det.box[1]],
+            "score": 1.0 if constant_score else det.score,
+        }
+        for image_id, prediction in predicted.items()
+        for det in prediction.detections
+        if det.label in category
+    ]
+
+
+def _coco_map(truth, results: list[dict], image_ids: list[int]) -> dict[str, float]:
     from pycocotools.cocoeval import COCOeval
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO(str(instances_file))
-    category = {c["name"]: c["id"] for c in truth.loadCats(truth.getCatIds())}
-    results, unknown = [], 0
-    for image_id, prediction in predicted.items():
-        for rank, det in enumerate(prediction.detections):
-            if det.label not in category:
-                unknown += 1
-                continue
-            x0, y0, x1, y1 = det.box
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": category[det.label],
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": round(1.0 / (1 + rank), 4),
-                }
-            )
-    summary = {"images": len(predicted), "detections": len(results), "unknown_labels": unknown}
     if not results:
-        return {**summary, "map": 0.0, "map50": 0.0}
+        return {"map": 0.0, "map50": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(truth, truth.loadRes(results), "bbox")
-        evaluator.params.imgIds = sorted(predicted)
+        evaluator.params.imgIds = image_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {
-        **summary,
         "map": round(max(0.0, float(evaluator.stats[0])), 4),
         "map50": round(max(0.0, float(evaluator.stats[1])), 4),
+    }
+
+
+def score_separation(predicted: dict[int, Prediction], truth) -> dict:
+    """Mean score of correct boxes (IoU >= 0.5 with a same-label ground-truth box) and of the others."""
+    from pycocotools import mask
+
+    names = {c["id"]: c["name"] for c in truth.loadCats(truth.getCatIds())}
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for image_id, prediction in predicted.items():
+        annotations = truth.loadAnns(truth.getAnnIds(imgIds=[image_id]))
+        for det in prediction.detections:
+            same_label = [a["bbox"] for a in annotations if names[a["category_id"]] == det.label]
+            box = [det.box[0], det.box[1], det.box[2] - det.box[0], det.box[3] - det.box[1]]
+            ious = mask.iou([box], same_label, [0] * len(same_label)) if same_label else []
+            scores[bool(len(ious) and ious.max() >= CORRECT_IOU)].append(det.score)
+
+    def mean(values: list[float]) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {
+        "correct": len(scores[True]),
+        "wrong": len(scores[False]),
+        "mean_score_correct": mean(scores[True]),
+        "mean_score_wrong": mean(scores[False]),
+    }
+
+
+def detection_metrics(predicted: dict[int, Prediction], instances_file: Path) -> dict:
+    """mAP@[.5:.95] and mAP@.5 ranked by score and with a constant score, on the evaluated images only."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(instances_file))
+    category = {c["name"]: c["id"] for c in truth.loadCats(truth.getCatIds())}
+    scored = _coco_results(predicted, category, constant_score=False)
+    detections = sum(len(p.detections) for p in predicted.values())
+    return {
+        "images": len(predicted),
+        "detections": len(scored),
+        "unknown_labels": detections - len(scored),
+        **_coco_map(truth, scored, sorted(predicted)),
+        "constant_score": _coco_map(truth, _coco_results(predicted, category, constant_score=True), sorted(predicted)),
+        "scores": score_separation(predicted, truth),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,25 @@ def jpeg_bytes() -> bytes:
 
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def scene_with_scored_boxes(analyze: Callable[[bytes], dict], attempts: int = 40) -> tuple[bytes, dict]:
+    """A synthetic scene (PNG) on which the model finds boxes with scores at least 0.01 apart, and its answer.
+
+    `analyze` posts PNG bytes to the service and returns the JSON answer; the scenes are seeded, so a
+    run is repeatable, but which scene qualifies is the model's call, not hard-coded here.
+    """
+    import random
+
+    from model_build.data.synth import make_image
+
+    rng = random.Random(5)
+    for _ in range(attempts):
+        image, _objects = make_image(rng)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        answer = analyze(buffer.getvalue())
+        scores = [d["score"] for d in answer["detections"]]
+        if len(scores) >= 2 and max(scores) - min(scores) >= 0.01:  # a 0.01-step slider can tell them apart
+            return buffer.getvalue(), answer
+    raise AssertionError(f"no synthetic scene in {attempts} gave boxes with scores 0.01 or more apart")

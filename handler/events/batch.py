@@ -24,7 +24,7 @@ from handler.events.s3 import Disposition, ObjectResult, process_object
 from handler.florence.tasks import Task
 from handler.inputs.payload import check_bucket
 from handler.logs import annotate, request_log
-from handler.service import ALL_TASKS, parse_tasks
+from handler.service import ALL_TASKS, parse_min_score, parse_tasks
 
 SCHEMA_VERSIONS = ("1.0", "2.0")
 """1.0 names the bucket by ARN (`s3BucketArn`); 2.0 by name (`s3Bucket`) and carries `job.userArguments`."""
@@ -61,8 +61,8 @@ def _flag(name: str, value: str) -> bool:
 class JobOptions:
     """Per-job options from schema 2.0's `job.userArguments` (a string-to-string map of at most 10).
 
-    `tasks` and `overwrite` are applied here. `min_score` is validated and carried for the detection
-    scores that read it; keys this version does not know are kept in `ignored` and logged, so a job
+    `tasks`, `overwrite` and `min_score` (a floor on box scores; default MIN_SCORE) apply to every
+    task of the job; keys this version does not know are kept in `ignored` and logged, so a job
     written for a newer function still runs on this one.
     """
 
@@ -78,16 +78,8 @@ class JobOptions:
         if not isinstance(arguments, dict) or not all(isinstance(v, str) for v in arguments.values()):
             raise InvalidRequest("job.userArguments must map names to strings")
         known = {"tasks", "overwrite", "min_score"}
-        min_score = None
-        if arguments.get("min_score", "").strip():
-            try:
-                min_score = float(arguments["min_score"])
-            except ValueError:
-                min_score = math.nan
-            if not 0.0 <= min_score <= 1.0:  # NaN fails this too
-                raise InvalidRequest(
-                    f"userArguments.min_score must be a number in [0, 1], not {arguments['min_score']!r}"
-                )
+        raw_score = arguments.get("min_score", "").strip()
+        min_score = parse_min_score(raw_score, math.nan) if raw_score else None
         return cls(
             tasks=parse_tasks(arguments.get("tasks")),
             overwrite=_flag("overwrite", arguments.get("overwrite", "")),
@@ -150,7 +142,7 @@ def run_task(task: BatchTask, options: JobOptions, settings: Settings) -> dict[s
     """Process one task and answer for it; never raises."""
     try:
         check_bucket(task.bucket, settings)
-        result = process_object(task.bucket, task.key, settings, options.tasks, options.overwrite)
+        result = process_object(task.bucket, task.key, settings, options.tasks, options.overwrite, options.min_score)
     except Exception as exc:
         code = _failure_code(exc)
         status, error = (exc.status, exc.code) if isinstance(exc, ServiceError) else (500, type(exc).__name__)

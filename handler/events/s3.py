@@ -136,12 +136,18 @@ def _covers(existing: dict[str, str], tasks: list[Task]) -> bool:
 
 
 def process_object(
-    bucket: str, key: str, settings: Settings, tasks: list[Task] = ALL_TASKS, overwrite: bool = False
+    bucket: str,
+    key: str,
+    settings: Settings,
+    tasks: list[Task] = ALL_TASKS,
+    overwrite: bool = False,
+    min_score: float | None = None,
 ) -> ObjectResult:
     """Run `tasks` on one object and write its result document; the work every S3 door shares.
 
     Skips keys under OUTPUT_PREFIX (results never become inputs) and objects whose result already
-    covers these tasks for the same ETag, unless `overwrite`. Raises for failures a retry may fix.
+    covers these tasks for the same ETag, unless `overwrite`. Boxes scored below `min_score`
+    (default: MIN_SCORE) are left out. Raises for failures a retry may fix.
     """
     from handler.inputs import s3 as s3io
 
@@ -170,7 +176,8 @@ def process_object(
     source = {"bucket": bucket, "key": key, "etag": etag}
     try:
         data = s3io.download(bucket, key, head, settings.max_s3_image_bytes).body
-        payload = analyze(data, tasks, settings).payload
+        floor = settings.min_score if min_score is None else min_score
+        payload = analyze(data, tasks, settings, min_score=floor).payload
     except PERMANENT as exc:
         _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, tasks, None)
         return _rejected(key, exc, result_uri)

@@ -7,12 +7,24 @@ served path.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from handler.florence.tasks import MAX_NEW_TOKENS, NUM_BEAMS, Detection, Task, clean_caption, parse_detections
+from handler.florence.tasks import (
+    MAX_NEW_TOKENS,
+    NUM_BEAMS,
+    SCORE_DIGITS,
+    Detection,
+    Task,
+    caption_score,
+    clean_caption,
+    parse_scored_detections,
+)
 
 if TYPE_CHECKING:  # Pillow and torch load with the model, not with the app
+    import torch
     from PIL import Image
 
 
@@ -22,18 +34,54 @@ class Prediction:
     text: str
     caption: str | None = None
     detections: list[Detection] = field(default_factory=list)
+    caption_score: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         if self.task is Task.CAPTION:
-            return {"caption": self.caption}
+            if self.caption_score is None:
+                return {"caption": self.caption}
+            return {"caption": self.caption, "caption_score": round(self.caption_score, SCORE_DIGITS)}
         return {"detections": [d.as_dict() for d in self.detections]}
 
 
-def parse_output(task: Task, text: str, width: int, height: int) -> Prediction:
-    """Turn generated text into a caption or boxes in the original image's pixel coordinates."""
+@dataclass
+class GeneratedTokens:
+    """One generated sequence as the parsers read it: whole text, and each token with its probability.
+
+    `pieces` and `probabilities` cover the generated tokens (the decoder's start token excluded);
+    `label_text(start, end)` decodes pieces start..end-1 together, as the tokenizer would.
+    """
+
+    text: str
+    pieces: list[str]
+    probabilities: list[float]
+    label_text: Callable[[int, int], str]
+
+
+def chosen_token_probabilities(logits: torch.Tensor, chosen_ids: torch.Tensor) -> torch.Tensor:
+    """Softmax probability of each chosen token: `logits` (..., vocab), `chosen_ids` (...).
+
+    Computed once after decoding from the logits the greedy loop already keeps, so scoring adds no
+    work inside the loop (one log-sum-exp per step; see `model_build.bench.scores`).
+    """
+    import torch
+
+    steps = logits.float()
+    picked = steps.gather(-1, chosen_ids.unsqueeze(-1)).squeeze(-1)
+    return torch.exp(picked - torch.logsumexp(steps, dim=-1))
+
+
+def parse_output(task: Task, tokens: GeneratedTokens, width: int, height: int) -> Prediction:
+    """Turn generated tokens into a scored caption or scored boxes in the original image's pixels."""
     if task is Task.CAPTION:
-        return Prediction(task, text, caption=clean_caption(text))
-    return Prediction(task, text, detections=parse_detections(text, width, height))
+        return Prediction(
+            task,
+            tokens.text,
+            caption=clean_caption(tokens.text),
+            caption_score=caption_score(tokens.pieces, tokens.probabilities),
+        )
+    detections = parse_scored_detections(tokens.pieces, tokens.probabilities, width, height, tokens.label_text)
+    return Prediction(task, tokens.text, detections=detections)
 
 
 def predict_batch(
@@ -112,7 +160,21 @@ class FastRuntime:
             generation = self.model.generate(
                 task.value, encoded.features, max_new_tokens or MAX_NEW_TOKENS[task], min_new_tokens
             )
-        return parse_output(task, generation.text, *encoded.size)
+        return self.parse(task, generation, encoded.size)
+
+    def parse(self, task: Task, generation: Any, size: tuple[int, int]) -> Prediction:
+        """A scored caption or boxes from a `Generation`: each token's probability from its logits, then the parse."""
+        import torch
+
+        generated = generation.ids[1:]  # the logits' rows predict these
+        probabilities = chosen_token_probabilities(generation.logits, torch.tensor(generated)).tolist()
+        tokens = GeneratedTokens(
+            generation.text,
+            self.model.tokenizer.decode_batch([[i] for i in generated], skip_special_tokens=False),
+            probabilities,
+            lambda start, end: self.model.decode(generated[start:end]),
+        )
+        return parse_output(task, tokens, *size)
 
 
 class PlainRuntime:
@@ -148,9 +210,29 @@ class PlainRuntime:
                 min_new_tokens=min_new_tokens or None,
                 num_beams=NUM_BEAMS,
                 do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
             )
-        texts = self.processor.batch_decode(generated, skip_special_tokens=False)
-        return [parse_output(task, text, img.width, img.height) for text, img in zip(texts, images, strict=True)]
+            sequences = generated.sequences
+            # logits[t] predicts sequences[:, t + 1]; rows past a sequence's EOS are padding.
+            probabilities = chosen_token_probabilities(torch.stack(generated.logits, dim=1), sequences[:, 1:])
+        texts = self.processor.batch_decode(sequences, skip_special_tokens=False)
+        eos_id = self.processor.tokenizer.eos_token_id
+        predictions: list[Prediction] = []
+        for index, (row, text, image) in enumerate(zip(sequences.tolist(), texts, images, strict=True)):
+            ids = row[1:]
+            ids = ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+            tokens = GeneratedTokens(
+                text,
+                self.processor.batch_decode([[i] for i in ids], skip_special_tokens=False),
+                probabilities[index, : len(ids)].tolist(),
+                partial(self._decode_span, ids),
+            )
+            predictions.append(parse_output(task, tokens, image.width, image.height))
+        return predictions
+
+    def _decode_span(self, ids: list[int], start: int, end: int) -> str:
+        return self.processor.decode(ids[start:end], skip_special_tokens=False)
 
 
 def runtime_of(model: Any, processor: Any = None) -> Runtime:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handler.config import MAX_BINARY_BODY_BYTES, settings
 from handler.errors import ServiceError, error_body, validation_message
+from handler.http.demo import router as demo_router
 from handler.http.routes import router
 from handler.logs import annotate, request_id_from, request_log
 
@@ -132,4 +133,5 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     app.include_router(router)
+    app.include_router(demo_router)
     return app

@@ -1,4 +1,4 @@
-"""Rendering detections onto the image for `POST /detect?format=png`.
+"""Rendering scored detections onto the image for `POST /detect?format=png`.
 
 The PNG must fit in a Lambda response (`max_bytes`, after which base64 and the envelope fill the
 6 MB). A photo's PNG is often larger than its JPEG, so the drawing is downscaled until it fits,
@@ -27,7 +27,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def draw_detections(image: Image.Image, detections: list[Detection]) -> Image.Image:
-    """A copy of `image` with each box outlined and labelled, colours cycling per label."""
+    """A copy of `image` with each box outlined and tagged `label score`, colours cycling per label."""
     canvas = image.convert("RGB").copy()
     draw = ImageDraw.Draw(canvas)
     scale = max(canvas.width, canvas.height)
@@ -38,10 +38,11 @@ def draw_detections(image: Image.Image, detections: list[Detection]) -> Image.Im
         colour = colours.setdefault(det.label, PALETTE[len(colours) % len(PALETTE)])
         x0, y0, x1, y1 = det.box
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
-        left, top, right, bottom = draw.textbbox((x0, y0), det.label, font=font)
+        tag = f"{det.label} {det.score:.2f}"
+        left, top, right, bottom = draw.textbbox((x0, y0), tag, font=font)
         text_y = max(0, y0 - (bottom - top) - 2 * line)
         draw.rectangle((x0, text_y, x0 + (right - left) + 2 * line, text_y + (bottom - top) + 2 * line), fill=colour)
-        draw.text((x0 + line, text_y + line - (top - y0)), det.label, fill=(255, 255, 255), font=font)
+        draw.text((x0 + line, text_y + line - (top - y0)), tag, fill=(255, 255, 255), font=font)
     return canvas
 
 

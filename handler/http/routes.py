@@ -57,12 +57,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _serve(request: Request, tasks: list[Task], full_resolution: bool = False) -> ImageAnalysis:
+MIN_SCORE = Query(None, ge=0, le=1, description="drop boxes scored below this (default: the MIN_SCORE setting, 0)")
+
+
+async def _serve(
+    request: Request, tasks: list[Task], full_resolution: bool = False, min_score: float | None = None
+) -> ImageAnalysis:
     from handler import service
 
     config = settings()
     data = await image_bytes(request, config)
-    return await run_in_threadpool(service.analyze, data, tasks, config, full_resolution)
+    floor = config.min_score if min_score is None else min_score
+    return await run_in_threadpool(service.analyze, data, tasks, config, full_resolution, floor)
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -88,11 +94,12 @@ async def caption(request: Request) -> dict:
 async def detect(
     request: Request,
     format: Literal["json", "png"] = Query(
-        "json", description="png: the image with boxes drawn, downscaled if needed to fit a Lambda response"
+        "json", description="png: the image with boxes and scores drawn, downscaled if needed to fit a Lambda response"
     ),
+    min_score: float | None = MIN_SCORE,
 ) -> Any:
-    """Objects with labels and boxes in the original image's pixel coordinates."""
-    result = await _serve(request, [Task.DETECT], full_resolution=format == "png")
+    """Objects with labels, scores and boxes in the original image's pixel coordinates."""
+    result = await _serve(request, [Task.DETECT], full_resolution=format == "png", min_score=min_score)
     if format == "json":
         return result.payload
     from handler.http.drawing import drawn_png
@@ -117,8 +124,9 @@ async def detect(
 async def analyze(
     request: Request,
     tasks: str = Query("caption,detect", description="comma-separated: caption, detect"),
+    min_score: float | None = MIN_SCORE,
 ) -> dict:
     """Several tasks on one image in one call (the image is decoded once)."""
     from handler.service import parse_tasks
 
-    return (await _serve(request, parse_tasks(tasks))).payload
+    return (await _serve(request, parse_tasks(tasks), min_score=min_score)).payload

@@ -15,6 +15,9 @@ class ImageInfo(BaseModel):
 class DetectionOut(BaseModel):
     label: str
     box: list[float] = Field(description="[x0, y0, x1, y1] in pixels of the original image", min_length=4, max_length=4)
+    score: float = Field(
+        ge=0, le=1, description="confidence: mean probability of the box's label and location tokens (docs/serving.md)"
+    )
 
 
 class ResultBase(BaseModel):
@@ -23,8 +26,12 @@ class ResultBase(BaseModel):
     timings_ms: dict[str, float] = Field(description="decode, per-task and total milliseconds")
 
 
+CAPTION_SCORE = Field(None, ge=0, le=1, description="mean probability of the caption's word tokens")
+
+
 class CaptionResponse(ResultBase):
     caption: str
+    caption_score: float | None = CAPTION_SCORE
 
 
 class DetectResponse(ResultBase):
@@ -33,6 +40,7 @@ class DetectResponse(ResultBase):
 
 class AnalyzeResponse(ResultBase):
     caption: str | None = None
+    caption_score: float | None = CAPTION_SCORE
     detections: list[DetectionOut] | None = None
 
 

@@ -12,7 +12,7 @@ import base64
 import binascii
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from handler.config import Settings
 from handler.errors import Forbidden, InvalidRequest, TooLarge, validation_message
@@ -41,6 +41,7 @@ class DirectInvoke(ImagePayload):
 
     task: Literal["caption", "detect", "analyze"]
     tasks: StrictStr | list[StrictStr] | None = Field(None, description='with task "analyze": which tasks')
+    min_score: StrictFloat | StrictInt | StrictStr | None = Field(None, description="hide boxes scored below, 0..1")
 
 
 def parse_as(model: type[ModelT], payload: Any) -> ModelT:

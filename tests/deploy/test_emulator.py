@@ -383,6 +383,13 @@ def test_warm_api_gateway_v2_detect_png_and_multipart(stack: Stack) -> None:
     assert multi.report.init_ms is None
 
 
+def test_demo_page_ships_in_the_image_and_answers_through_api_gateway(stack: Stack) -> None:
+    response = stack.emulator.invoke(api_v1("GET", "/", b"", "text/html")).payload
+    assert response["statusCode"] == 200 and response["headers"]["content-type"].startswith("text/html"), response
+    html = base64.b64decode(response["body"]).decode() if response["isBase64Encoded"] else response["body"]
+    assert 'fetch(apiUrl("analyze' in html  # the page from handler/http/static/, copied as the image copies it
+
+
 def test_s3_put_event_writes_result_under_output_prefix(stack: Stack) -> None:
     key = "uploads/holiday photo.jpg"
     data = image_bytes("JPEG", size=(80, 60), quality=90)

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from handler.app import event_kind, lambda_handler
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, scene_with_scored_boxes
 
 EVENTS = REPO_ROOT / "events"
 
@@ -164,6 +164,20 @@ def test_direct_invokes(ctx: Context, png_bytes: bytes) -> None:
     assert caption["model_sha"] and caption["image"]["width"] == 96
 
 
+def test_direct_invoke_min_score_filters_boxes(ctx: Context) -> None:
+    def analyze(png: bytes) -> dict:
+        return lambda_handler({"task": "analyze", "image_base64": base64.b64encode(png).decode()}, ctx)
+
+    png, answer = scene_with_scored_boxes(analyze)
+    scores = [d["score"] for d in answer["detections"]]
+    floor = (min(scores) + max(scores)) / 2
+    event = {"task": "detect", "image_base64": base64.b64encode(png).decode(), "min_score": floor}
+    kept = lambda_handler(event, ctx)["detections"]
+    assert kept == [d for d in answer["detections"] if d["score"] >= floor] and 0 < len(kept) < len(scores)
+    as_text = lambda_handler({**event, "min_score": str(floor)}, ctx)["detections"]  # userArguments are strings
+    assert as_text == kept
+
+
 @pytest.mark.parametrize(
     ("event", "code"),
     [
@@ -173,6 +187,9 @@ def test_direct_invokes(ctx: Context, png_bytes: bytes) -> None:
         ({"task": "caption", "image_base64": base64.b64encode(b"not an image").decode()}, "bad_image"),
         ({"task": "caption", "s3": {"bucket": "not-allowed", "key": "k"}}, "forbidden"),
         ({"task": "analyze", "tasks": "caption,nope", "image_base64": "aGk="}, "invalid_request"),
+        ({"task": "detect", "min_score": 1.5, "image_base64": "aGk="}, "invalid_request"),
+        ({"task": "detect", "min_score": True, "image_base64": "aGk="}, "invalid_request"),
+        ({"task": "detect", "min_score": "lots", "image_base64": "aGk="}, "invalid_request"),
     ],
 )
 def test_direct_invoke_errors_are_plain_dicts(ctx: Context, event: dict, code: str) -> None:

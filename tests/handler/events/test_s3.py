@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from handler.app import app, lambda_handler
 from handler.events.s3 import S3BatchError
 from handler.inputs import s3 as s3io
-from tests.conftest import REPO_ROOT, image_bytes
+from tests.conftest import REPO_ROOT, image_bytes, scene_with_scored_boxes
 from tests.handler.test_app import Context
 
 EVENTS = REPO_ROOT / "events"
@@ -173,3 +174,21 @@ def test_keys_s3_cannot_hold_are_rejected_not_retried(s3) -> None:
     assert summary["rejected"][0]["code"] == "bad_request" and "1025 bytes" in summary["rejected"][0]["message"]
     event["Records"][0]["s3"] = {"bucket": {"name": BUCKET}}  # malformed: no object at all
     assert lambda_handler(event, Context())["rejected"][0]["code"] == "bad_request"
+
+
+def test_upload_results_carry_scores_and_honour_the_min_score_setting(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    from handler.config import settings
+    from handler.events.direct import handle
+
+    def direct_analyze(png: bytes) -> dict:
+        return handle({"task": "analyze", "image_base64": base64.b64encode(png).decode()}, settings())
+
+    png, answer = scene_with_scored_boxes(direct_analyze)
+    s3.put_object(Bucket=BUCKET, Key="all.png", Body=png)
+    lambda_handler(s3_event("all.png"), Context())
+    assert _result(s3, "all.png")["detections"] == answer["detections"]  # every box, each with its score
+    top = max(d["score"] for d in answer["detections"])
+    monkeypatch.setenv("MIN_SCORE", str(top))
+    s3.put_object(Bucket=BUCKET, Key="strong.png", Body=png)
+    lambda_handler(s3_event("strong.png"), Context())
+    assert _result(s3, "strong.png")["detections"] == [d for d in answer["detections"] if d["score"] >= top]

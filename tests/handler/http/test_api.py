@@ -15,7 +15,7 @@ from PIL import Image
 from handler.app import app
 from handler.config import settings
 from handler.service import runtime_for
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, scene_with_scored_boxes
 
 
 @pytest.fixture
@@ -88,7 +88,13 @@ def test_detect_png_draws_on_the_original_size(client: TestClient, jpeg_bytes: b
 def test_openapi_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    assert {"/caption", "/detect", "/analyze", "/health"} <= set(spec["paths"])
+    assert {"/", "/caption", "/detect", "/analyze", "/health"} <= set(spec["paths"])
+    assert (
+        set(spec["paths"]["/"]) == {"get"} and "text/html" in spec["paths"]["/"]["get"]["responses"]["200"]["content"]
+    )
+    assert "score" in spec["components"]["schemas"]["DetectionOut"]["required"]
+    detect_parameters = {p["name"] for p in spec["paths"]["/detect"]["post"]["parameters"]}
+    assert {"format", "min_score"} <= detect_parameters
     content = spec["paths"]["/caption"]["post"]["requestBody"]["content"]
     assert {"image/*", "multipart/form-data", "application/json"} <= set(content)
 
@@ -305,3 +311,45 @@ def test_a_response_lambda_could_not_return_is_a_logged_500(capsys: pytest.Captu
     _assert_error(response, 500, "response_too_large")
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert logged[-1]["status"] == 500 and logged[-1]["error"] == "response_too_large"
+
+
+# --- scores, min_score and the demo page ---------------------------------------------------------
+
+
+def test_every_box_and_caption_carries_a_score_and_min_score_filters_boxes(client: TestClient) -> None:
+    png, answer = scene_with_scored_boxes(lambda body: _raw(client, "/analyze", body).json())
+    assert 0.0 <= answer["caption_score"] <= 1.0
+    scores = [d["score"] for d in answer["detections"]]
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    floor = (min(scores) + max(scores)) / 2
+    kept = [d for d in answer["detections"] if d["score"] >= floor]
+    assert 0 < len(kept) < len(scores)
+    assert _raw(client, f"/analyze?min_score={floor}", png).json()["detections"] == kept
+    assert _raw(client, f"/detect?min_score={floor}", png).json()["detections"] == kept
+    assert _raw(client, f"/detect?min_score={min(scores)}", png).json()["detections"] == answer["detections"]
+    drawn = _raw(client, f"/detect?format=png&min_score={floor}", png)
+    assert drawn.headers["x-detections"] == str(len(kept))
+
+
+def test_min_score_setting_is_the_default_floor(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, png_bytes: bytes
+) -> None:
+    png, answer = scene_with_scored_boxes(lambda body: _raw(client, "/analyze", body).json())
+    top = max(d["score"] for d in answer["detections"])
+    monkeypatch.setenv("MIN_SCORE", str(top))
+    assert [d["score"] for d in _raw(client, "/detect", png).json()["detections"]] == [top]
+    assert len(_raw(client, "/detect?min_score=0", png).json()["detections"]) == len(answer["detections"])
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "high", "nan"])
+def test_422_bad_min_score(client: TestClient, png_bytes: bytes, value: str) -> None:
+    _assert_error(_raw(client, f"/detect?min_score={value}", png_bytes), 422, "invalid_request")
+
+
+def test_demo_page_is_served_at_the_root_and_other_methods_keep_the_error_shape(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert 'fetch(apiUrl("analyze' in html and "x-api-key" in html  # relative URL, optional API key
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing loaded from elsewhere
+    _assert_error(client.post("/", content=b"x"), 405, "method_not_allowed")

@@ -55,3 +55,12 @@ def test_a_drawing_that_fits_is_not_downscaled() -> None:
     image = Image.new("RGB", (300, 200), "white")
     drawn = drawn_png(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0))], 400_000)
     assert drawn.scale == 1.0 and Image.open(io.BytesIO(drawn.png)).size == (300, 200)
+
+
+def test_each_box_is_tagged_with_its_score() -> None:
+    image = Image.new("RGB", (300, 200), "white")
+    sure = draw_detections(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0), 0.98)])
+    unsure = draw_detections(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0), 0.12)])
+    band = (50, 0, 150, 60)  # the tag above the box: same label, different score text
+    assert sure.crop(band).tobytes() != unsure.crop(band).tobytes()
+    assert sure.crop((0, 60, 300, 200)).tobytes() == unsure.crop((0, 60, 300, 200)).tobytes()  # same box

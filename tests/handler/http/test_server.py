@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.handler.http.live_server import server_env
 
 ROOT = REPO_ROOT
-
-
-def _env(artifact: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "ARTIFACT_DIR": str(artifact), "TORCH_THREADS": "1"}
 
 
 def test_importing_the_app_loads_no_heavy_modules(tiny_artifact: Path) -> None:
@@ -31,40 +24,7 @@ def test_importing_the_app_loads_no_heavy_modules(tiny_artifact: Path) -> None:
         "heavy = [m for m in ('torch', 'transformers', 'boto3', 'PIL') if m in sys.modules];"
         "assert not heavy, heavy"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=_env(tiny_artifact), timeout=60)
-
-
-@pytest.fixture
-def server(tiny_artifact: Path):
-    """uvicorn on a socket this test bound to a free port, so there is no port race."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "handler.app:app", "--fd", str(sock.fileno()), "--log-level", "warning"],
-        cwd=ROOT,
-        env=_env(tiny_artifact),
-        pass_fds=[sock.fileno()],
-        stdout=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "uvicorn exited"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        sock.close()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=server_env(tiny_artifact), timeout=60)
 
 
 def test_sixteen_concurrent_first_requests_load_the_model_once(

@@ -11,6 +11,7 @@ import pytest
 from handler.florence.tasks import Task
 from model_build.bench.cost import CostConfig
 from model_build.bench.run import BenchConfig
+from model_build.bench.scores import ScoresBenchConfig
 from model_build.cli import COMMANDS, build_parser
 from model_build.commands.options import config_from
 from model_build.data.synth import SynthConfig
@@ -28,6 +29,7 @@ CONFIGS = {
     "demo": DemoConfig,
     "bench": BenchConfig,
     "cost": CostConfig,
+    "bench-scores": ScoresBenchConfig,
     "synth": SynthConfig,
 }
 

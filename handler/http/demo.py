@@ -1,0 +1,28 @@
+"""`GET /`: the demo page, one self-contained HTML file shipped in the package (handler/http/static/).
+
+The page calls `analyze` with a relative URL, so the same file works on uvicorn and under an API
+Gateway stage prefix. It is read once per process; a missing file is a packaging fault (500).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+DEMO_PAGE = Path(__file__).parent / "static" / "demo.html"
+
+router = APIRouter()
+
+
+@cache
+def demo_html() -> str:
+    return DEMO_PAGE.read_text(encoding="utf-8")
+
+
+@router.get("/", response_class=HTMLResponse, tags=["demo"], summary="Demo page")
+def demo_page() -> HTMLResponse:
+    """A page to try the API in a browser: pick or drop an image, see the caption and scored boxes."""
+    return HTMLResponse(demo_html())

@@ -1,0 +1,108 @@
+"""What box and caption scores cost: the served decode with and without score computation, at base size.
+
+Scores come from the logits the greedy loop already keeps (`handler.florence.engine.FastRuntime.predict`):
+one log-sum-exp per step, a per-token decode and the token-level parse. This times that served path
+against the path without scores (generate, then the text parser), interleaved so machine noise hits both
+alike, and times the scoring step alone on a saved generation. The target: under 2% of decode time.
+On a shared machine the end-to-end difference is mostly noise; the fastest run of each path (`min`)
+and the scoring step timed alone are the figures that hold.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from handler.config import available_cpus
+from handler.florence.tasks import MAX_NEW_TOKENS, Task
+from model_build.settings import setting
+
+OVERHEAD_TARGET_PCT = 2.0
+
+
+@dataclass
+class ScoresBenchConfig:
+    """`python -m model_build bench-scores`: size, decode lengths, runs and threads."""
+
+    quick: bool = setting(False, help="the tiny model: a smoke test of the code paths (timings mean nothing)")
+    runs: int = setting(7, help="timed runs of each path per task (interleaved)")
+    threads: int = setting(factory=available_cpus, help="torch threads (default: CPUs available to this process)")
+    caption_tokens: int = setting(MAX_NEW_TOKENS[Task.CAPTION], help="pinned caption length (the served maximum)")
+    detect_tokens: int = setting(MAX_NEW_TOKENS[Task.DETECT], help="pinned <OD> length (the served maximum)")
+
+
+def _served_model(quick: bool) -> tuple[Any, str]:
+    """The object `prepare_for_serving` builds, from the tiny model or Florence-2-base's architecture."""
+    from model_build.bench.baseline import base_model, base_prompt_ids, tiny_model_and_processor
+    from model_build.export.serving_prep import prepare_for_serving
+
+    if quick:
+        model, processor = tiny_model_and_processor()
+        return prepare_for_serving(model, processor), "embedded tiny Florence-2 (quick; timings meaningless)"
+    from model_build.base.tiny import build_processor, build_tokenizer
+
+    # The tiny tokenizer only decodes; prompt ids are fixed at the real processor's lengths (as `bench`).
+    processor = build_processor(build_tokenizer(["a cat on a mat"]))
+    fast = prepare_for_serving(base_model(), processor, prompt_ids=base_prompt_ids())
+    return fast, "Florence-2-base architecture, random weights, int8 fast runtime"
+
+
+def _ms(samples: list[float]) -> dict[str, float]:
+    return {"min_ms": round(min(samples) * 1000, 2), "median_ms": round(statistics.median(samples) * 1000, 2)}
+
+
+def bench_scores(config: ScoresBenchConfig) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from handler.florence.engine import FastRuntime
+    from handler.florence.tasks import clean_caption, parse_detections
+
+    torch.set_num_threads(config.threads)
+    fast, weights = _served_model(config.quick)
+    runtime = FastRuntime(fast)
+    image = Image.fromarray((np.random.RandomState(0).rand(480, 640, 3) * 255).astype("uint8"))
+    encoded = runtime.encode(image)
+    width, height = encoded.size
+
+    def without_scores(task: Task, tokens: int) -> None:
+        with torch.inference_mode():
+            generation = fast.generate(task.value, encoded.features, tokens, tokens)
+        # The parse the service ran before scores: the text alone.
+        clean_caption(generation.text) if task is Task.CAPTION else parse_detections(generation.text, width, height)
+
+    def with_scores(task: Task, tokens: int) -> None:
+        runtime.predict(encoded, task, tokens, tokens)
+
+    result: dict[str, Any] = {"weights": weights, "threads": config.threads, "runs": config.runs, "tasks": {}}
+    for task, tokens in ((Task.CAPTION, config.caption_tokens), (Task.DETECT, config.detect_tokens)):
+        with_scores(task, tokens)  # warm-up: packs the int8 head, faults pages in
+        without_scores(task, tokens)
+        plain_s, scored_s = [], []
+        for _ in range(config.runs):
+            for path, samples in ((without_scores, plain_s), (with_scores, scored_s)):
+                start = time.perf_counter()
+                path(task, tokens)
+                samples.append(time.perf_counter() - start)
+        with torch.inference_mode():
+            generation = fast.generate(task.value, encoded.features, tokens, tokens)
+        scoring_s = []
+        for _ in range(config.runs * 3):
+            start = time.perf_counter()
+            runtime.parse(task, generation, encoded.size)
+            scoring_s.append(time.perf_counter() - start)
+        without, served, scoring = _ms(plain_s), _ms(scored_s), _ms(scoring_s)
+        result["tasks"][task.api_name] = {
+            "new_tokens": len(generation.ids) - 1,
+            "decode_without_scores": without,
+            "decode_with_scores": served,
+            "difference_of_min_pct": round(100 * (served["min_ms"] - without["min_ms"]) / without["min_ms"], 2),
+            "scoring_alone": scoring,
+            "scoring_share_of_min_pct": round(100 * scoring["min_ms"] / without["min_ms"], 2),
+        }
+    result["target_pct"] = OVERHEAD_TARGET_PCT
+    result["target_met"] = all(t["scoring_share_of_min_pct"] <= OVERHEAD_TARGET_PCT for t in result["tasks"].values())
+    return result

@@ -1,0 +1,146 @@
+"""The demo page at `GET /` in a real headless Chromium, against a real uvicorn serving the tiny artifact.
+
+Needs Debian's browser and driver (`apt-get update && apt-get install -y chromium chromium-driver`);
+without them the test fails and says so, it is never skipped. Selenium is pointed at both binaries,
+so Selenium Manager never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import scene_with_scored_boxes
+from tests.handler.http.live_server import live_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+INSTALL_HINT = "apt-get update && apt-get install -y chromium chromium-driver"
+WAIT_S = 120
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(f"the browser test needs {', '.join(missing)}; install them with: {INSTALL_HINT}")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait_for(driver, condition, what: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_S).until(condition, message=f"page never showed {what}")
+
+
+def _visible_boxes(driver) -> list:
+    from selenium.webdriver.common.by import By
+
+    return [box for box in driver.find_elements(By.CSS_SELECTOR, "#stage .box") if box.is_displayed()]
+
+
+def test_demo_page_shows_caption_scored_boxes_and_the_slider_hides_weak_ones(
+    browser, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    started = time.perf_counter()
+    with live_server(tiny_artifact) as server:
+        png, answer = scene_with_scored_boxes(
+            lambda body: httpx.post(
+                f"{server}/analyze", content=body, headers={"content-type": "image/png"}, timeout=120
+            ).json()
+        )
+        scene = tmp_path / "scene.png"
+        scene.write_bytes(png)
+        browser.get(server + "/")
+        assert "Florence-2" in browser.title
+        browser.find_element(By.ID, "file").send_keys(str(scene))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "caption").text, "a caption")
+
+        assert browser.find_element(By.ID, "caption").text == answer["caption"]
+        assert browser.find_element(By.ID, "sha").text == answer["model_sha"]
+        assert "total" in browser.find_element(By.ID, "timings").text
+        boxes = _visible_boxes(browser)
+        assert [box.get_attribute("data-label") for box in boxes] == [d["label"] for d in answer["detections"]]
+        assert [box.text for box in boxes] == [f"{d['label']} {d['score']:.2f}" for d in answer["detections"]]
+        # Each box sits where the API put it: its left edge, scaled from image pixels to the shown photo.
+        photo = browser.find_element(By.ID, "photo")
+        scale = photo.size["width"] / answer["image"]["width"]
+        for box, det in zip(boxes, answer["detections"], strict=True):
+            shown_left = box.location["x"] - photo.location["x"]
+            assert abs(shown_left - det["box"][0] * scale) <= 2
+        browser.save_screenshot(str(tmp_path / "demo-all-boxes.png"))
+
+        # Arrow keys move the slider by 0.01; stop just above the weakest box's score.
+        scores = sorted(d["score"] for d in answer["detections"])
+        steps = math.floor(scores[0] * 100) + 1
+        slider = browser.find_element(By.ID, "slider")
+        slider.click()
+        slider.send_keys(Keys.HOME, *([Keys.ARROW_RIGHT] * steps))
+        floor = float(slider.get_attribute("value"))
+        assert scores[0] < floor <= scores[-1]
+        kept = [d["label"] for d in answer["detections"] if d["score"] >= floor]
+        remaining = _visible_boxes(browser)
+        assert 0 < len(remaining) < len(answer["detections"])
+        assert [box.get_attribute("data-label") for box in remaining] == kept
+        assert browser.find_element(By.ID, "shown").text == f"{len(kept)} of {len(answer['detections'])} boxes shown"
+        screenshot = tmp_path / "demo.png"
+        browser.save_screenshot(str(screenshot))
+        slider.send_keys(Keys.END)
+        assert _visible_boxes(browser) == []
+
+        not_an_image = tmp_path / "notes.png"
+        not_an_image.write_bytes(b"these bytes are not a picture")
+        browser.find_element(By.ID, "file").send_keys(str(not_an_image))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
+        assert browser.find_element(By.ID, "error").text.startswith("Not an image we can read")
+        assert _visible_boxes(browser) == [] and browser.find_element(By.ID, "caption").text == ""
+
+    assert Image.open(screenshot).format == "PNG"
+    print(f"browser test: {time.perf_counter() - started:.1f} s, screenshot {screenshot}")
+
+
+def test_demo_page_calls_the_api_relative_to_an_api_gateway_stage(browser, tmp_path: Path) -> None:
+    """Under a stage the page is /v1/ or /v1; either way its calls must go to /v1/analyze, not /analyze."""
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get(server + "/")
+        resolved = {}
+        for page_path in ("/", "/v1/", "/v1", "/prod/v2/"):
+            resolved[page_path] = browser.execute_script(
+                "history.replaceState(null, '', arguments[0]);"
+                "return new URL(apiUrl('analyze'), window.location.href).pathname;",
+                page_path,
+            )
+    assert resolved == {"/": "/analyze", "/v1/": "/v1/analyze", "/v1": "/v1/analyze", "/prod/v2/": "/prod/v2/analyze"}
+
+
+def test_demo_page_says_when_the_model_is_unavailable(browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    with live_server(tmp_path / "no-artifact-here") as server:
+        browser.get(server + "/")
+        image = tmp_path / "photo.png"
+        Image.new("RGB", (64, 48), "white").save(image)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
+        assert browser.find_element(By.ID, "error").text.startswith("Model unavailable")
