@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 3
-"""3: the runtime's classes moved to `handler.florence.runtime` (the pickle names class paths).
+FORMAT_VERSION = 4
+"""4: the vision convs run channels-last with the block residuals folded in (no `nchw` flags).
+3: the runtime's classes moved to `handler.florence.runtime` (the pickle names class paths).
 2: the fast runtime's convs carry the memory format they must run in. Older pickles are refused with
 a rebuild hint rather than failing inside the unpickler."""
 MODEL_FILE = "model.pt"
