@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from handler.florence.tasks import Task
+from model_build.bench.quality import QualityConfig
 from model_build.bench.run import BenchConfig
 from model_build.cli import COMMANDS, build_parser
 from model_build.commands.options import config_from
@@ -26,6 +27,7 @@ CONFIGS = {
     "pretrain-tiny": PretrainConfig,
     "demo": DemoConfig,
     "bench": BenchConfig,
+    "quality": QualityConfig,
     "synth": SynthConfig,
 }
 
