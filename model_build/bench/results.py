@@ -73,7 +73,7 @@ class DecodeFloor:
 
     floor: StreamingFloor
     per_token_ms: float
-    """(detect median - caption median) / (detect tokens - caption tokens): the marginal cost of one token."""
+    """(detect min - caption min) / (detect tokens - caption tokens): the marginal cost of one token."""
     step_ms: float
     """One served decoder step (20 cached tokens) from the peer rows."""
 
