@@ -14,6 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-tiny": ("model_build.commands.pretrain", "train the embedded tiny Florence-2 from scratch"),
     "finetune": ("model_build.commands.finetune", "LoRA-fine-tune Florence-2 on COCO-format data"),
     "fuse": ("model_build.commands.fuse", "merge, quantize, parity-check and write the served artifact"),
+    "quality": (
+        "model_build.commands.quality",
+        "quality parity: served vs seed recipe vs fp32 (tiny held-out split, base size teacher-forced)",
+    ),
     "eval": ("model_build.commands.eval", "CIDEr/BLEU-4/exact match and COCO mAP for a model on a split"),
     "bench": ("model_build.commands.bench", "benchmark the served runtime against the seed recipe"),
     "cost": ("model_build.commands.cost", "Lambda duration and dollars per 1,000 images from bench runs"),

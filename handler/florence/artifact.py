@@ -26,11 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-FORMAT_VERSION = 4
-"""4: the manifest covers every processor file (`processor_sha256`), and `model.pt` must load with
-weights_only and the allow-list. 3: the runtime's classes moved to `handler.florence.runtime` (the
-pickle names class paths). 2: the fast runtime's convs carry the memory format they must run in.
-Older artifacts are refused with a rebuild hint rather than failing inside the unpickler."""
+FORMAT_VERSION = 5
+"""5: the vision convs run channels-last with the block residuals folded in (no `nchw` flags), and
+`/analyze` decodes its tasks as one batch. 4: the manifest covers every processor file
+(`processor_sha256`), and `model.pt` must load with weights_only and the allow-list. 3: the runtime's
+classes moved to `handler.florence.runtime` (the pickle names class paths). 2: the fast runtime's convs
+carry the memory format they must run in. Older artifacts are refused with a rebuild hint rather than
+failing inside the unpickler."""
 MODEL_FILE = "model.pt"
 PROCESSOR_DIR = "processor"
 MANIFEST_FILE = "manifest.json"

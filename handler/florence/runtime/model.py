@@ -8,6 +8,7 @@ tokenizer JSON for decoding, and the image preprocessing spec. Unpickling it imp
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from handler.florence.preprocess import ImageSpec
-from handler.florence.runtime.text import TextModel
+from handler.florence.runtime.text import DecodeRequest, TextModel
 from handler.florence.runtime.vision import VisionTower
 
 RUNTIME_NAME = "fast-florence2"
@@ -33,8 +34,21 @@ class DecodeSpec:
 @dataclass
 class Generation:
     ids: list[int]
+    """Token ids, start token first."""
     text: str
     logits: torch.Tensor
+    """(steps, vocab): the raw logits of every generated step, in the order of `ids[1:]`."""
+    seconds: float = 0.0
+    """Decode wall time until this answer was complete (text encoder included)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One task of a batched `FastFlorence.generate_batch` call."""
+
+    prompt: str
+    max_new_tokens: int
+    min_new_tokens: int = 0
 
 
 # What `PreTrainedTokenizerBase.clean_up_tokenization` does, for tokenizers that ask for it.
@@ -97,12 +111,25 @@ class FastFlorence(nn.Module):
         return embeds
 
     def generate(self, prompt: str, features: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
-        memory = self.text.encode(self.encoder_inputs(prompt, features))
+        """Greedy-decode one prompt against one image's features."""
+        (generation,) = self.generate_batch([GenerationRequest(prompt, max_new_tokens, min_new_tokens)], features)
+        return generation
+
+    def generate_batch(self, requests: list[GenerationRequest], features: torch.Tensor) -> list[Generation]:
+        """Greedy-decode several prompts against one image's features as one batch (one weight read per step).
+
+        Each prompt goes through the text encoder on its own (prompts differ in length); the decoder
+        steps run all unfinished prompts together. Answers come back in request order.
+        """
+        started = time.perf_counter()
+        decode_requests = [
+            DecodeRequest(self.text.encode(self.encoder_inputs(r.prompt, features)), r.max_new_tokens, r.min_new_tokens)
+            for r in requests
+        ]
+        encoded_s = time.perf_counter() - started
         spec = self.decode_spec
-        ids, logits = self.text.greedy(
-            memory, spec.start_id, spec.eos_id, max_new_tokens, min_new_tokens, forced_eos=spec.forced_eos
-        )
-        return Generation(ids, self.decode(ids), logits)
+        decoded = self.text.greedy_batch(decode_requests, spec.start_id, spec.eos_id, forced_eos=spec.forced_eos)
+        return [Generation(d.ids, self.decode(d.ids), d.logits, encoded_s + d.seconds) for d in decoded]
 
     def decode(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -1,10 +1,10 @@
-"""The fast runtime answers exactly like the plain int8 HF path on the embedded tiny model.
+"""The fast runtime is at least as faithful to fp32 as the seed recipe, on the embedded tiny model.
 
-Real forward passes on both sides: `quantize_for_serving(int8_embedding=True)` + the processor + HF
-`generate` (the int8 model the artifact serves, run through `transformers`) against
-`prepare_for_serving` + the lean decode loop, on synthetic val images. Parity here is bit-exact, not
-approximate: dynamic int8 quantization turns one ulp of difference anywhere into different boxes
-on a sizeable share of images (docs/parity.md measures how many).
+Real forward passes everywhere: fp32, the seed recipe (`quantize_for_serving` + HF `generate`) and
+the served runtime (`prepare_for_serving` + the lean batched decode) score a held-out synthetic split
+side by side (the quality-parity rule of `model_build.export.quality`). The runtime is not bit-exact
+with any reference any more; the exact facts that remain (stacked q/k/v, the folded conv residual,
+batch rows with equal inputs) are tested exactly.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler.florence.engine import Engine, predict_batch
+from handler.florence.engine import Engine
 from handler.florence.runtime.model import is_fast
-from handler.florence.tasks import Task
+from handler.florence.tasks import MAX_NEW_TOKENS, Task
 from model_build.bench.baseline import tiny_model_and_processor
 from model_build.data.coco import open_rgb
 from model_build.data.synth import synthesize
@@ -27,8 +27,8 @@ from model_build.export.quantize import quantize_for_serving
 from model_build.export.serving_prep import prepare_for_serving
 from tests.conftest import REPO_ROOT
 
-VAL_IMAGES = 40
-AGREEMENT = 0.98
+VAL_IMAGES = 12
+QUALITY_IMAGES = 40
 
 
 @pytest.fixture(scope="module")
@@ -49,46 +49,96 @@ def test_fast_model_is_marked_and_plain_is_not(paths):
     assert is_fast(fast) and not is_fast(plain)
 
 
-@pytest.mark.parametrize("task", list(Task))
-def test_same_answers_as_plain_int8_on_val(paths, val_images, task):
-    plain, fast, processor = paths
-    agree = 0
-    for image in val_images:
-        ref = predict_batch(plain, processor, [image], task)[0]
-        ours = predict_batch(fast, None, [image], task)[0]
-        agree += ref.as_dict() == ours.as_dict() and ref.text == ours.text
-    assert agree / len(val_images) >= AGREEMENT, f"{task.api_name}: {agree}/{len(val_images)} identical"
+def test_pixels_are_the_processors(paths, val_images):
+    _, fast, processor = paths
+    for image in val_images[:8]:
+        reference = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        assert torch.equal(fast.image_spec.to_pixels(image), reference)
 
 
-def test_pixels_and_image_features_are_bit_identical(paths, val_images):
-    plain, fast, processor = paths
+def test_quality_parity_on_held_out_split(paths, tmp_path):
+    """The issue-11 rule on a held-out split: served CIDEr, mAP@.5 and exact match hold up against the seed's."""
+    from model_build.data.synth import write_val_split
+    from model_build.export.quality import split_quality
+
+    model, processor = tiny_model_and_processor()
+    root = write_val_split(tmp_path / "val", QUALITY_IMAGES, seed=11)
+    report = split_quality(model, processor, paths[1], root, "val2017", QUALITY_IMAGES)
+    scores = {s.path: s for s in report.scores}
+    assert report.images == QUALITY_IMAGES
+    assert scores["fp32"].cider > 1.0 and scores["fp32"].map50 > 0.3  # a trained model: the scores mean something
+    assert report.passed, report.checks
+
+
+def test_teacher_forced_fidelity_on_tiny_model(paths, val_images):
+    from model_build.export.quality import teacher_forced_fidelity
+    from model_build.export.serving_prep import task_prompt_ids
+
+    model, processor = tiny_model_and_processor()
+    tokens = {Task.CAPTION: 20, Task.DETECT: 40}
+    fidelity = teacher_forced_fidelity(
+        model, quantize_for_serving(model), paths[1], processor, val_images[:8], task_prompt_ids(processor, 384), tokens
+    )
+    assert {(r.task, r.path, r.steps) for r in fidelity.rows} == {
+        (t.api_name, p, 8 * tokens[t]) for t in Task for p in ("seed", "served")
+    }
+    assert all(0 <= r.mean_kl < 0.05 and r.top1_agreement >= 0.9 for r in fidelity.rows), fidelity.rows
+    assert fidelity.passed, fidelity.checks
+
+
+def _teacher_forced_batch(fast, features, prompts: list[str], tokens: list[int]):
+    """Single decodes of each prompt, and the same prompts decoded as one batch fed the single decodes' ids."""
+    from handler.florence.runtime.text import DecodeRequest
+
+    spec = fast.decode_spec
+    singles = [fast.generate(p, features, n, n) for p, n in zip(prompts, tokens, strict=True)]
+    requests = [
+        DecodeRequest(fast.text.encode(fast.encoder_inputs(p, features)), n, n, teacher=single.ids[1:])
+        for p, n, single in zip(prompts, tokens, singles, strict=True)
+    ]
+    return singles, fast.text.greedy_batch(requests, spec.start_id, spec.eos_id, spec.forced_eos)
+
+
+def test_batch_rows_with_equal_inputs_decode_as_one(paths, val_images):
+    """Batching shares the weight reads, not the answers: two copies of one prompt give the single decode's logits.
+
+    Equal rows give the int8 linears the same activation scale, so only kernel rounding (ulps) may differ.
+    """
+    _, fast, _ = paths
     with torch.inference_mode():
-        for image in val_images[:8]:
-            reference = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-            pixels = fast.image_spec.to_pixels(image)
-            assert torch.equal(pixels, reference)
-            assert torch.equal(fast.image_features(pixels), plain.get_image_features(reference).pooler_output)
+        features = fast.image_features(fast.image_spec.to_pixels(val_images[0]))
+        singles, pair = _teacher_forced_batch(fast, features, [Task.DETECT.value] * 2, [30, 30])
+    for row in pair:
+        assert row.ids == singles[0].ids
+        assert row.logits.shape == (30, fast.text.lm_head.weight_int8.shape[0])
+        torch.testing.assert_close(row.logits, singles[0].logits, rtol=0, atol=1e-4)
 
 
-def test_pinned_length_ids_and_logits_match(paths, val_images):
-    """30 pinned `<OD>` steps: the same ids and the same logits, bit for bit."""
-    plain, fast, processor = paths
-    image = val_images[0]
-    inputs = processor(text=[Task.DETECT.value], images=[image], return_tensors="pt")
+def test_batched_prompts_of_different_lengths_mask_the_padding(paths, val_images):
+    """Caption and <OD> prompts differ in length; in one batch each still attends to its own encoder memory only."""
+    _, fast, _ = paths
+    prompts = [Task.CAPTION.value, Task.DETECT.value]
+    assert len(fast.prompt_ids[prompts[0]]) != len(fast.prompt_ids[prompts[1]])
     with torch.inference_mode():
-        ref = plain.generate(
-            **inputs,
-            max_new_tokens=30,
-            min_new_tokens=30,
-            num_beams=1,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        ours = fast.generate(Task.DETECT.value, fast.image_features(fast.image_spec.to_pixels(image)), 30, 30)
-    assert ref.sequences[0].tolist() == ours.ids
-    assert torch.equal(torch.stack(ref.logits)[:, 0], ours.logits)
-    assert ours.text == processor.batch_decode(ref.sequences, skip_special_tokens=False)[0]
+        features = fast.image_features(fast.image_spec.to_pixels(val_images[3]))
+        singles, batched = _teacher_forced_batch(fast, features, prompts, [12, 24])
+    for together, single in zip(batched, singles, strict=True):
+        assert together.ids == single.ids and together.logits.shape == single.logits.shape
+        # Only the shared activation scale of the int8 linears differs: logits stay close, nowhere near a
+        # row that attended to the other row's padding.
+        assert (together.logits - single.logits).abs().max() < 0.5
+
+
+def test_folded_residual_conv_is_conv_plus_input():
+    from model_build.export.serving_prep import fold_residual
+
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    x = torch.randn(1, 8, 10, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_residual(conv)(x), conv(x) + x, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="depthwise"):
+        fold_residual(torch.nn.Conv2d(8, 8, 3, padding=0, groups=8))
 
 
 def test_int8_embedding_is_the_seed_recipe_plus_one_tied_table():
@@ -108,14 +158,28 @@ def test_int8_embedding_is_the_seed_recipe_plus_one_tied_table():
     assert linears > 50
 
 
-def test_analyze_shares_the_image_and_matches_single_tasks(paths, val_images):
+def test_analyze_encodes_once_and_decodes_the_tasks_as_one_batch(paths, val_images):
+    from handler.florence.engine import parse_output
+    from handler.florence.runtime.model import GenerationRequest
+
     _, fast, _ = paths
     engine = Engine(fast)
     image = val_images[1]
     both = engine.run(image, [Task.CAPTION, Task.DETECT])
-    assert "vision" in both.timings_ms
-    for task in Task:
-        assert both.predictions[task].as_dict() == engine.run(image, [task]).predictions[task].as_dict()
+    assert {"vision", "caption", "detect", "total"} <= set(both.timings_ms)
+    assert both.timings_ms["total"] >= max(both.timings_ms["caption"], both.timings_ms["detect"])
+    with torch.inference_mode():
+        features = fast.image_features(fast.image_spec.to_pixels(image))
+        requests = [GenerationRequest(t.value, MAX_NEW_TOKENS[t]) for t in (Task.CAPTION, Task.DETECT)]
+        generations = fast.generate_batch(requests, features)
+    for task, generation in zip((Task.CAPTION, Task.DETECT), generations, strict=True):
+        expected = parse_output(task, generation.text, *image.size)
+        assert both.predictions[task].as_dict() == expected.as_dict()
+    # A single-task request decodes that task alone (a batch of one).
+    caption = engine.run(image, [Task.CAPTION]).predictions[Task.CAPTION]
+    with torch.inference_mode():
+        alone = fast.generate(Task.CAPTION.value, features, MAX_NEW_TOKENS[Task.CAPTION])
+    assert caption.text == alone.text
 
 
 def test_fast_artifact_loads_without_transformers(paths, tmp_path):
@@ -130,7 +194,7 @@ def test_fast_artifact_loads_without_transformers(paths, tmp_path):
     Image.new("RGB", (320, 240), (200, 30, 30)).save(val)
     code = (
         "import sys; from PIL import Image; from handler.florence.artifact import load_artifact;"
-        "from handler.florence.engine import Engine; from handler.florence.tasks import Task;"
+        "from handler.florence.engine import Engine; from handler.florence.tasks import MAX_NEW_TOKENS, Task;"
         f"a = load_artifact({str(tmp_path / 'art')!r}); assert a.processor is None;"
         f"r = Engine.from_artifact(a).run(Image.open({str(val)!r}).convert('RGB'), [Task.CAPTION, Task.DETECT]);"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'));"

@@ -10,6 +10,7 @@ import pytest
 
 from handler.florence.tasks import Task
 from model_build.bench.cost import CostConfig
+from model_build.bench.quality import QualityConfig
 from model_build.bench.run import BenchConfig
 from model_build.bench.scores import ScoresBenchConfig
 from model_build.cli import COMMANDS, build_parser
@@ -30,6 +31,7 @@ CONFIGS = {
     "bench": BenchConfig,
     "cost": CostConfig,
     "bench-scores": ScoresBenchConfig,
+    "quality": QualityConfig,
     "synth": SynthConfig,
 }
 
