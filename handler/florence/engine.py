@@ -200,7 +200,7 @@ class FastRuntime:
         with torch.inference_mode():
             generations = self.model.generate_batch(requests, encoded.features)
         return [
-            TaskResult(parse_output(task, g.text, *encoded.size), round(g.seconds * 1000, 1))
+            TaskResult(self.parse(task, g, encoded.size), round(g.seconds * 1000, 1))
             for task, g in zip(tasks, generations, strict=True)
         ]
 

@@ -19,7 +19,7 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def stage_breakdown(seed, fast, processor, image, prompts: dict, runs: int = 3) -> dict[str, dict[str, float]]:
+def stage_breakdown(baseline, fast, processor, image, prompts: dict, runs: int = 3) -> dict[str, dict[str, float]]:
     """Median ms of: vision tower, text encoder, one decode step (from a 20-token run), lm_head alone."""
     import torch
 
@@ -28,18 +28,18 @@ def stage_breakdown(seed, fast, processor, image, prompts: dict, runs: int = 3) 
     prompt = prompts[Task.CAPTION.value]
     pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
     ids = torch.tensor([prompt])
-    out: dict[str, dict[str, float]] = {"seed": {}, "served": {}}
+    out: dict[str, dict[str, float]] = {"baseline": {}, "served": {}}
     with torch.inference_mode():
-        out["seed"]["vision_ms"] = _median_ms(lambda: seed.model.get_image_features(pixel_values), runs)
-        image_features = seed.model.get_image_features(pixel_values).pooler_output
-        embeds = seed.get_input_embeddings()(ids)
-        mask = ids == seed.config.image_token_id
+        out["baseline"]["vision_ms"] = _median_ms(lambda: baseline.model.get_image_features(pixel_values), runs)
+        image_features = baseline.model.get_image_features(pixel_values).pooler_output
+        embeds = baseline.get_input_embeddings()(ids)
+        mask = ids == baseline.config.image_token_id
         embeds = embeds.masked_scatter(mask.unsqueeze(-1), image_features)
-        encoder = seed.model.language_model.encoder
-        out["seed"]["text_encoder_ms"] = _median_ms(lambda: encoder(inputs_embeds=embeds), runs)
+        encoder = baseline.model.language_model.encoder
+        out["baseline"]["text_encoder_ms"] = _median_ms(lambda: encoder(inputs_embeds=embeds), runs)
 
-        def seed_gen(n: int):
-            return lambda: seed.generate(
+        def baseline_gen(n: int):
+            return lambda: baseline.generate(
                 input_ids=ids,
                 pixel_values=pixel_values,
                 max_new_tokens=n,
@@ -48,7 +48,7 @@ def stage_breakdown(seed, fast, processor, image, prompts: dict, runs: int = 3) 
                 do_sample=False,
             )
 
-        out["seed"]["per_token_ms"] = (_median_ms(seed_gen(21), runs) - _median_ms(seed_gen(1), runs)) / 20
+        out["baseline"]["per_token_ms"] = (_median_ms(baseline_gen(21), runs) - _median_ms(baseline_gen(1), runs)) / 20
 
         pixels = fast.image_spec.to_pixels(image)
         out["served"]["preprocess_ms"] = _median_ms(lambda: fast.image_spec.to_pixels(image), runs)
@@ -67,7 +67,7 @@ def stage_breakdown(seed, fast, processor, image, prompts: dict, runs: int = 3) 
 
 
 def profiler_tables(
-    seed, fast, processor, image, prompts: dict, new_tokens: int = 20, rows: int = 25
+    baseline, fast, processor, image, prompts: dict, new_tokens: int = 20, rows: int = 25
 ) -> dict[str, str]:
     """torch.profiler op tables (self CPU time) for one pinned-length caption on each path."""
     from torch.profiler import ProfilerActivity, profile
@@ -79,7 +79,7 @@ def profiler_tables(
     engine = Engine(fast, None, new_tokens={Task.CAPTION: new_tokens})
     tables = {}
     runs = {
-        "seed": lambda: baseline_generate(seed, processor, image, prompts[Task.CAPTION.value], new_tokens),
+        "baseline": lambda: baseline_generate(baseline, processor, image, prompts[Task.CAPTION.value], new_tokens),
         "served": lambda: engine.run(image, [Task.CAPTION]),
     }
     for name, fn in runs.items():

@@ -2,7 +2,7 @@
 
 Imports only what the path under test imports, so the figures include `import torch` (and, for the
 seed recipe, `import transformers`). Prints one JSON line. Usage:
-`python -m model_build.bench.child {served|seed} ARTIFACT_DIR IMAGE CAPTION_TOKENS DETECT_TOKENS [PROMPTS_JSON]`
+`python -m model_build.bench.child {served|baseline} ARTIFACT_DIR IMAGE CAPTION_TOKENS DETECT_TOKENS [PROMPTS_JSON]`
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _served(artifact_dir: str, image, caption_tokens: int, detect_tokens: int) -
     return marks
 
 
-def _seed(artifact_dir: str, image, caption_tokens: int, detect_tokens: int, prompts: dict) -> dict:
+def _baseline(artifact_dir: str, image, caption_tokens: int, detect_tokens: int, prompts: dict) -> dict:
     """The seed recipe's handler: torch + transformers, torch.load of the int8 HF model, HF generate."""
     from pathlib import Path
 
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     if mode == "served":
         marks = _served(artifact_dir, image, int(caption_tokens), int(detect_tokens))
     else:
-        marks = _seed(artifact_dir, image, int(caption_tokens), int(detect_tokens), json.loads(argv[5]))
+        marks = _baseline(artifact_dir, image, int(caption_tokens), int(detect_tokens), json.loads(argv[5]))
     marks["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(marks))
     return 0

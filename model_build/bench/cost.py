@@ -81,8 +81,15 @@ def parse_measured(pairs: list[str]) -> dict[int, Path]:
     return measured
 
 
+def latency_cases(bench: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The bench JSON's latency rows by name: a list of `LatencyRow`s now, a name-keyed map before typed results."""
+    latency = bench["latency"]
+    return {row["name"]: row for row in latency} if isinstance(latency, list) else latency
+
+
 def row_from_bench(memory_mb: int, bench: dict[str, Any], source: str) -> Row:
-    seconds = {column: bench["latency"][case]["served"]["median_s"] for column, case in CASES.items()}
+    cases = latency_cases(bench)
+    seconds = {column: cases[case]["served"]["median_s"] for column, case in CASES.items()}
     return Row(memory_mb, int(bench["threads"]), seconds, source)
 
 

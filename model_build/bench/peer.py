@@ -33,7 +33,7 @@ class PeerRow:
     """Median seconds of one unit of work on the three paths, over interleaved rounds."""
 
     name: str
-    seed_s: float
+    baseline_s: float
     served_s: float
     ort_s: float | None
     rounds: int
@@ -175,7 +175,7 @@ def _interleaved(fns: dict[str, Callable[[], object]], rounds: int, prepare: Cal
 
 def peer_rows(
     model: Any,
-    seed: Any,
+    baseline: Any,
     fast: Any,
     pixel_values: Any,
     prompt: str,
@@ -184,7 +184,7 @@ def peer_rows(
     workdir: Path,
     with_ort: bool = True,
 ) -> tuple[list[PeerRow], dict[str, Any]]:
-    """Time the vision tower and one decoder step on seed, served and (if installed) ORT int8, interleaved.
+    """Time the vision tower and one decoder step on baseline, served and (if installed) ORT int8, interleaved.
 
     Returns the rows and a few ORT facts (model sizes, cosine of its image features to fp32's, or why it is missing).
     """
@@ -224,28 +224,30 @@ def peer_rows(
                 x = layer(x, CACHED_TOKENS, ck, cv, mk, mv)
             fast.text.lm_head(x)
 
-    # seed: HF's decoder with a 20-token cache (cross K/V already cached), then its int8 lm_head.
-    seed_decoder = seed.model.language_model.decoder
+    # baseline: HF's decoder with a 20-token cache (cross K/V already cached), then its int8 lm_head.
+    baseline_decoder = baseline.model.language_model.decoder
     with torch.inference_mode():
-        warm = seed_decoder(input_ids=torch.full((1, CACHED_TOKENS), 7), encoder_hidden_states=memory, use_cache=True)
-    seed_cache = warm.past_key_values
+        warm = baseline_decoder(
+            input_ids=torch.full((1, CACHED_TOKENS), 7), encoder_hidden_states=memory, use_cache=True
+        )
+    baseline_cache = warm.past_key_values
     fresh: dict[str, Any] = {}
 
-    def seed_prepare() -> None:
-        fresh["cache"] = copy.deepcopy(seed_cache)
+    def baseline_prepare() -> None:
+        fresh["cache"] = copy.deepcopy(baseline_cache)
 
-    def seed_step() -> None:
+    def baseline_step() -> None:
         with torch.inference_mode():
-            out = seed_decoder(
+            out = baseline_decoder(
                 input_ids=token, encoder_hidden_states=memory, past_key_values=fresh["cache"], use_cache=True
             )
-            seed.lm_head(out.last_hidden_state)
+            baseline.lm_head(out.last_hidden_state)
 
     vision_fns: dict[str, Callable[[], object]] = {
-        "seed": lambda: seed.model.get_image_features(pixel_values),
+        "baseline": lambda: baseline.model.get_image_features(pixel_values),
         "served": lambda: fast.image_features(pixel_values),
     }
-    step_fns: dict[str, Callable[[], object]] = {"seed": seed_step, "served": served_step}
+    step_fns: dict[str, Callable[[], object]] = {"baseline": baseline_step, "served": served_step}
     if with_ort:
         try:
             import onnxruntime  # noqa: F401
@@ -269,8 +271,8 @@ def peer_rows(
         ort_features = torch.from_numpy(np.asarray(vision_session.run(None, vision_feed)[0])).flatten()
         info["vision_cosine_to_fp32"] = {
             "ort": cosine(reference, ort_features, dim=0).item(),
-            "seed": cosine(
-                reference, seed.model.get_image_features(pixel_values).pooler_output.flatten(), dim=0
+            "baseline": cosine(
+                reference, baseline.model.get_image_features(pixel_values).pooler_output.flatten(), dim=0
             ).item(),
             "served": cosine(reference, features.flatten(), dim=0).item(),
         }
@@ -280,12 +282,12 @@ def peer_rows(
         }
     with torch.inference_mode():
         vision = _interleaved(vision_fns, rounds, None)
-        step = _interleaved(step_fns, rounds, seed_prepare)
+        step = _interleaved(step_fns, rounds, baseline_prepare)
     rows = [
-        PeerRow("vision tower + projector", vision["seed"], vision["served"], vision.get("ort"), rounds),
+        PeerRow("vision tower + projector", vision["baseline"], vision["served"], vision.get("ort"), rounds),
         PeerRow(
             f"one decoder step + lm_head ({CACHED_TOKENS} cached, {enc_len} encoder tokens)",
-            step["seed"],
+            step["baseline"],
             step["served"],
             step.get("ort"),
             rounds,

@@ -43,7 +43,7 @@ def _ms(seconds: float | None) -> str:
 
 def markdown(result: BenchResult, chart_name: str | None) -> str:
     hw = result.hardware
-    seed_cold, served_cold = result.seed_cold, result.served_cold
+    baseline_cold, served_cold = result.baseline_cold, result.served_cold
     lines = [
         "# Benchmarks: seed recipe vs. served fast runtime (and ONNX Runtime int8 as a peer)",
         "",
@@ -57,25 +57,25 @@ def markdown(result: BenchResult, chart_name: str | None) -> str:
         " `generate`, one call per task. Served: `handler.florence.engine.Engine.run` on the object"
         " `model_build.export.serving_prep.prepare_for_serving` builds (what the handler loads from the artifact);"
         " caption+detect decodes both tasks as one batch.",
-        f"- Latency: min / median / p90 seconds over {result.latency[0].seed.runs} runs after"
-        " warm-up, seed and served interleaved in one process.",
+        f"- Latency: min / median / p90 seconds over {result.latency[0].baseline.runs} runs after"
+        " warm-up, baseline and served interleaved in one process.",
         "",
-        "| figure | seed min / median / p90 (s) | served min / median / p90 (s) | speedup (median) |",
+        "| figure | baseline min / median / p90 (s) | served min / median / p90 (s) | speedup (median) |",
         "|---|---|---|---|",
     ]
     for row in result.latency:
-        lines.append(f"| {row.name} | {_fmt(row.seed)} | {_fmt(row.served)} | {row.speedup:.2f}x |")
+        lines.append(f"| {row.name} | {_fmt(row.baseline)} | {_fmt(row.served)} | {row.speedup:.2f}x |")
     lines += [
         "",
-        "| figure | seed | served |",
+        "| figure | baseline | served |",
         "|---|---|---|",
-        f"| cold start: process start -> first caption (s) | {seed_cold.first_caption_s:.2f} |"
+        f"| cold start: process start -> first caption (s) | {baseline_cold.first_caption_s:.2f} |"
         f" {served_cold.first_caption_s:.2f} |",
-        f"| of which `import torch` (s) | {seed_cold.import_torch_s:.2f} | {served_cold.import_torch_s:.2f} |",
-        f"| artifact load (s) | {seed_cold.artifact_load_s:.2f} | {served_cold.artifact_load_s:.2f} |",
+        f"| of which `import torch` (s) | {baseline_cold.import_torch_s:.2f} | {served_cold.import_torch_s:.2f} |",
+        f"| artifact load (s) | {baseline_cold.artifact_load_s:.2f} | {served_cold.artifact_load_s:.2f} |",
         f"| `transformers` imported while serving | yes | {'yes' if served_cold.transformers_imported else 'no'} |",
-        f"| artifact `model.pt` (MiB) | {result.seed_artifact_mib:.1f} | {result.served_artifact_mib:.1f} |",
-        f"| peak RSS serving caption + analyze (MiB) | {seed_cold.peak_rss_mib:.0f} | {served_cold.peak_rss_mib:.0f} |",
+        f"| artifact `model.pt` (MiB) | {result.baseline_artifact_mib:.1f} | {result.served_artifact_mib:.1f} |",
+        f"| peak RSS serving caption + analyze (MiB) | {baseline_cold.peak_rss_mib:.0f} | {served_cold.peak_rss_mib:.0f} |",
         "",
         "Cold start runs in a fresh interpreter (`python -m model_build.bench.child`): imports, sha256 check and"
         " unpickling exactly as `handler.florence.artifact.load_artifact` does, then the first caption. Peak RSS is that"
@@ -88,12 +88,12 @@ def markdown(result: BenchResult, chart_name: str | None) -> str:
         f"{result.threads} intra-op threads. Medians of {result.peers[0].rounds} interleaved rounds, 100 ms pause"
         " before each call.",
         "",
-        "| unit of work | seed (ms) | served (ms) | ORT int8 (ms) | served / ORT |",
+        "| unit of work | baseline (ms) | served (ms) | ORT int8 (ms) | served / ORT |",
         "|---|---|---|---|---|",
     ]
     for peer in result.peers:
         ratio = "-" if peer.ort_s is None else f"{peer.served_s / peer.ort_s:.2f}"
-        lines.append(f"| {peer.name} | {_ms(peer.seed_s)} | {_ms(peer.served_s)} | {_ms(peer.ort_s)} | {ratio} |")
+        lines.append(f"| {peer.name} | {_ms(peer.baseline_s)} | {_ms(peer.served_s)} | {_ms(peer.ort_s)} | {ratio} |")
     if result.peer_info:
         lines += ["", f"ORT facts: `{json.dumps(result.peer_info, sort_keys=True)}`"]
     floor = result.decode.floor
@@ -131,7 +131,7 @@ def markdown(result: BenchResult, chart_name: str | None) -> str:
     for row in result.fidelity.rows:
         lines.append(f"| {row.task} | {row.path} | {row.steps} | {row.top1_agreement:.3f} | {row.mean_kl:.2e} |")
     if chart_name:
-        lines += ["", f"![seed vs served vs ORT]({chart_name})"]
+        lines += ["", f"![baseline vs served vs ORT]({chart_name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -142,11 +142,11 @@ def chart(result: BenchResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [row.name for row in result.latency] + ["cold start"]
-    seed = [row.seed.median_s for row in result.latency] + [result.seed_cold.first_caption_s]
+    baseline = [row.baseline.median_s for row in result.latency] + [result.baseline_cold.first_caption_s]
     served = [row.served.median_s for row in result.latency] + [result.served_cold.first_caption_s]
     fig, (ax, peer_ax) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], seed, width=0.4, label="seed recipe (int8, HF generate)")
+    ax.bar([x - 0.2 for x in xs], baseline, width=0.4, label="seed recipe (int8, HF generate)")
     ax.bar([x + 0.2 for x in xs], served, width=0.4, label="served fast runtime")
     ax.set_xticks(list(xs), names, rotation=15)
     ax.set_ylabel("seconds (median)")
@@ -156,7 +156,7 @@ def chart(result: BenchResult, path: Path) -> None:
     for offset, (label, values) in zip(
         (-0.27, 0.0, 0.27),
         (
-            ("seed", [p.seed_s for p in result.peers]),
+            ("baseline", [p.baseline_s for p in result.peers]),
             ("served", [p.served_s for p in result.peers]),
             ("ORT int8", [p.ort_s or 0.0 for p in result.peers]),
         ),

@@ -30,10 +30,10 @@ class LatencyRow:
     """One request type, seed recipe vs served, timed interleaved in one process."""
 
     name: str
-    seed: Stats
+    baseline: Stats
     served: Stats
     speedup: float
-    """seed median / served median."""
+    """baseline median / served median."""
 
 
 @dataclass
@@ -94,9 +94,9 @@ class BenchResult:
     detect_tokens: int
     build_s: float
     latency: list[LatencyRow]
-    seed_cold: ColdStart
+    baseline_cold: ColdStart
     served_cold: ColdStart
-    seed_artifact_mib: float
+    baseline_artifact_mib: float
     served_artifact_mib: float
     fidelity: FidelityQuality
     peers: list[PeerRow]

@@ -92,7 +92,7 @@ def _child(
     if out.returncode != 0:
         raise RuntimeError(f"{mode} cold-start child failed:\n{out.stderr[-3000:]}")
     marks = json.loads(out.stdout.strip().splitlines()[-1])
-    return ColdStart.from_child(marks, wall, transformers_imported=mode == "seed")
+    return ColdStart.from_child(marks, wall, transformers_imported=mode == "baseline")
 
 
 def run_bench(config: BenchConfig) -> BenchResult:
@@ -125,61 +125,69 @@ def run_bench(config: BenchConfig) -> BenchResult:
         prompts = base_prompt_ids()
         weights = "random (Florence-2-base architecture built from config; no pretrained weights offline)"
     params = sum(p.numel() for p in model.parameters())
-    seed = quantize_for_serving(model)
+    baseline = quantize_for_serving(model)
     fast = prepare_for_serving(model, processor, prompt_ids=prompts)
     build_s = time.perf_counter() - build_start
 
     images = random_images(config.fidelity_images or 1)
     image = images[0]
     tokens = {Task.CAPTION: caption_tokens, Task.DETECT: detect_tokens}
-    fidelity = teacher_forced_fidelity(model, seed, fast, processor, images, prompts, tokens)
+    fidelity = teacher_forced_fidelity(model, baseline, fast, processor, images, prompts, tokens)
     pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as onnx_dir:
         peers, peer_info = peer_rows(
-            model, seed, fast, pixel_values, Task.CAPTION.value, threads, runs + 6, Path(onnx_dir), with_ort=config.ort
+            model,
+            baseline,
+            fast,
+            pixel_values,
+            Task.CAPTION.value,
+            threads,
+            runs + 6,
+            Path(onnx_dir),
+            with_ort=config.ort,
         )
     del model
     floor = streaming_floor(fast)
 
     engine = Engine(fast, None, new_tokens=tokens)
 
-    def seed_task(task: Task) -> None:
-        baseline_generate(seed, processor, image, prompts[task.value], tokens[task])
+    def baseline_task(task: Task) -> None:
+        baseline_generate(baseline, processor, image, prompts[task.value], tokens[task])
 
     cases = {
-        "caption": (lambda: seed_task(Task.CAPTION), lambda: engine.run(image, [Task.CAPTION])),
-        "detect": (lambda: seed_task(Task.DETECT), lambda: engine.run(image, [Task.DETECT])),
+        "caption": (lambda: baseline_task(Task.CAPTION), lambda: engine.run(image, [Task.CAPTION])),
+        "detect": (lambda: baseline_task(Task.DETECT), lambda: engine.run(image, [Task.DETECT])),
         # The seed recipe has no shared encoding: an analyze request is one generate per task.
         "caption+detect": (
-            lambda: (seed_task(Task.CAPTION), seed_task(Task.DETECT)),
+            lambda: (baseline_task(Task.CAPTION), baseline_task(Task.DETECT)),
             lambda: engine.run(image, [Task.CAPTION, Task.DETECT]),
         ),
     }
 
-    def seed_vision() -> None:
+    def baseline_vision() -> None:
         with torch.inference_mode():
-            seed.model.get_image_features(pixel_values)
+            baseline.model.get_image_features(pixel_values)
 
     def fast_vision() -> None:
         with torch.inference_mode():
             fast.image_features(fast.image_spec.to_pixels(image))
 
-    cases["vision tower"] = (seed_vision, fast_vision)
+    cases["vision tower"] = (baseline_vision, fast_vision)
 
-    samples: dict[str, dict[str, list[float]]] = {name: {"seed": [], "served": []} for name in cases}
-    for name, (seed_fn, served_fn) in tqdm(cases.items(), desc="latency", unit="case"):
+    samples: dict[str, dict[str, list[float]]] = {name: {"baseline": [], "served": []} for name in cases}
+    for name, (baseline_fn, served_fn) in tqdm(cases.items(), desc="latency", unit="case"):
         for _ in range(warmup):
-            seed_fn(), served_fn()
+            baseline_fn(), served_fn()
         for _ in range(runs):  # interleaved, so machine noise hits both paths alike
-            samples[name]["seed"].append(time_call(seed_fn))
+            samples[name]["baseline"].append(time_call(baseline_fn))
             samples[name]["served"].append(time_call(served_fn))
 
     breakdown = None
     if profile_path is not None:
         from model_build.bench.breakdown import profiler_tables, stage_breakdown
 
-        breakdown = stage_breakdown(seed, fast, processor, image, prompts)
-        tables = profiler_tables(seed, fast, processor, image, prompts, caption_tokens)
+        breakdown = stage_breakdown(baseline, fast, processor, image, prompts)
+        tables = profiler_tables(baseline, fast, processor, image, prompts, caption_tokens)
         profile_path.parent.mkdir(parents=True, exist_ok=True)
         profile_path.write_text(
             json.dumps(breakdown, indent=2)
@@ -195,8 +203,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
         image_path = tmp_path / "image.png"
         image.save(image_path)
         sizes: dict[str, float] = {}
-        cold: dict[str, list[ColdStart]] = {"seed": [], "served": []}
-        for label, obj in (("seed", seed), ("served", fast)):
+        cold: dict[str, list[ColdStart]] = {"baseline": [], "served": []}
+        for label, obj in (("baseline", baseline), ("served", fast)):
             manifest = write_artifact(
                 obj,
                 processor,
@@ -206,17 +214,17 @@ def run_bench(config: BenchConfig) -> BenchResult:
                 tasks=list(Task),
             )
             sizes[label] = manifest.model_bytes / 2**20
-        seed = fast = engine = None  # free both models before the cold-start children (closures keep the names)
+        baseline = fast = engine = None  # free both models before the cold-start children (closures keep the names)
         for _ in tqdm(range(cold_runs), desc="cold start", unit="run"):
-            for label in ("seed", "served"):
+            for label in ("baseline", "served"):
                 cold[label].append(
                     _child(label, tmp_path / label, image_path, caption_tokens, detect_tokens, prompts, threads)
                 )
 
     latency = []
     for name, by_path in samples.items():
-        seed_stats, served_stats = Stats.of(by_path["seed"]), Stats.of(by_path["served"])
-        latency.append(LatencyRow(name, seed_stats, served_stats, seed_stats.median_s / served_stats.median_s))
+        baseline_stats, served_stats = Stats.of(by_path["baseline"]), Stats.of(by_path["served"])
+        latency.append(LatencyRow(name, baseline_stats, served_stats, baseline_stats.median_s / served_stats.median_s))
     caption_row, detect_row = latency[0], latency[1]
     per_token_ms = (
         # Minimums: on a shared machine contention only ever adds time, so the fastest runs are the cleanest.
@@ -233,9 +241,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
         detect_tokens=detect_tokens,
         build_s=build_s,
         latency=latency,
-        seed_cold=min(cold["seed"], key=lambda c: c.first_caption_s),
+        baseline_cold=min(cold["baseline"], key=lambda c: c.first_caption_s),
         served_cold=min(cold["served"], key=lambda c: c.first_caption_s),
-        seed_artifact_mib=sizes["seed"],
+        baseline_artifact_mib=sizes["baseline"],
         served_artifact_mib=sizes["served"],
         fidelity=fidelity,
         peers=peers,

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         "cold_start_s": round(result.served_cold.first_caption_s, 2),
         "artifact_mib": round(result.served_artifact_mib, 1),
         "peak_rss_mib": round(result.served_cold.peak_rss_mib),
-        "peers_ms": {p.name: [_ms(p.seed_s), _ms(p.served_s), _ms(p.ort_s)] for p in result.peers},
+        "peers_ms": {p.name: [_ms(p.baseline_s), _ms(p.served_s), _ms(p.ort_s)] for p in result.peers},
         "per_token_ms": round(result.decode.per_token_ms, 2),
         "floor_ms": round(result.decode.floor.floor_ms, 2),
         "quality": [asdict(row) for row in result.fidelity.rows],

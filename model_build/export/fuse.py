@@ -14,7 +14,7 @@ from pathlib import Path
 from handler.florence.artifact import Manifest
 from handler.florence.engine import Engine
 from handler.florence.tasks import Task
-from model_build.export.parity import SEED_SLACK, ParityError, ParityReport, compare
+from model_build.export.parity import BASELINE_SLACK, ParityError, ParityReport, compare
 from model_build.settings import setting
 
 
@@ -32,8 +32,8 @@ class FuseConfig:
     parity_images: int = setting(20, help="held-out images the parity gate compares on")
     min_caption_agreement: float = setting(0.9, help="parity gate: fraction of identical captions, int8 vs fp32")
     min_box_iou: float = setting(0.8, help="parity gate: mean IoU of label-matched boxes (unmatched count as 0)")
-    seed_slack: float = setting(
-        SEED_SLACK,
+    baseline_slack: float = setting(
+        BASELINE_SLACK,
         help="below a bound, still pass if as faithful to fp32 as the seed recipe less this (negative: bounds only)",
     )
 
@@ -86,11 +86,11 @@ def fuse(config: FuseConfig) -> Manifest:
         config.min_caption_agreement,
         config.min_box_iou,
     )
-    report.seed_slack = config.seed_slack
-    if not report.passed and config.seed_slack >= 0:
+    report.baseline_slack = config.baseline_slack
+    if not report.passed and config.baseline_slack >= 0:
         from model_build.export.quantize import quantize_for_serving
 
-        seed = compare(
+        baseline = compare(
             Engine(model, processor),
             Engine(quantize_for_serving(model), processor),
             images,
@@ -98,7 +98,7 @@ def fuse(config: FuseConfig) -> Manifest:
             config.min_caption_agreement,
             config.min_box_iou,
         )
-        report.seed_caption_agreement, report.seed_box_iou = seed.caption_agreement, seed.box_iou
+        report.baseline_caption_agreement, report.baseline_box_iou = baseline.caption_agreement, baseline.box_iou
     if not report.passed:
         raise ParityError(
             f"parity gate failed on {report.images} held-out images: {'; '.join(report.failures)}. "

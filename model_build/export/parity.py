@@ -1,7 +1,7 @@
 """Does the int8 model say what the fp32 model says? Caption agreement and box IoU, through the served Engine.
 
 A served model below a bound is measured against the seed recipe on the same images: the rule is to be at
-least as faithful to fp32 as the seed recipe is (`SEED_SLACK`), since int8 itself may drift that far.
+least as faithful to fp32 as the seed recipe is (`BASELINE_SLACK`), since int8 itself may drift that far.
 
 Box IoU is strict: boxes are paired greedily by label and IoU, and every unpaired box (one model saw
 an object the other did not) counts as IoU 0. So a quantized model that drops or invents boxes fails
@@ -17,7 +17,7 @@ from tqdm import tqdm
 from handler.florence.engine import Engine
 from handler.florence.tasks import Detection, Task
 
-SEED_SLACK = 0.02
+BASELINE_SLACK = 0.02
 """Quality parity (issue 11): below a bound, the served model still passes if it is at least as faithful to
 fp32 as the seed recipe (int8 `quantize_dynamic` + HF `generate`), less this slack, on the same images."""
 
@@ -72,30 +72,34 @@ class ParityReport:
     min_caption_agreement: float
     min_box_iou: float
     caption_mismatches: list[dict] = field(default_factory=list)
-    seed_caption_agreement: float | None = None
+    baseline_caption_agreement: float | None = None
     """The seed recipe's own agreement with fp32 on the same images (measured only when a bound is missed)."""
-    seed_box_iou: float | None = None
-    seed_slack: float = SEED_SLACK
+    baseline_box_iou: float | None = None
+    baseline_slack: float = BASELINE_SLACK
     """Negative: no comparison with the seed recipe, the bounds alone decide."""
 
-    def _below(self, value: float | None, bound: float, seed: float | None) -> bool:
-        """Below the bound, and (when the seed was measured) also less faithful than the seed recipe."""
+    def _below(self, value: float | None, bound: float, baseline: float | None) -> bool:
+        """Below the bound, and (when the baseline was measured) also less faithful than the seed recipe."""
         if value is None or value >= bound:
             return False
-        return seed is None or self.seed_slack < 0 or value < seed - self.seed_slack
+        return baseline is None or self.baseline_slack < 0 or value < baseline - self.baseline_slack
 
     @property
     def failures(self) -> list[str]:
         problems = []
-        if self._below(self.caption_agreement, self.min_caption_agreement, self.seed_caption_agreement):
+        if self._below(self.caption_agreement, self.min_caption_agreement, self.baseline_caption_agreement):
             problems.append(
                 f"caption agreement {self.caption_agreement:.3f} < {self.min_caption_agreement}"
-                + ("" if self.seed_caption_agreement is None else f" (seed recipe {self.seed_caption_agreement:.3f})")
+                + (
+                    ""
+                    if self.baseline_caption_agreement is None
+                    else f" (seed recipe {self.baseline_caption_agreement:.3f})"
+                )
             )
-        if self._below(self.box_iou, self.min_box_iou, self.seed_box_iou):
+        if self._below(self.box_iou, self.min_box_iou, self.baseline_box_iou):
             problems.append(
                 f"box IoU {self.box_iou:.3f} < {self.min_box_iou}"
-                + ("" if self.seed_box_iou is None else f" (seed recipe {self.seed_box_iou:.3f})")
+                + ("" if self.baseline_box_iou is None else f" (seed recipe {self.baseline_box_iou:.3f})")
             )
         return problems
 

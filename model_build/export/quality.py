@@ -5,10 +5,10 @@ decoded as one batch with a shared activation scale), so it is held to a measure
 
 - on a trained model (the embedded tiny one) and a held-out split, fp32, the seed recipe (int8
   `quantize_dynamic` + HF `generate`, one call per task) and the served `/analyze` path are scored
-  side by side: served CIDEr >= 0.98 x seed CIDEr, served `<OD>` mAP@.5 >= seed - 0.02, served
-  caption exact match >= seed - 0.02;
+  side by side: served CIDEr >= 0.98 x baseline CIDEr, served `<OD>` mAP@.5 >= baseline - 0.02, served
+  caption exact match >= baseline - 0.02;
 - at Florence-2-base size (random weights), both int8 paths are teacher-forced along the fp32
-  model's greedy tokens: served top-1 agreement with fp32 >= the seed's - 0.01, with the mean
+  model's greedy tokens: served top-1 agreement with fp32 >= the baseline's - 0.01, with the mean
   KL(fp32 || path) of both reported.
 """
 
@@ -102,7 +102,7 @@ def split_quality(
 ) -> SplitQuality:
     """Score fp32, the seed recipe and the served runtime on the first `count` images of a split.
 
-    fp32 and seed run one HF `generate` per task and image (batch 1, as the seed served); the
+    fp32 and baseline run one HF `generate` per task and image (batch 1, as the baseline served); the
     served runtime runs `Engine.run(image, [caption, detect])`, the `/analyze` path (one batched decode).
     """
     from model_build.data.coco import open_rgb
@@ -114,7 +114,7 @@ def split_quality(
     references = read_references(root, split, caption_style)
     engines = {
         "fp32": Engine(model, processor),
-        "seed": Engine(quantize_for_serving(model), processor),
+        "baseline": Engine(quantize_for_serving(model), processor),
         "served": Engine(served),
     }
     tasks = [Task.CAPTION, Task.DETECT]
@@ -130,25 +130,25 @@ def split_quality(
         caption = caption_metrics(captions, references)
         boxes = detection_metrics(answers[name][Task.DETECT], root / "annotations" / f"instances_{split}.json")
         scores.append(SplitScores(name, float(caption["cider"]), float(caption["exact_match"]), float(boxes["map50"])))
-    seed, served_scores = scores[1], scores[2]
+    baseline, served_scores = scores[1], scores[2]
     checks = [
         Check(
-            "served CIDEr / seed CIDEr",
+            "served CIDEr / baseline CIDEr",
             f">= {CIDER_RATIO}",
-            served_scores.cider / seed.cider if seed.cider else 1.0,
-            served_scores.cider >= CIDER_RATIO * seed.cider,
+            served_scores.cider / baseline.cider if baseline.cider else 1.0,
+            served_scores.cider >= CIDER_RATIO * baseline.cider,
         ),
         Check(
-            "served mAP@.5 - seed mAP@.5",
+            "served mAP@.5 - baseline mAP@.5",
             f">= -{MAP50_SLACK}",
-            served_scores.map50 - seed.map50,
-            served_scores.map50 >= seed.map50 - MAP50_SLACK,
+            served_scores.map50 - baseline.map50,
+            served_scores.map50 >= baseline.map50 - MAP50_SLACK,
         ),
         Check(
-            "served exact match - seed exact match",
+            "served exact match - baseline exact match",
             f">= -{EXACT_MATCH_SLACK}",
-            served_scores.exact_match - seed.exact_match,
-            served_scores.exact_match >= seed.exact_match - EXACT_MATCH_SLACK,
+            served_scores.exact_match - baseline.exact_match,
+            served_scores.exact_match >= baseline.exact_match - EXACT_MATCH_SLACK,
         ),
     ]
     return SplitQuality(f"{root}/{split}", len(records), scores, checks)
@@ -169,7 +169,7 @@ def _agreement_and_kl(reference, candidate, eos_id: int) -> tuple[float, float]:
 
 def teacher_forced_fidelity(
     model: Any,
-    seed: Any,
+    baseline: Any,
     served: Any,
     processor: Any,
     images: list[Any],
@@ -179,7 +179,7 @@ def teacher_forced_fidelity(
     """Both int8 paths fed the fp32 model's greedy tokens (pinned lengths); how close are their logits?
 
     Steps are pooled over `images` (one image's 20 caption steps make agreement move in 5% jumps).
-    The seed is forced through HF `generate` with a logits processor (its raw logits are returned
+    The baseline is forced through HF `generate` with a logits processor (its raw logits are returned
     before any processor runs); the served runtime decodes both tasks as one batch, as `/analyze` does.
     """
     import torch
@@ -188,7 +188,7 @@ def teacher_forced_fidelity(
 
     spec = served.decode_spec
     fp32_logits: dict[Task, list] = {task: [] for task in Task}
-    path_logits: dict[tuple[Task, str], list] = {(task, path): [] for task in Task for path in ("seed", "served")}
+    path_logits: dict[tuple[Task, str], list] = {(task, path): [] for task in Task for path in ("baseline", "served")}
     with torch.inference_mode():
         for image in images:
             pixel_values = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
@@ -209,8 +209,8 @@ def teacher_forced_fidelity(
                 ref = model.generate(**common)
                 fp32_ids[task] = ref.sequences[0].tolist()
                 fp32_logits[task].append(torch.stack(ref.logits)[:, 0])
-                forced = seed.generate(**common, logits_processor=[_force_tokens(fp32_ids[task])])
-                path_logits[task, "seed"].append(torch.stack(forced.logits)[:, 0])
+                forced = baseline.generate(**common, logits_processor=[_force_tokens(fp32_ids[task])])
+                path_logits[task, "baseline"].append(torch.stack(forced.logits)[:, 0])
             features = served.image_features(served.image_spec.to_pixels(image))
             requests = [
                 DecodeRequest(
@@ -231,13 +231,13 @@ def teacher_forced_fidelity(
         rows.append(TokenFidelity(task.api_name, path, sum(len(x) for _, x in pairs), top1, kl))
     checks = []
     for task in Task:
-        seed_row, served_row = (r for r in rows if r.task == task.api_name)
+        baseline_row, served_row = (r for r in rows if r.task == task.api_name)
         checks.append(
             Check(
-                f"{task.api_name}: served top-1 - seed top-1",
+                f"{task.api_name}: served top-1 - baseline top-1",
                 f">= -{TOP1_SLACK}",
-                served_row.top1_agreement - seed_row.top1_agreement,
-                served_row.top1_agreement >= seed_row.top1_agreement - TOP1_SLACK,
+                served_row.top1_agreement - baseline_row.top1_agreement,
+                served_row.top1_agreement >= baseline_row.top1_agreement - TOP1_SLACK,
             )
         )
     return FidelityQuality(rows, checks, len(images))

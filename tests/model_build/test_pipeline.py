@@ -138,8 +138,8 @@ def test_manifest_pins_model_adapter_runtime_and_parity(artifact: Path, finetune
     assert parity["passed"] and parity["images"] == PARITY_IMAGES
     # Each bound holds, or (quality parity) the served model is as faithful to fp32 as the seed recipe.
     for figure, bound in (("caption_agreement", 0.9), ("box_iou", 0.8)):
-        seed = parity[f"seed_{figure}"]
-        assert parity[figure] >= bound or parity[figure] >= seed - parity["seed_slack"]
+        baseline = parity[f"baseline_{figure}"]
+        assert parity[figure] >= bound or parity[figure] >= baseline - parity["baseline_slack"]
     assert manifest.extra["lora"]["target_modules"] == ["q_proj", "v_proj"]
 
     from transformers import AutoProcessor
@@ -168,7 +168,7 @@ def test_parity_gate_refuses_an_impossible_threshold(
             "2",
             "--min-caption-agreement",
             "1.01",
-            "--seed-slack",
+            "--baseline-slack",
             "-1",
             "--out",
             str(out),

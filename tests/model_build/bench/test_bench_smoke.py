@@ -26,24 +26,26 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
     assert result["quick"] is True
     assert [row["name"] for row in result["latency"]] == ["caption", "detect", "caption+detect", "vision tower"]
     for row in result["latency"]:
-        for path in ("seed", "served"):
+        for path in ("baseline", "served"):
             stats = row[path]
             assert stats["runs"] == 2 and 0 < stats["min_s"] <= stats["median_s"] <= stats["p90_s"]
-        assert row["speedup"] == row["seed"]["median_s"] / row["served"]["median_s"]
+        assert row["speedup"] == row["baseline"]["median_s"] / row["served"]["median_s"]
     served_cold = result["served_cold"]
-    assert served_cold["transformers_imported"] is False and result["seed_cold"]["transformers_imported"] is True
+    assert served_cold["transformers_imported"] is False and result["baseline_cold"]["transformers_imported"] is True
     assert served_cold["first_caption_s"] > served_cold["import_torch_s"] > 0
     assert result["served_artifact_mib"] > 0 and served_cold["peak_rss_mib"] > 0
     # The ORT peer ran on the same two units of work, and its int8 image features are close to fp32's.
     assert len(result["peers"]) == 2
     for peer in result["peers"]:
-        assert peer["seed_s"] > 0 and peer["served_s"] > 0 and peer["ort_s"] > 0
+        assert peer["baseline_s"] > 0 and peer["served_s"] > 0 and peer["ort_s"] > 0
     assert result["peer_info"]["vision_cosine_to_fp32"]["ort"] > 0.99
     floor = result["decode"]["floor"]
     assert floor["bandwidth_gb_s"] > 0 and floor["bytes_per_token"] > 0 and floor["floor_ms"] > 0
     assert result["decode_floor_multiple"] == result["decode"]["per_token_ms"] / floor["floor_ms"]
     rows = result["fidelity"]["rows"]
-    assert {(r["task"], r["path"]) for r in rows} == {(t, p) for t in ("caption", "detect") for p in ("seed", "served")}
+    assert {(r["task"], r["path"]) for r in rows} == {
+        (t, p) for t in ("caption", "detect") for p in ("baseline", "served")
+    }
     assert all(r["mean_kl"] >= 0 and 0 <= r["top1_agreement"] <= 1 for r in rows)
     page = (tmp_path / "benchmarks.md").read_text()
     assert "| caption |" in page and "Hardware:" in page and "ONNX Runtime" in page and "Decode floor" in page

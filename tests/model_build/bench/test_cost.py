@@ -26,7 +26,7 @@ def test_dollars_are_gb_seconds_plus_requests_billed_per_started_ms() -> None:
 def test_table_from_bench_runs_names_cheapest_and_fastest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     measured = json.loads(BENCH.read_text())
     slower = copy.deepcopy(measured)
-    for case in slower["latency"].values():
+    for case in cost.latency_cases(slower).values():
         case["served"]["median_s"] *= 1.5
     slower["threads"] = 1
     (tmp_path / "one.json").write_text(json.dumps(slower))
@@ -34,7 +34,7 @@ def test_table_from_bench_runs_names_cheapest_and_fastest(tmp_path: Path, capsys
     assert main(["cost", "--measured", f"1769={tmp_path / 'one.json'},3008={BENCH}", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert out.read_text() == printed
-    analyze = measured["latency"]["caption+detect"]["served"]["median_s"]
+    analyze = cost.latency_cases(measured)["caption+detect"]["served"]["median_s"]
     fast = cost.dollars_per_1000(3008, analyze, "x86_64")
     cheap = cost.dollars_per_1000(1769, 1.5 * analyze, "x86_64")
     rows = [line for line in printed.splitlines() if line.startswith("| 1769") or line.startswith("| 3008")]
@@ -57,7 +57,7 @@ def test_estimates_between_one_and_two_cpus(tmp_path: Path, capsys: pytest.Captu
     two["threads"] = 2
     one = copy.deepcopy(two)
     one["threads"] = 1
-    for case in one["latency"].values():
+    for case in cost.latency_cases(one).values():
         case["served"]["median_s"] *= 1.4
     (tmp_path / "one.json").write_text(json.dumps(one))
     (tmp_path / "two.json").write_text(json.dumps(two))
@@ -68,8 +68,8 @@ def test_estimates_between_one_and_two_cpus(tmp_path: Path, capsys: pytest.Captu
         for line in capsys.readouterr().out.splitlines()
         if line.startswith("| ") and " MB" in line
     }
-    t1 = one["latency"]["caption+detect"]["served"]["median_s"]
-    t2 = two["latency"]["caption+detect"]["served"]["median_s"]
+    t1 = cost.latency_cases(one)["caption+detect"]["served"]["median_s"]
+    t2 = cost.latency_cases(two)["caption+detect"]["served"]["median_s"]
     assert list(rows) == ["| 1769 MB", "| 2048 MB (est.)", "| 3008 MB (est.)", "| 4096 MB"]
     # 1.16 CPUs: one thread, as fast as on one whole CPU; 1.70 CPUs: two threads, paying 2 x t2 CPU-seconds.
     assert rows["| 2048 MB (est.)"].startswith(f"| 2048 MB (est.) | 1.16 | 1 | {t1:.3f} |")
