@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` in a fresh interpreter at the repo root, importing this checkout (not an installed copy)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _build_tiny_artifact(out: Path) -> Path:

@@ -74,24 +74,21 @@ class Tally:
         entries = [e for e in [*ENTRY_POINTS, "apigw-event", "s3-event"] if any(k[1] == e for k in self.sends)]
         families = sorted({k[0] for k in self.sends})
         outcomes = ["2xx", "4xx", "5xx", "exception", "hang"]
+        header = f"hostile corpus: {len(self.fingerprints)} distinct inputs, {sum(self.sends.values())} sends"
+        by_family = self._grid("inputs", families, entries, lambda key, family, entry: key[:2] == (family, entry))
+        by_outcome = self._grid("outcome", outcomes, entries, lambda key, outcome, entry: key[1:] == (entry, outcome))
+        return "\n".join([header, "", *by_family, "", *by_outcome]) + "\n"
+
+    def _grid(self, rows_name: str, rows: list[str], entries: list[str], match: Callable[..., bool]) -> list[str]:
+        """A markdown table of send counts: one row per `rows` value, one column per entry point."""
         lines = [
-            f"hostile corpus: {len(self.fingerprints)} distinct inputs, {sum(self.sends.values())} sends",
-            "",
-            "| inputs \\ entry point | " + " | ".join(entries) + " | total |",
+            f"| {rows_name} \\ entry point | " + " | ".join(entries) + " | total |",
             "|---" * (len(entries) + 2) + "|",
         ]
-        for family in families:
-            cells = [sum(n for (f, e, _), n in self.sends.items() if f == family and e == entry) for entry in entries]
-            lines.append(f"| {family} | " + " | ".join(str(c) for c in cells) + f" | {sum(cells)} |")
-        lines += [
-            "",
-            "| outcome \\ entry point | " + " | ".join(entries) + " | total |",
-            "|---" * (len(entries) + 2) + "|",
-        ]
-        for outcome in outcomes:
-            cells = [sum(n for (_, e, o), n in self.sends.items() if e == entry and o == outcome) for entry in entries]
-            lines.append(f"| {outcome} | " + " | ".join(str(c) for c in cells) + f" | {sum(cells)} |")
-        return "\n".join(lines) + "\n"
+        for row in rows:
+            cells = [sum(n for key, n in self.sends.items() if match(key, row, entry)) for entry in entries]
+            lines.append(f"| {row} | " + " | ".join(str(c) for c in cells) + f" | {sum(cells)} |")
+        return lines
 
 
 TALLY = Tally()

@@ -35,48 +35,28 @@ def build_data(tmp_path_factory) -> Path:
     return synthesize(tmp_path_factory.mktemp("build-data"), train=8, val=4, seed=5)
 
 
+def _finetune_argv(data: Path, run_dir: Path, *flags: str) -> list[str]:
+    """A few-step LoRA run on the tiny base: small batches, a figure every step."""
+    common = ["--batch-size", "2", "--warmup-steps", "1", "--log-every", "1"]
+    return ["finetune", "--base", "tiny", "--data", str(data), "--run-dir", str(run_dir), *common, *flags]
+
+
 @pytest.fixture(scope="session")
 def finetune_run(build_data: Path, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("finetune-run")
-    code = cli(
-        [
-            "finetune",
-            "--base",
-            "tiny",
-            "--data",
-            str(build_data),
-            "--run-dir",
-            str(run_dir),
-            "--steps",
-            "3",
-            "--batch-size",
-            "2",
-            "--warmup-steps",
-            "1",
-            "--log-every",
-            "1",
-        ]
-    )
+    code = cli(_finetune_argv(build_data, run_dir, "--steps", "3"))
     assert code == 0
     return run_dir
+
+
+def _fuse(finetune_run: Path, data: Path, out: Path, *flags: str) -> int:
+    return cli(["fuse", "--adapter", str(finetune_run), "--data", str(data), "--out", str(out), *flags])
 
 
 @pytest.fixture(scope="session")
 def artifact(finetune_run: Path, build_data: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifact") / "florence2"
-    code = cli(
-        [
-            "fuse",
-            "--adapter",
-            str(finetune_run),
-            "--data",
-            str(build_data),
-            "--parity-images",
-            str(PARITY_IMAGES),
-            "--out",
-            str(out),
-        ]
-    )
+    code = _fuse(finetune_run, build_data, out, "--parity-images", str(PARITY_IMAGES))
     assert code == 0
     return out
 
@@ -157,22 +137,16 @@ def test_parity_gate_refuses_an_impossible_threshold(
     finetune_run: Path, build_data: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "rejected"
-    code = cli(
-        [
-            "fuse",
-            "--adapter",
-            str(finetune_run),
-            "--data",
-            str(build_data),
-            "--parity-images",
-            "2",
-            "--min-caption-agreement",
-            "1.01",
-            "--baseline-slack",
-            "-1",
-            "--out",
-            str(out),
-        ]
+    code = _fuse(
+        finetune_run,
+        build_data,
+        out,
+        "--parity-images",
+        "2",
+        "--min-caption-agreement",
+        "1.01",
+        "--baseline-slack",
+        "-1",
     )
     assert code != 0
     assert "parity gate failed" in capsys.readouterr().err
@@ -228,25 +202,7 @@ def test_artifact_in_fresh_process_matches_in_process_fused_model(
 
 
 def test_finetune_resume_continues_from_the_checkpoint(build_data: Path, tmp_path: Path) -> None:
-    args = [
-        "finetune",
-        "--base",
-        "tiny",
-        "--data",
-        str(build_data),
-        "--run-dir",
-        str(tmp_path),
-        "--batch-size",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "1",
-        "--tasks",
-        "caption",
-    ]
+    args = _finetune_argv(build_data, tmp_path, "--checkpoint-every", "1", "--tasks", "caption")
     assert cli(args + ["--steps", "1"]) == 0
     first = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert cli(args + ["--steps", "2", "--resume"]) == 0

@@ -9,9 +9,6 @@ batch rows with equal inputs) are tested exactly.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,7 @@ from model_build.data.coco import open_rgb
 from model_build.data.synth import synthesize
 from model_build.export.quantize import quantize_for_serving
 from model_build.export.serving_prep import prepare_for_serving
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_python
 
 VAL_IMAGES = 12
 QUALITY_IMAGES = 40
@@ -200,15 +197,7 @@ def test_fast_artifact_loads_without_transformers(paths, tmp_path):
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'));"
         "print(type(r.predictions[Task.CAPTION].caption).__name__)"
     )
-    root = REPO_ROOT
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=dict(os.environ, PYTHONPATH=str(root)),
-        timeout=300,
-    )
+    out = run_python("-c", code, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["[]", "str"]
 

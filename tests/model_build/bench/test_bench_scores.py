@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_python
 
 
 def test_quick_scores_bench_reports_decode_with_and_without_scores() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "model_build", "bench-scores", "--quick", "--runs", "1", "--threads", "1"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        timeout=600,
-    )
+    out = run_python("-m", "model_build", "bench-scores", "--quick", "--runs", "1", "--threads", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert set(result["tasks"]) == {"caption", "detect"}

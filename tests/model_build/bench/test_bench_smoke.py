@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_python
 
 ROOT = REPO_ROOT
 
 
 def test_quick_bench_writes_json_markdown_and_chart(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "model_build", "bench", "--quick", "--threads", "1", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        timeout=600,
-    )
+    out = run_python("-m", "model_build", "bench", "--quick", "--threads", "1", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "benchmarks.json").read_text())
     assert result["quick"] is True
