@@ -8,8 +8,9 @@ up a model that failed it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from handler.florence.artifact import Manifest
 from handler.florence.engine import Engine
@@ -47,8 +48,20 @@ def held_out_images(data_dir: str | Path, split: str, count: int) -> list:
     return [open_rgb(root / split / img["file_name"]) for img in split_images(root, split, count)]
 
 
-def merged_model(config: FuseConfig):
-    """(fp32 model with the adapter merged in, processor at the serving size, base id, adapter sha, LoRA info)."""
+@dataclass
+class MergedModel:
+    """The fp32 model fuse starts from: the base with the adapter merged in, and what the manifest records."""
+
+    model: Any
+    processor: Any
+    """At the serving size (the adapter's, unless overridden)."""
+    base_id: str
+    adapter_sha256: str | None = None
+    lora: dict[str, Any] = field(default_factory=dict)
+
+
+def merged_model(config: FuseConfig) -> MergedModel:
+    """The base (or base + adapter, merged) in fp32, ready to quantize."""
     from handler.florence.tasks import IMAGE_SIZE
     from model_build.base.loading import load_base
 
@@ -56,11 +69,12 @@ def merged_model(config: FuseConfig):
         if config.base is None:
             raise ValueError("fuse needs --adapter or --base")
         model, processor = load_base(config.base, config.image_size or IMAGE_SIZE)
-        return model.eval(), processor, config.base, None, {}
+        return MergedModel(model.eval(), processor, config.base)
     from model_build.finetune.lora import load_adapter
 
     peft_model, processor, info = load_adapter(config.adapter, base=config.base, image_size=config.image_size)
-    return peft_model.merge_and_unload().eval(), processor, config.base or info.base, info.adapter_sha256, info.lora
+    merged = peft_model.merge_and_unload().eval()
+    return MergedModel(merged, processor, config.base or info.base, info.adapter_sha256, info.lora)
 
 
 def fuse(config: FuseConfig) -> Manifest:
@@ -70,7 +84,8 @@ def fuse(config: FuseConfig) -> Manifest:
     from model_build.export.writer import write_artifact
 
     started = time.perf_counter()
-    model, processor, base_id, adapter_sha, lora = merged_model(config)
+    merged = merged_model(config)
+    model, processor = merged.model, merged.processor
     image_size = int(processor.image_processor.size["height"])
     set_image_size(processor, image_size)
     tasks = config.tasks or [Task.CAPTION, Task.DETECT]
@@ -109,13 +124,13 @@ def fuse(config: FuseConfig) -> Manifest:
         quantized,
         processor,
         config.out_dir,
-        base_id=base_id,
+        base_id=merged.base_id,
         image_size=image_size,
         tasks=tasks,
-        adapter_sha256=adapter_sha,
+        adapter_sha256=merged.adapter_sha256,
         parity={**report.as_dict(), "data": f"{config.data_dir}/{config.val_split}"},
         extra={
-            "lora": lora,
+            "lora": merged.lora,
             "quantization": "int8 dynamic, every nn.Linear",
             "runtime": quantized.runtime,
             "fuse_seconds": round(time.perf_counter() - started, 1),
