@@ -112,10 +112,11 @@ def parse_tasks(value: object, default: list[Task] = ALL_TASKS) -> list[Task]:
         raise InvalidRequest(str(exc)) from exc
 
 
-def parse_min_score(value: object, default: float = 0.0) -> float:
+def parse_min_score(value: object, default: float | None = None) -> float | None:
     """`min_score` from a request field (direct invoke, S3 Batch `userArguments`): a number in [0, 1], or a 422.
 
-    None or "" means `default`; numeric strings are accepted because `userArguments` values are strings.
+    None or "" means `default` (None: `analyze` applies the MIN_SCORE setting); numeric strings are
+    accepted because `userArguments` values are strings.
     """
     if value is None or value == "":
         return default
@@ -160,9 +161,9 @@ class ImageAnalysis:
 
 
 def analyze(
-    data: bytes, tasks: list[Task], settings: Settings, full_resolution: bool = False, min_score: float = 0.0
+    data: bytes, tasks: list[Task], settings: Settings, full_resolution: bool = False, min_score: float | None = None
 ) -> ImageAnalysis:
-    """Decode and run `tasks` on one image; keep the boxes scored at least `min_score`.
+    """Decode and run `tasks` on one image; keep the boxes scored at least `min_score` (None: MIN_SCORE).
 
     `full_resolution` skips the reduced-scale JPEG decode, for callers that need every pixel
     (drawing boxes on the image).
@@ -177,7 +178,8 @@ def analyze(
         prediction = result.predictions[task]
         payload.update(prediction.as_dict())
         if task is Task.DETECT:
-            detections = to_original(above_score(prediction.detections, min_score), decoded.scale)
+            floor = settings.min_score if min_score is None else min_score
+            detections = to_original(above_score(prediction.detections, floor), decoded.scale)
             payload["detections"] = [d.as_dict() for d in detections]
     timings = {"decode": decode_ms, **result.timings_ms}
     timings["total"] = round(decode_ms + result.timings_ms.get("total", 0.0), 1)

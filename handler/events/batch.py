@@ -12,7 +12,6 @@ So no task may raise: every error becomes one of those codes, and the invocation
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -78,12 +77,10 @@ class JobOptions:
         if not isinstance(arguments, dict) or not all(isinstance(v, str) for v in arguments.values()):
             raise InvalidRequest("job.userArguments must map names to strings")
         known = {"tasks", "overwrite", "min_score"}
-        raw_score = arguments.get("min_score", "").strip()
-        min_score = parse_min_score(raw_score, math.nan) if raw_score else None
         return cls(
             tasks=parse_tasks(arguments.get("tasks")),
             overwrite=_flag("overwrite", arguments.get("overwrite", "")),
-            min_score=min_score,
+            min_score=parse_min_score(arguments.get("min_score", "").strip()),
             ignored={k: v for k, v in arguments.items() if k not in known},
         )
 

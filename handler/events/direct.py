@@ -29,7 +29,7 @@ def handle(event: dict[str, Any], settings: Settings) -> dict[str, Any]:
     try:
         invoke = parse_as(DirectInvoke, event)
         tasks = tasks_of(invoke)
-        min_score = parse_min_score(invoke.min_score, settings.min_score)
+        min_score = parse_min_score(invoke.min_score)
         data = image_from(invoke, settings)
         payload = analyze(data, tasks, settings, min_score=min_score).payload
         annotate(status=200)

@@ -176,8 +176,7 @@ def process_object(
     source = {"bucket": bucket, "key": key, "etag": etag}
     try:
         data = s3io.download(bucket, key, head, settings.max_s3_image_bytes).body
-        floor = settings.min_score if min_score is None else min_score
-        payload = analyze(data, tasks, settings, min_score=floor).payload
+        payload = analyze(data, tasks, settings, min_score=min_score).payload
     except PERMANENT as exc:
         _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, tasks, None)
         return _rejected(key, exc, result_uri)

@@ -67,8 +67,7 @@ async def _serve(
 
     config = settings()
     data = await image_bytes(request, config)
-    floor = config.min_score if min_score is None else min_score
-    return await run_in_threadpool(service.analyze, data, tasks, config, full_resolution, floor)
+    return await run_in_threadpool(service.analyze, data, tasks, config, full_resolution, min_score)
 
 
 @router.get("/health", response_model=HealthResponse)

@@ -83,6 +83,14 @@ def tiny_model_and_processor():
         return new_tiny_model(tokenizer).eval(), build_processor(tokenizer)
 
 
+def decoding_processor() -> Any:
+    """The processor paired with `base_model`: its tiny tokenizer only decodes; prompts are `base_prompt_ids`,
+    fixed at the real processor's lengths, so no 51k-entry tokenizer is needed offline."""
+    from model_build.base.tiny import build_processor, build_tokenizer
+
+    return build_processor(build_tokenizer(["a cat on a mat"]))
+
+
 def random_images(count: int) -> list:
     """The bench's inputs: 480x640 random RGB images (the first is the one every timing uses)."""
     import numpy as np

@@ -24,6 +24,7 @@ from model_build.bench.baseline import (
     base_model,
     base_prompt_ids,
     baseline_generate,
+    decoding_processor,
     hardware,
     random_images,
     time_call,
@@ -117,11 +118,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
         prompts = task_prompt_ids(processor, IMAGE_SIZE)
         weights = "embedded tiny Florence-2 (quick smoke mode; timings meaningless)"
     else:
-        from model_build.base.tiny import build_processor, build_tokenizer
-
         model = base_model()
-        # The tiny tokenizer only decodes; prompt ids are fixed at the real processor's lengths.
-        processor = build_processor(build_tokenizer(["a cat on a mat"]))
+        processor = decoding_processor()
         prompts = base_prompt_ids()
         weights = "random (Florence-2-base architecture built from config; no pretrained weights offline)"
     params = sum(p.numel() for p in model.parameters())

@@ -11,12 +11,13 @@ and the scoring step timed alone are the figures that hold.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from handler.config import available_cpus
 from handler.florence.tasks import MAX_NEW_TOKENS, Task
+from model_build.bench.baseline import random_images, time_call
 from model_build.settings import setting
 
 OVERHEAD_TARGET_PCT = 2.0
@@ -35,17 +36,13 @@ class ScoresBenchConfig:
 
 def _served_model(quick: bool) -> tuple[Any, str]:
     """The object `prepare_for_serving` builds, from the tiny model or Florence-2-base's architecture."""
-    from model_build.bench.baseline import base_model, base_prompt_ids, tiny_model_and_processor
+    from model_build.bench.baseline import base_model, base_prompt_ids, decoding_processor, tiny_model_and_processor
     from model_build.export.serving_prep import prepare_for_serving
 
     if quick:
         model, processor = tiny_model_and_processor()
         return prepare_for_serving(model, processor), "embedded tiny Florence-2 (quick; timings meaningless)"
-    from model_build.base.tiny import build_processor, build_tokenizer
-
-    # The tiny tokenizer only decodes; prompt ids are fixed at the real processor's lengths (as `bench`).
-    processor = build_processor(build_tokenizer(["a cat on a mat"]))
-    fast = prepare_for_serving(base_model(), processor, prompt_ids=base_prompt_ids())
+    fast = prepare_for_serving(base_model(), decoding_processor(), prompt_ids=base_prompt_ids())
     return fast, "Florence-2-base architecture, random weights, int8 fast runtime"
 
 
@@ -54,9 +51,7 @@ def _ms(samples: list[float]) -> dict[str, float]:
 
 
 def bench_scores(config: ScoresBenchConfig) -> dict[str, Any]:
-    import numpy as np
     import torch
-    from PIL import Image
 
     from handler.florence.engine import FastRuntime
     from handler.florence.tasks import clean_caption, parse_detections
@@ -64,8 +59,7 @@ def bench_scores(config: ScoresBenchConfig) -> dict[str, Any]:
     torch.set_num_threads(config.threads)
     fast, weights = _served_model(config.quick)
     runtime = FastRuntime(fast)
-    image = Image.fromarray((np.random.RandomState(0).rand(480, 640, 3) * 255).astype("uint8"))
-    encoded = runtime.encode(image)
+    encoded = runtime.encode(random_images(1)[0])
     width, height = encoded.size
 
     def without_scores(task: Task, tokens: int) -> None:
@@ -83,17 +77,11 @@ def bench_scores(config: ScoresBenchConfig) -> dict[str, Any]:
         without_scores(task, tokens)
         plain_s, scored_s = [], []
         for _ in range(config.runs):
-            for path, samples in ((without_scores, plain_s), (with_scores, scored_s)):
-                start = time.perf_counter()
-                path(task, tokens)
-                samples.append(time.perf_counter() - start)
+            plain_s.append(time_call(partial(without_scores, task, tokens)))
+            scored_s.append(time_call(partial(with_scores, task, tokens)))
         with torch.inference_mode():
             generation = fast.generate(task.value, encoded.features, tokens, tokens)
-        scoring_s = []
-        for _ in range(config.runs * 3):
-            start = time.perf_counter()
-            runtime.parse(task, generation, encoded.size)
-            scoring_s.append(time.perf_counter() - start)
+        scoring_s = [time_call(partial(runtime.parse, task, generation, encoded.size)) for _ in range(config.runs * 3)]
         without, served, scoring = _ms(plain_s), _ms(scored_s), _ms(scoring_s)
         result["tasks"][task.api_name] = {
             "new_tokens": len(generation.ids) - 1,
