@@ -209,20 +209,14 @@ def peer_rows(
         embed = fast.text.embed_tokens(token)
 
     # served: the runtime's own step at position 20 against a preallocated cache holding 20 tokens.
-    caches = []
-    for i in range(layers):
-        ck = memory.new_zeros(1, heads, CACHED_TOKENS + 41, width // heads)
-        cv = torch.zeros_like(ck)
-        ck[:, :, :CACHED_TOKENS] = self_k[i]
-        cv[:, :, :CACHED_TOKENS] = self_v[i]
-        caches.append((ck, cv))
+    caches = fast.text.self_attention_caches(1, CACHED_TOKENS + 41)
+    for cache, keys, values in zip(caches, self_k, self_v, strict=True):
+        cache[:, 0, :, :CACHED_TOKENS] = keys
+        cache[:, 1, :, :CACHED_TOKENS] = values
 
     def served_step() -> None:
         with torch.inference_mode():
-            x = fast.text.dec_norm(embed + fast.text.dec_positions[2 + CACHED_TOKENS])
-            for layer, (ck, cv), (mk, mv) in zip(dec_layers, caches, cross, strict=True):
-                x = layer(x, CACHED_TOKENS, ck, cv, mk, mv)
-            fast.text.lm_head(x)
+            fast.text.step_logits(token, CACHED_TOKENS, caches, cross)
 
     # baseline: HF's decoder with a 20-token cache (cross K/V already cached), then its int8 lm_head.
     baseline_decoder = baseline.model.language_model.decoder

@@ -91,8 +91,65 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self.fc2(F.gelu(self.fc1(x))))
 
 
+_int8_linear = torch.ops.quantized.linear_dynamic
+
+
+@dataclass(frozen=True)
+class _Int8Kernel:
+    """What a dynamic int8 `Linear.forward` hands to `quantized::linear_dynamic`, taken out once.
+
+    Calling the op directly skips the module call, its dtype branch and the trailing `.to()`; at
+    37 linears a step that is a measurable share of a 5-7 ms decode step.
+    """
+
+    packed: Any
+    reduce_range: bool
+
+    @classmethod
+    def of(cls, linear: nn.Module) -> _Int8Kernel:
+        version = getattr(linear, "version", None)  # torch.ao's module version 4 added reduce_range
+        return cls(cast(Any, linear)._packed_params._packed_params, version is not None and version >= 4)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _int8_linear(x, self.packed, self.reduce_range)
+
+
+@dataclass(frozen=True)
+class _Norm:
+    shape: tuple[int, ...]
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, norm: nn.Module) -> _Norm:
+        layer_norm = cast(nn.LayerNorm, norm)
+        return cls(tuple(layer_norm.normalized_shape), layer_norm.weight, layer_norm.bias, layer_norm.eps)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+@dataclass(frozen=True)
+class _DecoderKernels:
+    qkv: _Int8Kernel
+    o: _Int8Kernel
+    cq: _Int8Kernel
+    co: _Int8Kernel
+    fc1: _Int8Kernel
+    fc2: _Int8Kernel
+    norm1: _Norm
+    norm2: _Norm
+    norm3: _Norm
+
+
 class DecoderLayer(nn.Module):
-    """Post-LN BART decoder layer for one position of B sequences at a time against a preallocated KV cache."""
+    """Post-LN BART decoder layer for one position of B sequences at a time against a preallocated KV cache.
+
+    The step runs on kernels taken out of the modules once (`_DecoderKernels`, never pickled) and
+    on views only: with one query position, the (B, 1, C) projections are already (B, heads, 1, C/heads)
+    in memory, so no transpose or copy is needed around attention.
+    """
 
     def __init__(self, qkv, o, norm1, cq, ck, cv, co, norm2, fc1, fc2, norm3, heads: int) -> None:
         super().__init__()
@@ -100,6 +157,30 @@ class DecoderLayer(nn.Module):
         self.cq, self.ck, self.cv, self.co, self.norm2 = cq, ck, cv, co, norm2
         self.fc1, self.fc2, self.norm3 = fc1, fc2, norm3
         self.heads = heads
+        self._kernels: _DecoderKernels | None = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_kernels"] = None
+        return state
+
+    def kernels(self) -> _DecoderKernels:
+        kernels = self.__dict__.get("_kernels")  # absent in artifacts pickled before it existed
+        if kernels is None:
+            kernel, norm = _Int8Kernel.of, _Norm.of
+            kernels = _DecoderKernels(
+                qkv=kernel(self.qkv),
+                o=kernel(self.o),
+                cq=kernel(self.cq),
+                co=kernel(self.co),
+                fc1=kernel(self.fc1),
+                fc2=kernel(self.fc2),
+                norm1=norm(self.norm1),
+                norm2=norm(self.norm2),
+                norm3=norm(self.norm3),
+            )
+            self._kernels = kernels
+        return kernels
 
     def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _heads(self.ck(memory), self.heads), _heads(self.cv(memory), self.heads)
@@ -108,25 +189,29 @@ class DecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         step: int,
-        cache_k: torch.Tensor,
-        cache_v: torch.Tensor,
+        cache: torch.Tensor,
         mem_k: torch.Tensor,
         mem_v: torch.Tensor,
         mem_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One decoding position: append this token's key/value at `step` and attend to [0, step].
+        """One decoding position: write this token's key/value at `step` and attend to [0, step].
 
-        `mem_mask` (additive, (B, 1, 1, S)) hides the padding of shorter encoder memories in a batch.
+        `cache` is (B, 2, heads, max_len, C/heads): keys then values. `mem_mask` (additive,
+        (B, 1, 1, S)) hides the padding of shorter encoder memories in a batch.
         """
-        h = self.heads
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        cache_k[:, :, step : step + 1] = _heads(k, h)
-        cache_v[:, :, step : step + 1] = _heads(v, h)
-        att = F.scaled_dot_product_attention(_heads(q, h), cache_k[:, :, : step + 1], cache_v[:, :, : step + 1])
-        x = self.norm1(x + self.o(_merge(att)))
-        att = F.scaled_dot_product_attention(_heads(self.cq(x), h), mem_k, mem_v, attn_mask=mem_mask)
-        x = self.norm2(x + self.co(_merge(att)))
-        return self.norm3(x + self.fc2(F.gelu(self.fc1(x))))
+        ops = self.kernels()
+        batch, _, width = x.shape
+        heads = self.heads
+        qkv = ops.qkv(x).view(batch, 3, heads, 1, width // heads)
+        cache.narrow(3, step, 1).copy_(qkv.narrow(1, 1, 2))
+        keys, values = cache.narrow(3, 0, step + 1).unbind(1)
+        att = F.scaled_dot_product_attention(qkv.select(1, 0), keys, values)
+        x = ops.norm1(x + ops.o(att.reshape(batch, 1, width)))
+        att = F.scaled_dot_product_attention(
+            ops.cq(x).view(batch, heads, 1, width // heads), mem_k, mem_v, attn_mask=mem_mask
+        )
+        x = ops.norm2(x + ops.co(att.reshape(batch, 1, width)))
+        return ops.norm3(x + ops.fc2(F.gelu(ops.fc1(x))))
 
 
 @dataclass
@@ -196,6 +281,29 @@ class TextModel(nn.Module):
         embeds = self.lm_head.lookup(ids)
         return embeds * self.embed_scale if self.embed_scale != 1.0 else embeds
 
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.dec_layers))
+
+    def self_attention_caches(self, batch: int, length: int) -> list[torch.Tensor]:
+        """One preallocated (batch, 2, heads, length, head width) key/value buffer per decoder layer."""
+        layers = self.decoder_layers()
+        heads, width = layers[0].heads, self.dec_positions.shape[-1]
+        return [torch.empty(batch, 2, heads, length, width // heads) for _ in layers]
+
+    def step_logits(
+        self,
+        tokens: torch.Tensor,
+        step: int,
+        caches: list[torch.Tensor],
+        cross: list[tuple[torch.Tensor, torch.Tensor]],
+        mem_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, vocab) logits for the (B, 1) `tokens` at position `step`, writing their keys/values into `caches`."""
+        x = self.dec_norm(self.embed_tokens(tokens) + self.dec_positions[POSITION_OFFSET + step])
+        for layer, cache, (mem_k, mem_v) in zip(self.decoder_layers(), caches, cross, strict=True):
+            x = layer(x, step, cache, mem_k, mem_v, mem_mask)
+        return self.lm_head(x).view(tokens.shape[0], -1)
+
     def greedy(
         self,
         memory: torch.Tensor,
@@ -224,24 +332,18 @@ class TextModel(nn.Module):
         from the same sequence decoded alone (the quality gate measures the served path as run).
         """
         started = time.perf_counter()
-        layers = cast(list[DecoderLayer], list(self.dec_layers))
-        heads = layers[0].heads
         memory, mem_mask = _pad_memories([r.memory for r in requests])
-        width = memory.shape[-1]
         longest = max(r.max_new_tokens for r in requests)
-        cache_shape = (len(requests), heads, longest + 1, width // heads)
-        caches = [(memory.new_empty(cache_shape), memory.new_empty(cache_shape)) for _ in layers]
-        cross = [layer.cross_kv(memory) for layer in layers]
+        caches = self.self_attention_caches(len(requests), longest + 1)
+        cross = [layer.cross_kv(memory) for layer in self.decoder_layers()]
         active = list(range(len(requests)))  # request index of each batch row
         ids = [[start_id] for _ in requests]
         logits_seen: list[list[torch.Tensor]] = [[] for _ in requests]
         done: list[Decoded | None] = [None] * len(requests)
         tokens = torch.full((len(requests), 1), start_id, dtype=torch.long)
         for step in range(longest):
-            x = self.dec_norm(self.embed_tokens(tokens) + self.dec_positions[POSITION_OFFSET + step])
-            for layer, (ck, cv), (mk, mv) in zip(layers, caches, cross, strict=True):
-                x = layer(x, step, ck, cv, mk, mv, mem_mask)
-            step_logits = self.lm_head(x)[:, -1]
+            step_logits = self.step_logits(tokens, step, caches, cross, mem_mask)
+            best = step_logits.argmax(-1).tolist()  # one reduction for the whole batch
             finished, next_ids = [], []
             for row, index in enumerate(active):
                 request, logits = requests[index], step_logits[row]
@@ -250,12 +352,12 @@ class TextModel(nn.Module):
                     next_id = request.teacher[step]
                 elif forced_eos and step == request.max_new_tokens - 1:
                     next_id = eos_id
-                elif step < request.min_new_tokens:
+                elif step < request.min_new_tokens and best[row] == eos_id:
                     suppressed = logits.clone()
                     suppressed[eos_id] = float("-inf")
                     next_id = int(torch.argmax(suppressed))
                 else:
-                    next_id = int(torch.argmax(logits))
+                    next_id = best[row]
                 ids[index].append(next_id)
                 end = next_id == eos_id or step + 1 == request.max_new_tokens
                 if end or (request.teacher is not None and step + 1 == len(request.teacher)):
@@ -269,7 +371,7 @@ class TextModel(nn.Module):
                     break
                 rows = torch.tensor(keep)
                 active = [active[row] for row in keep]
-                caches = [(ck.index_select(0, rows), cv.index_select(0, rows)) for ck, cv in caches]
+                caches = [cache.index_select(0, rows) for cache in caches]
                 cross = [(mk.index_select(0, rows), mv.index_select(0, rows)) for mk, mv in cross]
                 if mem_mask is not None:
                     mem_mask = mem_mask.index_select(0, rows)
