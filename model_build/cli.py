@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("model_build.commands.bench", "benchmark the served runtime against the seed recipe"),
     "cost": ("model_build.commands.cost", "Lambda duration and dollars per 1,000 images from bench runs"),
     "bench-scores": ("model_build.commands.bench_scores", "decode time with and without box/caption scores"),
+    "rehearse": (
+        "model_build.commands.rehearse",
+        "full-size rehearsal: random Florence-2-base in the native layout, finetune, fuse, one /analyze",
+    ),
     "demo": (
         "model_build.commands.demo",
         "the main job: synth, finetune, fuse, then caption and detect via the local API",

@@ -68,12 +68,17 @@ def load_processor(base: str, image_size: int = IMAGE_SIZE):
 
 
 def load_base(base: str, image_size: int = IMAGE_SIZE, dtype=None):
-    """Return (model, processor) for `base`, the processor set to `image_size`."""
+    """Return (model, processor) for `base`, the processor set to `image_size`, the model in fp32 unless `dtype`.
+
+    transformers 5 loads a checkpoint in the dtype it was saved in; the native Florence-2 port is saved in
+    fp16, and the build trains, merges and quantizes in fp32.
+    """
+    import torch
     from transformers import Florence2ForConditionalGeneration
 
     source = resolve_base(base)
     try:
-        model = Florence2ForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        model = Florence2ForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32)
     except OSError as exc:
         raise BaseModelError(
             f"could not load {base!r}: {exc}. Offline? Pass a local folder with a native Florence-2 "

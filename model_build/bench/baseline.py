@@ -20,6 +20,9 @@ from handler.florence.tasks import IMAGE_SIZE, Task, num_image_tokens
 BASE_IMAGE_TOKEN_ID = 51289
 BASE_VOCAB = 51290
 """Florence-2's 51289 text tokens plus `<image>`, the placeholder the processor fills with image features."""
+NATIVE_EMBEDDING_ROWS = 51328
+"""`florence-community/Florence-2-base`'s embedding and `lm_head` rows: transformers' conversion resized them
+to `BASE_VOCAB` padded up to a multiple of 64, so 38 rows belong to no token."""
 
 # Fixed ids with the real processor's lengths: `<s>` + prompt words + `</s>` after the 145 image slots.
 BASE_TEXT_IDS = {
@@ -28,13 +31,16 @@ BASE_TEXT_IDS = {
 }
 
 
-def base_model(seed: int = 0):
-    """Florence-2-base's architecture (231.4M parameters) with random weights."""
-    import torch
-    from transformers import BartConfig, Florence2Config, Florence2ForConditionalGeneration, Florence2VisionConfig
+def base_config(vocab_size: int = BASE_VOCAB):
+    """Florence-2-base's architecture as a `Florence2Config` (BART 6+6 layers of 768, DaViT 128..1024).
+
+    `vocab_size` is the embedding's row count: the bench uses the tokenizer's 51290, the native checkpoint
+    has `NATIVE_EMBEDDING_ROWS`.
+    """
+    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
 
     text = BartConfig(
-        vocab_size=BASE_VOCAB,
+        vocab_size=vocab_size,
         d_model=768,
         encoder_layers=6,
         decoder_layers=6,
@@ -61,9 +67,16 @@ def base_model(seed: int = 0):
         projection_dim=768,
         drop_path_rate=0.0,
     )
-    config = Florence2Config(vision_config=vision, text_config=text, image_token_id=BASE_IMAGE_TOKEN_ID)
+    return Florence2Config(vision_config=vision, text_config=text, image_token_id=BASE_IMAGE_TOKEN_ID)
+
+
+def base_model(seed: int = 0):
+    """Florence-2-base's architecture (231.4M parameters) with random weights."""
+    import torch
+    from transformers import Florence2ForConditionalGeneration
+
     torch.manual_seed(seed)
-    return Florence2ForConditionalGeneration(config).eval()
+    return Florence2ForConditionalGeneration(base_config()).eval()
 
 
 def base_prompt_ids(image_size: int = IMAGE_SIZE) -> dict[str, list[int]]:

@@ -21,6 +21,7 @@ from model_build.evaluate import EvalConfig
 from model_build.export.fuse import FuseConfig
 from model_build.finetune.lora import FinetuneConfig
 from model_build.pretrain.pretraining import PretrainConfig
+from model_build.rehearsal.pipeline import RehearsalConfig
 
 CONFIGS = {
     "finetune": FinetuneConfig,
@@ -33,6 +34,7 @@ CONFIGS = {
     "bench-scores": ScoresBenchConfig,
     "quality": QualityConfig,
     "synth": SynthConfig,
+    "rehearse": RehearsalConfig,
 }
 
 
