@@ -267,7 +267,7 @@ def load_artifact(artifact_dir: str | Path, pinned_sha256: str = "") -> LoadedAr
     manifest = Manifest.read(artifact_dir, pinned_sha256)
     model_path = verify(artifact_dir, manifest)
 
-    from handler.florence.memory import drop_file_pages, return_freed_heap
+    from handler.florence.memory import drop_file_pages, return_freed_heap, reuse_freed_heap
 
     model = load_model(model_path)
     model.eval()
@@ -275,6 +275,7 @@ def load_artifact(artifact_dir: str | Path, pinned_sha256: str = "") -> LoadedAr
     # Pages still in use fault back in from the file, which holds the bytes the sha256 check read.
     drop_file_pages(model_path)
     return_freed_heap()
+    reuse_freed_heap()
     return LoadedArtifact(manifest, model, None, time.perf_counter() - start)
 
 

@@ -63,3 +63,34 @@ def test_tensor_pages_only_when_file_backed(mapped) -> None:
     dropped = drop_tensor_pages(loaded)
     assert 15 * MIB <= dropped <= 16 * MIB  # whole pages inside the tensor only
     assert torch.equal(loaded, original)
+
+
+_REFAULTS = """
+import resource, sys
+from handler.florence.memory import reuse_freed_heap
+if sys.argv[1] == "reuse":
+    assert reuse_freed_heap()
+def request():  # 10 MiB of 64 KiB buffers, below glibc's default mmap threshold: they come from the heap top
+    return [bytearray(64 << 10) for _ in range(160)]
+buffers = request()
+del buffers  # the heap top is now 10 MiB of free memory
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+buffers = request()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "reuse"])
+def test_freed_request_buffers_are_reused_without_page_faults(mode: str) -> None:
+    """Under glibc's defaults the freed heap top is trimmed, so the next request faults its pages in again."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", _REFAULTS, mode], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    refaults = int(out.stdout.strip())
+    pages = (10 << 20) // 4096
+    if mode == "reuse":
+        assert refaults < pages // 10
+    else:
+        assert refaults > pages // 2
