@@ -24,7 +24,6 @@ from handler.florence.tasks import (
 )
 
 if TYPE_CHECKING:  # Pillow and torch load with the model, not with the app
-    import torch
     from PIL import Image
 
 
@@ -56,19 +55,6 @@ class GeneratedTokens:
     pieces: list[str]
     probabilities: list[float]
     label_text: Callable[[int, int], str]
-
-
-def chosen_token_probabilities(logits: torch.Tensor, chosen_ids: torch.Tensor) -> torch.Tensor:
-    """Softmax probability of each chosen token: `logits` (..., vocab), `chosen_ids` (...).
-
-    Computed once after decoding from the logits the greedy loop already keeps, so scoring adds no
-    work inside the loop (one log-sum-exp per step; see `model_build.bench.scores`).
-    """
-    import torch
-
-    steps = logits.float()
-    picked = steps.gather(-1, chosen_ids.unsqueeze(-1)).squeeze(-1)
-    return torch.exp(picked - torch.logsumexp(steps, dim=-1))
 
 
 def parse_output(task: Task, tokens: GeneratedTokens, width: int, height: int) -> Prediction:
@@ -174,15 +160,12 @@ class FastRuntime:
         return self.parse(task, generation, encoded.size)
 
     def parse(self, task: Task, generation: Any, size: tuple[int, int]) -> Prediction:
-        """A scored caption or boxes from a `Generation`: each token's probability from its logits, then the parse."""
-        import torch
-
-        generated = generation.ids[1:]  # the logits' rows predict these
-        probabilities = chosen_token_probabilities(generation.logits, torch.tensor(generated)).tolist()
+        """A scored caption or boxes from a `Generation`: each token's probability (taken in the loop), then the parse."""
+        generated = generation.ids[1:]
         tokens = GeneratedTokens(
             generation.text,
             self.model.tokenizer.decode_batch([[i] for i in generated], skip_special_tokens=False),
-            probabilities,
+            generation.probabilities,
             lambda start, end: self.model.decode(generated[start:end]),
         )
         return parse_output(task, tokens, *size)
@@ -236,6 +219,8 @@ class PlainRuntime:
         self, images: list[Image.Image], task: Task, max_new_tokens: int | None = None, min_new_tokens: int = 0
     ) -> list[Prediction]:
         import torch
+
+        from handler.florence.runtime.text import chosen_token_probabilities
 
         inputs = self.processor(text=[task.value] * len(images), images=images, return_tensors="pt")
         with torch.inference_mode():

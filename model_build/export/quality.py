@@ -221,7 +221,7 @@ def teacher_forced_fidelity(
                 )
                 for task in Task
             ]
-            decoded = served.text.greedy_batch(requests, spec.start_id, spec.eos_id, spec.forced_eos)
+            decoded = served.text.greedy_batch(requests, spec.start_id, spec.eos_id, spec.forced_eos, keep_logits=True)
             for task, ours in zip(Task, decoded, strict=True):
                 path_logits[task, "served"].append(ours.logits)
     rows = []

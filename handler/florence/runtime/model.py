@@ -36,8 +36,10 @@ class Generation:
     ids: list[int]
     """Token ids, start token first."""
     text: str
-    logits: torch.Tensor
-    """(steps, vocab): the raw logits of every generated step, in the order of `ids[1:]`."""
+    probabilities: list[float]
+    """Softmax probability of each of `ids[1:]` under its step's raw logits (what scores are made of)."""
+    logits: torch.Tensor | None = None
+    """(steps, vocab): the raw logits of every generated step, in the order of `ids[1:]`; only if asked for."""
     seconds: float = 0.0
     """Decode wall time until this answer was complete (text encoder included)."""
 
@@ -110,12 +112,22 @@ class FastFlorence(nn.Module):
         embeds[0, slots] = features[0].to(embeds.dtype)
         return embeds
 
-    def generate(self, prompt: str, features: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
+    def generate(
+        self,
+        prompt: str,
+        features: torch.Tensor,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        keep_logits: bool = False,
+    ) -> Generation:
         """Greedy-decode one prompt against one image's features."""
-        (generation,) = self.generate_batch([GenerationRequest(prompt, max_new_tokens, min_new_tokens)], features)
+        request = GenerationRequest(prompt, max_new_tokens, min_new_tokens)
+        (generation,) = self.generate_batch([request], features, keep_logits)
         return generation
 
-    def generate_batch(self, requests: list[GenerationRequest], features: torch.Tensor) -> list[Generation]:
+    def generate_batch(
+        self, requests: list[GenerationRequest], features: torch.Tensor, keep_logits: bool = False
+    ) -> list[Generation]:
         """Greedy-decode several prompts against one image's features as one batch (one weight read per step).
 
         Each prompt goes through the text encoder on its own (prompts differ in length); the decoder
@@ -128,8 +140,10 @@ class FastFlorence(nn.Module):
         ]
         encoded_s = time.perf_counter() - started
         spec = self.decode_spec
-        decoded = self.text.greedy_batch(decode_requests, spec.start_id, spec.eos_id, forced_eos=spec.forced_eos)
-        return [Generation(d.ids, self.decode(d.ids), d.logits, encoded_s + d.seconds) for d in decoded]
+        decoded = self.text.greedy_batch(decode_requests, spec.start_id, spec.eos_id, spec.forced_eos, keep_logits)
+        return [
+            Generation(d.ids, self.decode(d.ids), d.probabilities, d.logits, encoded_s + d.seconds) for d in decoded
+        ]
 
     def decode(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=False)

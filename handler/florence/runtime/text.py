@@ -63,6 +63,17 @@ class TiedInt8Head(nn.Module):
         return torch.ops.quantized.linear_dynamic(x, self.packed(), reduce_range=True)
 
 
+def chosen_token_probabilities(logits: torch.Tensor, chosen_ids: torch.Tensor) -> torch.Tensor:
+    """Softmax probability of each chosen token: `logits` (..., vocab), `chosen_ids` (...).
+
+    The scores' one formula: the greedy loop applies it to each step's logits before dropping them,
+    the plain runtime to the logits `generate` returns.
+    """
+    steps = logits.float()
+    picked = steps.gather(-1, chosen_ids.unsqueeze(-1)).squeeze(-1)
+    return torch.exp(picked - torch.logsumexp(steps, dim=-1))
+
+
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, T, C) -> (B, heads, T, C/heads)."""
     b, t, c = x.shape
@@ -231,8 +242,10 @@ class DecodeRequest:
 class Decoded:
     ids: list[int]
     """Token ids, start token first."""
-    logits: torch.Tensor
-    """(steps, vocab) raw logits of every step, before any EOS suppression."""
+    probabilities: list[float]
+    """Softmax probability of each id after the start token under its step's raw logits (the scores' input)."""
+    logits: torch.Tensor | None
+    """(steps, vocab) raw logits of every step, before any EOS suppression; None unless asked for."""
     seconds: float
     """Wall time from the start of the decode until this sequence finished."""
 
@@ -316,11 +329,16 @@ class TextModel(nn.Module):
     ) -> tuple[list[int], torch.Tensor]:
         """Greedy decode one sequence; see `greedy_batch`. Returns the ids (start token first) and logits."""
         request = DecodeRequest(memory, max_new_tokens, min_new_tokens, teacher)
-        (decoded,) = self.greedy_batch([request], start_id, eos_id, forced_eos)
-        return decoded.ids, decoded.logits
+        (decoded,) = self.greedy_batch([request], start_id, eos_id, forced_eos, keep_logits=True)
+        return decoded.ids, cast(torch.Tensor, decoded.logits)
 
     def greedy_batch(
-        self, requests: list[DecodeRequest], start_id: int, eos_id: int, forced_eos: bool = True
+        self,
+        requests: list[DecodeRequest],
+        start_id: int,
+        eos_id: int,
+        forced_eos: bool = True,
+        keep_logits: bool = False,
     ) -> list[Decoded]:
         """Greedy decode as HF `generate` does with num_beams=1 (min-new-tokens, forced EOS at the limit),
         for several sequences at once.
@@ -330,6 +348,9 @@ class TextModel(nn.Module):
         step for all of them; a finished sequence leaves the batch. Dynamic int8 quantization takes one
         activation scale per linear call, so a sequence decoded beside another may round differently
         from the same sequence decoded alone (the quality gate measures the served path as run).
+
+        Each step's logits are reduced to the chosen token's probability and dropped, unless
+        `keep_logits` (parity checks): kept, a 256-token `<OD>` would hold 52 MB of logits.
         """
         started = time.perf_counter()
         memory, mem_mask = _pad_memories([r.memory for r in requests])
@@ -339,30 +360,40 @@ class TextModel(nn.Module):
         active = list(range(len(requests)))  # request index of each batch row
         ids = [[start_id] for _ in requests]
         logits_seen: list[list[torch.Tensor]] = [[] for _ in requests]
+        probabilities: list[list[float]] = [[] for _ in requests]
         done: list[Decoded | None] = [None] * len(requests)
         tokens = torch.full((len(requests), 1), start_id, dtype=torch.long)
         for step in range(longest):
             step_logits = self.step_logits(tokens, step, caches, cross, mem_mask)
             best = step_logits.argmax(-1).tolist()  # one reduction for the whole batch
-            finished, next_ids = [], []
+            chosen = []
             for row, index in enumerate(active):
-                request, logits = requests[index], step_logits[row]
-                logits_seen[index].append(logits)
+                request = requests[index]
                 if request.teacher is not None:
                     next_id = request.teacher[step]
                 elif forced_eos and step == request.max_new_tokens - 1:
                     next_id = eos_id
                 elif step < request.min_new_tokens and best[row] == eos_id:
-                    suppressed = logits.clone()
+                    suppressed = step_logits[row].clone()
                     suppressed[eos_id] = float("-inf")
                     next_id = int(torch.argmax(suppressed))
                 else:
                     next_id = best[row]
+                chosen.append(next_id)
+            chosen_probabilities = chosen_token_probabilities(step_logits, torch.tensor(chosen)).tolist()
+            finished, next_ids = [], []
+            for row, index in enumerate(active):
+                request, next_id = requests[index], chosen[row]
                 ids[index].append(next_id)
+                probabilities[index].append(chosen_probabilities[row])
+                if keep_logits:
+                    logits_seen[index].append(step_logits[row])
                 end = next_id == eos_id or step + 1 == request.max_new_tokens
                 if end or (request.teacher is not None and step + 1 == len(request.teacher)):
                     finished.append(row)
-                    done[index] = Decoded(ids[index], torch.stack(logits_seen[index]), time.perf_counter() - started)
+                    logits = torch.stack(logits_seen[index]) if keep_logits else None
+                    seconds = time.perf_counter() - started
+                    done[index] = Decoded(ids[index], probabilities[index], logits, seconds)
                 else:
                     next_ids.append(next_id)
             if finished:

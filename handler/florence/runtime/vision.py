@@ -27,13 +27,33 @@ def _channels_last_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+HIDDEN_CHUNK_ELEMENTS = 2 << 20
+"""Largest MLP hidden activation computed at once (8 MB of float32, a quarter of L3)."""
+
+
 class Mlp(nn.Module):
+    """fc1, GELU, fc2; on large feature maps, a band of rows at a time.
+
+    At the first DaViT stage the hidden activation is 19 MB; in bands of at most 8 MB, fc1's output
+    is still in L3 when GELU reads it, and the peak RSS of a request drops by the difference. Each
+    band takes its own dynamic int8 activation scale: never coarser than one for the whole map.
+    """
+
     def __init__(self, fc1: nn.Module, fc2: nn.Module) -> None:
         super().__init__()
         self.fc1, self.fc2 = fc1, fc2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        hidden = cast(nn.Linear, self.fc1).out_features
+        bands = -(-b * h * w * hidden // HIDDEN_CHUNK_ELEMENTS)
+        if bands <= 1 or h < 2:
+            return self._forward(x)
+        rows = -(-h // bands)
+        return torch.cat([self._forward(band) for band in x.split(rows, dim=1)], dim=1)
 
 
 class WindowAttention(nn.Module):

@@ -88,12 +88,12 @@ def _teacher_forced_batch(fast, features, prompts: list[str], tokens: list[int])
     from handler.florence.runtime.text import DecodeRequest
 
     spec = fast.decode_spec
-    singles = [fast.generate(p, features, n, n) for p, n in zip(prompts, tokens, strict=True)]
+    singles = [fast.generate(p, features, n, n, keep_logits=True) for p, n in zip(prompts, tokens, strict=True)]
     requests = [
         DecodeRequest(fast.text.encode(fast.encoder_inputs(p, features)), n, n, teacher=single.ids[1:])
         for p, n, single in zip(prompts, tokens, singles, strict=True)
     ]
-    return singles, fast.text.greedy_batch(requests, spec.start_id, spec.eos_id, spec.forced_eos)
+    return singles, fast.text.greedy_batch(requests, spec.start_id, spec.eos_id, spec.forced_eos, keep_logits=True)
 
 
 def test_batch_rows_with_equal_inputs_decode_as_one(paths, val_images):
@@ -211,3 +211,35 @@ def test_stacked_qkv_is_bit_identical_to_separate_int8_linears():
     for rows in (1, 37):
         x = torch.randn(1, rows, 64) * 3
         assert torch.equal(stacked(x), torch.cat([p(x) for p in parts], dim=-1))
+
+
+def test_loop_probabilities_are_the_kept_logits_softmax(paths, val_images):
+    """The greedy loop scores each token before dropping its logits: the same numbers as scoring kept logits."""
+    from handler.florence.runtime.text import chosen_token_probabilities
+
+    _, fast, _ = paths
+    with torch.inference_mode():
+        features = fast.image_features(fast.image_spec.to_pixels(val_images[2]))
+        kept = fast.generate(Task.DETECT.value, features, 25, 25, keep_logits=True)
+        served = fast.generate(Task.DETECT.value, features, 25, 25)
+    assert served.logits is None and served.ids == kept.ids
+    expected = chosen_token_probabilities(kept.logits, torch.tensor(kept.ids[1:]))
+    torch.testing.assert_close(torch.tensor(served.probabilities), expected, rtol=1e-5, atol=1e-7)
+    assert len(served.probabilities) == 25 and all(0.0 < p <= 1.0 for p in served.probabilities)
+
+
+def test_banded_mlp_matches_the_whole_map(paths, monkeypatch):
+    """Large feature maps run the MLP a band of rows at a time: same answer up to int8 activation rounding."""
+    import handler.florence.runtime.vision as vision
+
+    _, fast, _ = paths
+    mlp = next(m for m in fast.vision.modules() if isinstance(m, vision.Mlp))
+    width = mlp.fc1.in_features
+    x = torch.randn(1, 9, 7, width)
+    with torch.inference_mode():
+        whole = mlp(x)
+        monkeypatch.setattr(vision, "HIDDEN_CHUNK_ELEMENTS", 3 * 7 * mlp.fc1.out_features)
+        banded = mlp(x)
+    assert banded.shape == whole.shape
+    assert not torch.equal(banded, whole)  # three bands, three activation scales
+    torch.testing.assert_close(banded, whole, rtol=0.05, atol=0.05 * float(whole.abs().max()))
