@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-FORMAT_VERSION = 5
-"""5: the vision convs run channels-last with the block residuals folded in (no `nchw` flags), and
+FORMAT_VERSION = 6
+"""6: int8 linears are `handler.florence.runtime.int8.Int8Linear` (plain tensors, packed after
+loading in parallel) instead of `torch.ao`'s dynamic `Linear`. 5: the vision convs run channels-last with the block residuals folded in (no `nchw` flags), and
 `/analyze` decodes its tasks as one batch. 4: the manifest covers every processor file
 (`processor_sha256`), and `model.pt` must load with weights_only and the allow-list. 3: the runtime's
 classes moved to `handler.florence.runtime` (the pickle names class paths). 2: the fast runtime's convs
@@ -193,20 +194,17 @@ def verify(artifact_dir: str | Path, manifest: Manifest) -> Path:
 def served_classes() -> list[Any]:
     """Everything the served model's pickle may name beyond torch's own weights-only defaults.
 
-    The classes the fast runtime is built from, the torch modules inside it, the int8 linear layer
-    and its packed parameters (an empty `ScriptObject` that `__setstate__` fills from tensors), and
-    `set`. None of them runs code from pickled data: they are rebuilt with `__new__` and their state.
+    The classes the fast runtime is built from (its int8 linear layer included), the torch modules
+    inside it, and `set`. None of them runs code from pickled data: they are rebuilt with `__new__` and their state.
     A runtime class added to the model must be added here; `write_artifact` loads every artifact it
     writes through this list, so a missing entry fails the build, not the deploy.
     """
     import builtins
 
     import torch
-    from torch.ao.nn.quantized.dynamic.modules.linear import Linear as DynamicInt8Linear
-    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
     from handler.florence.preprocess import ImageSpec
-    from handler.florence.runtime import model, text, vision
+    from handler.florence.runtime import int8, model, text, vision
 
     return [
         *(model.FastFlorence, model.DecodeSpec, ImageSpec),
@@ -214,7 +212,7 @@ def served_classes() -> list[Any]:
         *(vision.VisionTower, vision.PatchEmbed, vision.MixingBlock, vision.WindowAttention),
         *(vision.ChannelAttention, vision.Mlp, vision.Projector),
         *(torch.nn.ModuleList, torch.nn.Conv2d, torch.nn.LayerNorm),
-        *(DynamicInt8Linear, LinearPackedParams, torch.ScriptObject),
+        int8.Int8Linear,
         builtins.set,
     ]
 
@@ -268,10 +266,12 @@ def load_artifact(artifact_dir: str | Path, pinned_sha256: str = "") -> LoadedAr
     model_path = verify(artifact_dir, manifest)
 
     from handler.florence.memory import drop_file_pages, return_freed_heap, reuse_freed_heap
+    from handler.florence.runtime.int8 import pack_int8_layers
 
     model = load_model(model_path)
     model.eval()
-    # Unpickling repacked the int8 weights; the mapped pickle pages it read are now mostly dead.
+    pack_int8_layers(model)
+    # Packing copied the int8 weights; the mapped pickle pages it read are now mostly dead.
     # Pages still in use fault back in from the file, which holds the bytes the sha256 check read.
     drop_file_pages(model_path)
     return_freed_heap()

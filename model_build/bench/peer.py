@@ -69,7 +69,7 @@ def decode_bytes_per_token(fast: Any) -> int:
     per_step = 0
     for layer in fast.text.dec_layers:
         for linear in (layer.qkv, layer.o, layer.cq, layer.co, layer.fc1, layer.fc2):
-            per_step += linear.weight().numel()
+            per_step += linear.weight_int8.numel()
     return per_step + fast.text.lm_head.weight_int8.numel()
 
 

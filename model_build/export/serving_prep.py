@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from handler.florence.preprocess import ImageSpec
+from handler.florence.runtime.int8 import Int8Linear
 from handler.florence.runtime.model import DecodeSpec, FastFlorence
 from handler.florence.runtime.text import DecoderLayer, EncoderLayer, TextModel, TiedInt8Head
 from handler.florence.runtime.vision import (
@@ -233,4 +234,22 @@ def prepare_for_serving(model: nn.Module, processor, prompt_ids: dict[str, list[
         image,
         decode,
     )
+    to_int8_linears(fast)
     return fast.eval().requires_grad_(False)
+
+
+def to_int8_linears(module: nn.Module) -> int:
+    """Replace every `torch.ao` dynamic int8 `Linear` inside `module` by the runtime's `Int8Linear` (same maths).
+
+    The served pickle then holds plain tensors that unpickle without packing; the handler packs them
+    after loading, in parallel. Returns how many layers were replaced.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DynamicLinear):
+                setattr(parent, name, Int8Linear.from_dynamic(child))
+                replaced += 1
+    return replaced

@@ -9,6 +9,8 @@ batch rows with equal inputs) are tested exactly.
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,22 @@ def test_banded_mlp_matches_the_whole_map(paths, monkeypatch):
     assert banded.shape == whole.shape
     assert not torch.equal(banded, whole)  # three bands, three activation scales
     torch.testing.assert_close(banded, whole, rtol=0.05, atol=0.05 * float(whole.abs().max()))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_int8_linear_is_bit_identical_to_torch_ao_dynamic_linear(per_channel: bool):
+    """The served layer pickles plain tensors and packs after loading; the matmul is the torch.ao layer's, bit for bit."""
+    from handler.florence.runtime.int8 import Int8Linear, pack_int8_layers
+    from model_build.export.serving_prep import stack_int8_linears, to_int8_linears
+
+    torch.manual_seed(2)
+    parts = quantize_for_serving(torch.nn.Sequential(*[torch.nn.Linear(64, 48) for _ in range(3)]))
+    reference = stack_int8_linears(list(parts)) if per_channel else parts[0]
+    holder = torch.nn.Sequential(copy.deepcopy(reference))
+    assert to_int8_linears(holder) == 1 and isinstance(holder[0], Int8Linear)
+    restored = pickle.loads(pickle.dumps(holder))  # what the artifact holds: no packed weights
+    assert restored[0].__dict__["_packed"] is None
+    assert pack_int8_layers(restored, threads=2) == 1
+    for rows in (1, 37):
+        x = torch.randn(1, rows, 64) * 3
+        assert torch.equal(restored(x), reference(x))

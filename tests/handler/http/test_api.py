@@ -200,6 +200,8 @@ def test_503_when_the_artifact_is_corrupt_and_the_failure_is_cached(
         ("format_version", 3, ["format 3", "model_build fuse"]),
         # Format 4 ran the vision convs in the bit-exact formats and decoded tasks one by one.
         ("format_version", 4, ["format 4", "model_build fuse"]),
+        # Format 5 pickled torch.ao's dynamic int8 Linear, repacked inside unpickling one layer at a time.
+        ("format_version", 5, ["format 5", "model_build fuse"]),
     ],
 )
 def test_503_when_built_for_another_runtime_or_format(
