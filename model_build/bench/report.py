@@ -58,7 +58,8 @@ def markdown(result: BenchResult, chart_name: str | None) -> str:
         " `model_build.export.serving_prep.prepare_for_serving` builds (what the handler loads from the artifact);"
         " caption+detect decodes both tasks as one batch.",
         f"- Latency: min / median / p90 seconds over {result.latency[0].baseline.runs} runs after"
-        " warm-up, baseline and served interleaved in one process.",
+        " warm-up, baseline and served interleaved in one process, which keeps freed buffers in the heap as the"
+        " handler does (`reuse_freed_heap`), for both paths.",
         "",
         "| figure | baseline min / median / p90 (s) | served min / median / p90 (s) | speedup (median) |",
         "|---|---|---|---|",
