@@ -66,7 +66,7 @@ class Int8Linear(nn.Module):
 
     def packed(self) -> Any:
         """fbgemm's packed weights, built once (a plain attribute, so never pickled)."""
-        packed = self.__dict__.get("_packed")
+        packed = self._packed
         if packed is None:
             if self.weight_scale.numel() == 1:
                 scale, zero_point = float(self.weight_scale), int(self.weight_zero_point)

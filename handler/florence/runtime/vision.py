@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handler.florence.runtime.int8 import Int8Linear
+
 
 def _channels_last_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Apply a conv to a (B, H, W, C) tensor; returns (B, H', W', C').
@@ -48,7 +50,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        hidden = cast(nn.Linear, self.fc1).out_features
+        hidden = cast(Int8Linear, self.fc1).out_features
         bands = -(-b * h * w * hidden // HIDDEN_CHUNK_ELEMENTS)
         if bands <= 1 or h < 2:
             return self._forward(x)
