@@ -37,7 +37,7 @@ class Int4Linear:
 def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
-    from handler.florence.runtime import text
+    from handler.florence.runtime import decoder_step, text
     from handler.florence.tasks import Task
     from model_build.bench.baseline import base_model, base_prompt_ids, decoding_processor, random_images
     from model_build.export.quality import teacher_forced_fidelity
@@ -55,22 +55,33 @@ def main() -> None:
             print(f"{label:22s} {row.task:8s} {row.path:9s} top-1 {row.top1_agreement:.4f}  KL {row.mean_kl:.2e}")
 
     report("served int8")
+    # The compiled step cannot call Python layers: run the same step as plain Python, with the int8 op
+    # answering for the 4-bit layers it is handed (lm_head keeps the real op).
+    int8_linear = torch.ops.quantized.linear_dynamic
+
+    def linear(x: torch.Tensor, packed: object, reduce_range: bool) -> torch.Tensor:
+        return packed(x) if isinstance(packed, Int4Linear) else int8_linear(x, packed, reduce_range)
+
+    torch.ops.quantized.linear_dynamic = linear
+    text.decoder_layer_step = decoder_step._plain_decoder_layer_step
     for layer, source in zip(served.text.dec_layers, model.model.language_model.decoder.layers, strict=True):
         own, cross = source.self_attn, source.encoder_attn
-        kernels = layer.kernels()
-        layer._kernels = text._DecoderKernels(
-            qkv=Int4Linear(
-                torch.cat([own.q_proj.weight, own.k_proj.weight, own.v_proj.weight]),
-                torch.cat([own.q_proj.bias, own.k_proj.bias, own.v_proj.bias]),
-            ),
-            o=Int4Linear(own.out_proj.weight, own.out_proj.bias),
-            cq=Int4Linear(cross.q_proj.weight, cross.q_proj.bias),
-            co=Int4Linear(cross.out_proj.weight, cross.out_proj.bias),
-            fc1=Int4Linear(source.fc1.weight, source.fc1.bias),
-            fc2=Int4Linear(source.fc2.weight, source.fc2.bias),
-            norm1=kernels.norm1,
-            norm2=kernels.norm2,
-            norm3=kernels.norm3,
+        weights = layer.step_weights()
+        layer._step_weights = text._StepWeights(
+            packed=[
+                Int4Linear(
+                    torch.cat([own.q_proj.weight, own.k_proj.weight, own.v_proj.weight]),
+                    torch.cat([own.q_proj.bias, own.k_proj.bias, own.v_proj.bias]),
+                ),
+                Int4Linear(own.out_proj.weight, own.out_proj.bias),
+                Int4Linear(cross.q_proj.weight, cross.q_proj.bias),
+                Int4Linear(cross.out_proj.weight, cross.out_proj.bias),
+                Int4Linear(source.fc1.weight, source.fc1.bias),
+                Int4Linear(source.fc2.weight, source.fc2.bias),
+            ],
+            reduce_range=weights.reduce_range,
+            norm_params=weights.norm_params,
+            norm_eps=weights.norm_eps,
         )
     report("4-bit decoder layers")
 

@@ -9,7 +9,6 @@ table is the int8 `lm_head` weight itself (tied weights), so the artifact holds 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handler.florence.runtime.decoder_step import decoder_layer_step
 from handler.florence.runtime.int8 import Int8Linear
 
 POSITION_OFFSET = 2
@@ -106,47 +106,22 @@ class EncoderLayer(nn.Module):
 
 
 @dataclass(frozen=True)
-class _Norm:
-    shape: tuple[int, ...]
-    weight: torch.Tensor
-    bias: torch.Tensor
-    eps: float
+class _StepWeights:
+    """A decoder layer's weights as `decoder_layer_step` takes them, gathered once from the modules
+    (never pickled): fbgemm's packed int8 weights and each LayerNorm's parameters, in the orders
+    `decoder_step` documents."""
 
-    @classmethod
-    def of(cls, norm: nn.Module) -> _Norm:
-        layer_norm = cast(nn.LayerNorm, norm)
-        return cls(tuple(layer_norm.normalized_shape), layer_norm.weight, layer_norm.bias, layer_norm.eps)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
-
-
-Kernel = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class _DecoderKernels:
-    """The step's ops, taken out of the modules once: `Int8Linear.forward` bound, and each LayerNorm's
-    parameters. Calling them skips `nn.Module.__call__`, a measurable share of a 5-7 ms step at 37
-    linears and 19 norms."""
-
-    qkv: Kernel
-    o: Kernel
-    cq: Kernel
-    co: Kernel
-    fc1: Kernel
-    fc2: Kernel
-    norm1: _Norm
-    norm2: _Norm
-    norm3: _Norm
+    packed: list[Any]
+    reduce_range: list[bool]
+    norm_params: list[torch.Tensor]
+    norm_eps: list[float]
 
 
 class DecoderLayer(nn.Module):
     """Post-LN BART decoder layer for one position of B sequences at a time against a preallocated KV cache.
 
-    The step runs on kernels taken out of the modules once (`_DecoderKernels`, never pickled) and
-    on views only: with one query position, the (B, 1, C) projections are already (B, heads, 1, C/heads)
-    in memory, so no transpose or copy is needed around attention.
+    The modules hold the weights (and pickle them); the step itself is `decoder_layer_step`, compiled
+    by TorchScript, on weights gathered once into `_StepWeights`.
     """
 
     def __init__(self, qkv, o, norm1, cq, ck, cv, co, norm2, fc1, fc2, norm3, heads: int) -> None:
@@ -155,34 +130,26 @@ class DecoderLayer(nn.Module):
         self.cq, self.ck, self.cv, self.co, self.norm2 = cq, ck, cv, co, norm2
         self.fc1, self.fc2, self.norm3 = fc1, fc2, norm3
         self.heads = heads
-        self._kernels: _DecoderKernels | None = None
+        self._step_weights: _StepWeights | None = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_kernels"] = None
+        state["_step_weights"] = None
         return state
 
-    def kernels(self) -> _DecoderKernels:
-        kernels = self._kernels
-        if kernels is None:
-            norm = _Norm.of
-
-            def kernel(linear: nn.Module) -> Kernel:
-                return cast(Int8Linear, linear).forward
-
-            kernels = _DecoderKernels(
-                qkv=kernel(self.qkv),
-                o=kernel(self.o),
-                cq=kernel(self.cq),
-                co=kernel(self.co),
-                fc1=kernel(self.fc1),
-                fc2=kernel(self.fc2),
-                norm1=norm(self.norm1),
-                norm2=norm(self.norm2),
-                norm3=norm(self.norm3),
+    def step_weights(self) -> _StepWeights:
+        weights = self._step_weights
+        if weights is None:
+            linears = [cast(Int8Linear, m) for m in (self.qkv, self.o, self.cq, self.co, self.fc1, self.fc2)]
+            norms = [cast(nn.LayerNorm, m) for m in (self.norm1, self.norm2, self.norm3)]
+            weights = _StepWeights(
+                packed=[linear.packed() for linear in linears],
+                reduce_range=[linear.reduce_range for linear in linears],
+                norm_params=[param for norm in norms for param in (norm.weight, norm.bias)],
+                norm_eps=[norm.eps for norm in norms],
             )
-            self._kernels = kernels
-        return kernels
+            self._step_weights = weights
+        return weights
 
     def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _heads(self.ck(memory), self.heads), _heads(self.cv(memory), self.heads)
@@ -201,19 +168,10 @@ class DecoderLayer(nn.Module):
         `cache` is (B, 2, heads, max_len, C/heads): keys then values. `mem_mask` (additive,
         (B, 1, 1, S)) hides the padding of shorter encoder memories in a batch.
         """
-        ops = self.kernels()
-        batch, _, width = x.shape
-        heads = self.heads
-        qkv = ops.qkv(x).view(batch, 3, heads, 1, width // heads)
-        cache.narrow(3, step, 1).copy_(qkv.narrow(1, 1, 2))
-        keys, values = cache.narrow(3, 0, step + 1).unbind(1)
-        att = F.scaled_dot_product_attention(qkv.select(1, 0), keys, values)
-        x = ops.norm1(x + ops.o(att.reshape(batch, 1, width)))
-        att = F.scaled_dot_product_attention(
-            ops.cq(x).view(batch, heads, 1, width // heads), mem_k, mem_v, attn_mask=mem_mask
+        w = self.step_weights()
+        return decoder_layer_step(
+            x, step, self.heads, w.packed, w.reduce_range, w.norm_params, w.norm_eps, cache, mem_k, mem_v, mem_mask
         )
-        x = ops.norm2(x + ops.co(att.reshape(batch, 1, width)))
-        return ops.norm3(x + ops.fc2(F.gelu(ops.fc1(x))))
 
 
 @dataclass

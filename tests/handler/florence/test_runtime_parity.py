@@ -264,3 +264,45 @@ def test_int8_linear_is_bit_identical_to_torch_ao_dynamic_linear(per_channel: bo
     for rows in (1, 37):
         x = torch.randn(1, rows, 64) * 3
         assert torch.equal(restored(x), reference(x))
+
+
+def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val_images):
+    """The decode loop's layer step runs as TorchScript; the same function run by Python gives the same bits."""
+    from handler.florence.runtime import decoder_step
+
+    assert isinstance(decoder_step.decoder_layer_step, torch.jit.ScriptFunction)  # compiled on this torch
+    _, fast, _ = paths
+    text = fast.text
+    with torch.inference_mode():
+        features = fast.image_features(fast.image_spec.to_pixels(val_images[1]))
+        memories = [text.encode(fast.encoder_inputs(t.value, features)) for t in (Task.CAPTION, Task.DETECT)]
+        longest = max(m.shape[1] for m in memories)
+        memory = torch.cat([torch.nn.functional.pad(m, (0, 0, 0, longest - m.shape[1])) for m in memories])
+        mask = torch.zeros(2, 1, 1, longest)
+        mask[0, :, :, memories[0].shape[1] :] = float("-inf")
+        layer = text.decoder_layers()[0]
+        weights = layer.step_weights()
+        mem_k, mem_v = layer.cross_kv(memory)
+        caches = [text.self_attention_caches(2, 8)[0] for _ in range(2)]
+        for step in range(6):
+            x = torch.randn(2, 1, memory.shape[-1])
+            outputs = [
+                step_fn(
+                    x,
+                    step,
+                    layer.heads,
+                    weights.packed,
+                    weights.reduce_range,
+                    weights.norm_params,
+                    weights.norm_eps,
+                    cache,
+                    mem_k,
+                    mem_v,
+                    mask,
+                )
+                for step_fn, cache in zip(
+                    (decoder_step.decoder_layer_step, decoder_step._plain_decoder_layer_step), caches, strict=True
+                )
+            ]
+            assert torch.equal(outputs[0], outputs[1])
+        assert torch.equal(caches[0][:, :, :, :6], caches[1][:, :, :, :6])  # the written positions

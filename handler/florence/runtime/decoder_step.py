@@ -1,0 +1,87 @@
+"""One decoder layer at one position, compiled by TorchScript: the decode loop's inner step.
+
+A decode step is 36 small int8 matmuls plus norms and one-query attention, each a few microseconds of
+work. Called from Python, every `quantized::linear_dynamic` call costs about 9 µs more than the same
+call inside a TorchScript graph (argument conversion and dispatch from Python for an op taking
+fbgemm's packed weights), which was 16% of a Florence-2-base step. The same ops on the same packed
+weights run here, so the logits are bit-identical to running them from Python (tested).
+
+`torch.jit.script` is deprecated in torch 2.13 (as are the `quantized::` ops it calls; see
+`docs/profile.md` section 2). Where it is gone or fails, `decoder_layer_step` is the plain Python
+function below: same ops, same results, the slower call path.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    PackedInt8 = Any
+else:
+    # TorchScript resolves this name to fbgemm's packed-weights class; type checkers see Any.
+    PackedInt8 = torch.classes.quantized.LinearPackedParamsBase
+
+LINEARS_PER_LAYER = 6
+"""Order of `packed` / `reduce_range`: self q/k/v stacked, self out, cross q, cross out, fc1, fc2."""
+NORMS_PER_LAYER = 3
+"""Order of `norm_eps` (and weight, bias pairs in `norm_params`): after self attention, cross attention, MLP."""
+
+log = logging.getLogger(__name__)
+
+
+def _plain_decoder_layer_step(
+    x: torch.Tensor,
+    step: int,
+    heads: int,
+    packed: list[PackedInt8],
+    reduce_range: list[bool],
+    norm_params: list[torch.Tensor],
+    norm_eps: list[float],
+    cache: torch.Tensor,
+    mem_k: torch.Tensor,
+    mem_v: torch.Tensor,
+    mem_mask: Optional[torch.Tensor],  # noqa: UP045 (TorchScript does not parse `X | None`)
+) -> torch.Tensor:
+    """Post-LN BART decoder layer for one position of B sequences: (B, 1, C) -> (B, 1, C).
+
+    Writes this position's key/value into `cache` (B, 2, heads, max_len, C/heads) at `step` and attends
+    to [0, step]. `mem_mask` (additive, (B, 1, 1, S)) hides the padding of shorter encoder memories.
+    With one query position, the (B, 1, C) projections are already (B, heads, 1, C/heads) in memory,
+    so attention runs on views, with no transpose or copy.
+    """
+    batch, width = x.shape[0], x.shape[2]
+    head_width = width // heads
+    shape = [width]
+    qkv = torch.ops.quantized.linear_dynamic(x, packed[0], reduce_range[0]).view(batch, 3, heads, 1, head_width)
+    cache.narrow(3, step, 1).copy_(qkv.narrow(1, 1, 2))
+    seen = cache.narrow(3, 0, step + 1)
+    att = F.scaled_dot_product_attention(qkv.select(1, 0), seen.select(1, 0), seen.select(1, 1))
+    out = torch.ops.quantized.linear_dynamic(att.reshape(batch, 1, width), packed[1], reduce_range[1])
+    x = F.layer_norm(x + out, shape, norm_params[0], norm_params[1], norm_eps[0])
+    query = torch.ops.quantized.linear_dynamic(x, packed[2], reduce_range[2]).view(batch, heads, 1, head_width)
+    att = F.scaled_dot_product_attention(query, mem_k, mem_v, attn_mask=mem_mask)
+    out = torch.ops.quantized.linear_dynamic(att.reshape(batch, 1, width), packed[3], reduce_range[3])
+    x = F.layer_norm(x + out, shape, norm_params[2], norm_params[3], norm_eps[1])
+    hidden = F.gelu(torch.ops.quantized.linear_dynamic(x, packed[4], reduce_range[4]))
+    out = torch.ops.quantized.linear_dynamic(hidden, packed[5], reduce_range[5])
+    return F.layer_norm(x + out, shape, norm_params[4], norm_params[5], norm_eps[2])
+
+
+def _compiled(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`function` scripted by TorchScript, or `function` itself where scripting is unavailable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit.script
+            return torch.jit.script(function)
+    except Exception as error:  # TorchScript removed or unable to compile: same maths, slower calls
+        log.warning("decoder step runs uncompiled (%s: %s)", type(error).__name__, error)
+        return function
+
+
+decoder_layer_step = _compiled(_plain_decoder_layer_step)
