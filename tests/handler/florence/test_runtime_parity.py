@@ -306,3 +306,33 @@ def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val
             ]
             assert torch.equal(outputs[0], outputs[1])
         assert torch.equal(caches[0][:, :, :, :6], caches[1][:, :, :, :6])  # the written positions
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_patch_embed_convs_are_stored_bf16_and_run_in_float32_where_bf16_is_not_native(paths, monkeypatch, native):
+    """bf16 convs only where the CPU computes bf16 natively; elsewhere a float32 copy that is never pickled."""
+    import handler.florence.runtime.vision as vision
+
+    monkeypatch.setattr(vision, "native_bfloat16", lambda: native)
+    _, fast, _ = paths
+    embed = copy.deepcopy(fast.vision.embeds[1])
+    assert embed.conv.weight.dtype == torch.bfloat16  # what serving_prep stores, on any build machine
+    embed.__dict__["_float_conv"] = None
+    x = torch.randn(1, 10, 12, embed.conv.in_channels)
+    with torch.inference_mode():
+        out = embed(x)
+    float_conv = embed.__dict__["_float_conv"]
+    assert (float_conv is None) == native
+    if not native:
+        assert float_conv.weight.dtype == torch.float32
+        assert torch.equal(float_conv.weight, embed.conv.weight.float())
+    assert out.dtype == torch.float32 and out.shape[1:3] == (5, 6)
+    restored = pickle.loads(pickle.dumps(embed))
+    assert restored.__dict__["_float_conv"] is None and restored.conv.weight.dtype == torch.bfloat16
+    with torch.inference_mode():
+        reference = vision._channels_last_conv(
+            copy.deepcopy(embed.conv).float(), embed.norm(x) if embed.pre_norm else x
+        )
+        if not embed.pre_norm:
+            reference = embed.norm(reference)
+    torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05 * float(reference.abs().max()))
