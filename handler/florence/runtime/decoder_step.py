@@ -17,7 +17,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ def _plain_decoder_layer_step(
     cache: torch.Tensor,
     mem_k: torch.Tensor,
     mem_v: torch.Tensor,
-    mem_mask: Optional[torch.Tensor],  # noqa: UP045 (TorchScript does not parse `X | None`)
+    mem_mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """Post-LN BART decoder layer for one position of B sequences: (B, 1, C) -> (B, 1, C).
 
