@@ -336,3 +336,19 @@ def test_patch_embed_convs_are_stored_bf16_and_run_in_float32_where_bf16_is_not_
         if not embed.pre_norm:
             reference = embed.norm(reference)
     torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05 * float(reference.abs().max()))
+
+
+def test_bf16_window_attention_in_bands_matches_fp32_attention(monkeypatch):
+    """Window attention where bf16 is native: two bf16 matmuls, a band of windows at a time, close to fp32 SDPA."""
+    import handler.florence.runtime.vision as vision
+
+    torch.manual_seed(4)
+    qkv = torch.randn(3, 6, 4, 49, 32)
+    reference = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=32**-0.5)
+    whole = vision._bf16_attention(qkv, 32**-0.5)
+    monkeypatch.setattr(vision, "ATTENTION_CHUNK_ELEMENTS", 2 * 4 * 49 * 49)  # three bands of two windows
+    banded = vision._bf16_attention(qkv, 32**-0.5)
+    assert banded.shape == whole.shape == reference.shape and banded.dtype == torch.float32
+    torch.testing.assert_close(banded, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(whole, reference, rtol=0.02, atol=0.02)
+    assert not torch.equal(whole, reference)  # bf16 really ran
