@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from handler.florence.runtime.pickling import CachesNotPickled
 
-class Int8Linear(nn.Module):
+
+class Int8Linear(CachesNotPickled, nn.Module):
     """y = x W^T + b with W int8 and x quantized per call (dynamic int8).
 
     `weight_scale` / `weight_zero_point` hold one value (per-tensor weights, as `quantize_dynamic`
@@ -28,6 +30,7 @@ class Int8Linear(nn.Module):
     weight_scale: torch.Tensor
     weight_zero_point: torch.Tensor
     bias: torch.Tensor | None
+    caches = ("_packed",)
 
     def __init__(
         self,
@@ -58,11 +61,6 @@ class Int8Linear(nn.Module):
             scale, zero_point = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
         version = getattr(module, "version", None)  # torch.ao's module version 4 added reduce_range
         return cls(weight.int_repr(), scale, zero_point, module.bias(), version is not None and version >= 4)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_packed"] = None
-        return state
 
     def packed(self) -> Any:
         """fbgemm's packed weights, built once (a plain attribute, so never pickled)."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from handler.florence.preprocess import ImageSpec
+from handler.florence.runtime.pickling import CachesNotPickled
 from handler.florence.runtime.text import DecodeRequest, TextModel
 from handler.florence.runtime.vision import VisionTower
 
@@ -68,8 +69,9 @@ _CLEANUP = [
 ]
 
 
-class FastFlorence(nn.Module):
+class FastFlorence(CachesNotPickled, nn.Module):
     runtime = RUNTIME_NAME
+    caches = ("_tokenizer",)
 
     def __init__(
         self,
@@ -87,11 +89,6 @@ class FastFlorence(nn.Module):
         self.image_spec = image
         self.decode_spec = decode
         self._tokenizer: Any = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_tokenizer"] = None
-        return state
 
     @property
     def tokenizer(self):

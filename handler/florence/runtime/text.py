@@ -18,12 +18,13 @@ from torch import nn
 
 from handler.florence.runtime.decoder_step import decoder_layer_step, unoptimized_execution
 from handler.florence.runtime.int8 import Int8Linear
+from handler.florence.runtime.pickling import CachesNotPickled
 
 POSITION_OFFSET = 2
 """BART's learned position table starts at index 2 (a fairseq leftover)."""
 
 
-class TiedInt8Head(nn.Module):
+class TiedInt8Head(CachesNotPickled, nn.Module):
     """The tied token embedding and `lm_head` as one int8 matrix (stored once in the artifact).
 
     Lookups dequantize only the rows they need. Logits run through fbgemm's dynamic int8 GEMM on a
@@ -31,17 +32,13 @@ class TiedInt8Head(nn.Module):
     """
 
     weight_int8: torch.Tensor
+    caches = ("_packed",)
 
     def __init__(self, weight_int8: torch.Tensor, scale: float, zero_point: int) -> None:
         super().__init__()
         self.register_buffer("weight_int8", weight_int8)
         self.scale, self.zero_point = float(scale), int(zero_point)
         self._packed: Any = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_packed"] = None
-        return state
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.weight_int8.index_select(0, ids.reshape(-1)).float()
@@ -117,12 +114,14 @@ class _StepWeights:
     norm_eps: list[float]
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(CachesNotPickled, nn.Module):
     """Post-LN BART decoder layer for one position of B sequences at a time against a preallocated KV cache.
 
     The modules hold the weights (and pickle them); the step itself is `decoder_layer_step`, compiled
     by TorchScript, on weights gathered once into `_StepWeights`.
     """
+
+    caches = ("_step_weights",)
 
     def __init__(self, qkv, o, norm1, cq, ck, cv, co, norm2, fc1, fc2, norm3, heads: int) -> None:
         super().__init__()
@@ -131,11 +130,6 @@ class DecoderLayer(nn.Module):
         self.fc1, self.fc2, self.norm3 = fc1, fc2, norm3
         self.heads = heads
         self._step_weights: _StepWeights | None = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_step_weights"] = None
-        return state
 
     def step_weights(self) -> _StepWeights:
         weights = self._step_weights

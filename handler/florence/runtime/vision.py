@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from handler.florence.runtime.int8 import Int8Linear
+from handler.florence.runtime.pickling import CachesNotPickled
 
 
 def _channels_last_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +165,7 @@ class MixingBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PatchEmbed(nn.Module):
+class PatchEmbed(CachesNotPickled, nn.Module):
     """The stem and the stride-2 downsampling convs between DaViT stages.
 
     `serving_prep` stores these four dense convs in bfloat16 (11.8 MiB less artifact). Where the CPU
@@ -175,15 +176,12 @@ class PatchEmbed(nn.Module):
     between modules.
     """
 
+    caches = ("_float_conv",)
+
     def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool) -> None:
         super().__init__()
         self.conv, self.norm, self.pre_norm = conv, norm, pre_norm
         object.__setattr__(self, "_float_conv", None)  # a cache, not a registered submodule
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_float_conv"] = None
-        return state
 
     def _compute_conv(self) -> nn.Conv2d:
         conv = self.conv
