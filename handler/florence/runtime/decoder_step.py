@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -88,14 +88,27 @@ def _compiled(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tens
 decoder_layer_step = _compiled(_plain_decoder_layer_step)
 
 
-def unoptimized_execution() -> contextlib.AbstractContextManager[None]:
-    """Where `decoder_layer_step` runs: TorchScript's optimizing executor off.
+@contextlib.contextmanager
+def decode_execution() -> Iterator[None]:
+    """Where `decoder_layer_step` runs: TorchScript's optimizing executor off, oneDNN's eltwise kernels off.
 
-    Its profiling and re-planning cost 30 ms of the first decode (a cold start's) and bought nothing
-    measurable after: a 60-token base-size decode took 299.6 ms without it and 299.4 ms with it (min of
-    20 alternating rounds). The switch is thread-local, so it wraps the calls rather than being set once
-    at import.
+    The optimizing executor's profiling and re-planning cost 30 ms of the first decode (a cold
+    start's) and bought nothing measurable after: a 60-token base-size decode took 299.6 ms without
+    it and 299.4 ms with it (min of 20 alternating rounds). That switch is thread-local.
+
+    With oneDNN enabled, `F.gelu` on a float tensor goes through a oneDNN eltwise primitive: 7.4 µs
+    for the 3,072 values of one decode position against 3.2 µs for torch's own vectorized kernel, and
+    20-24 µs inside a step, six times a step. That switch is process-wide, so it is restored on exit;
+    `service.Service` runs one request at a time. Nothing else in the step uses oneDNN (the int8
+    linears are fbgemm's).
     """
-    if isinstance(decoder_layer_step, torch.jit.ScriptFunction):
-        return torch.jit.optimized_execution(False)
-    return contextlib.nullcontext()
+    onednn = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        if isinstance(decoder_layer_step, torch.jit.ScriptFunction):
+            with torch.jit.optimized_execution(False):
+                yield
+        else:
+            yield
+    finally:
+        torch._C._set_mkldnn_enabled(onednn)

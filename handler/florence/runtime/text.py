@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handler.florence.runtime.decoder_step import decoder_layer_step, unoptimized_execution
+from handler.florence.runtime.decoder_step import decode_execution, decoder_layer_step
 from handler.florence.runtime.int8 import Int8Linear
 from handler.florence.runtime.pickling import CachesNotPickled
 
@@ -262,7 +262,7 @@ class TextModel(nn.Module):
     ) -> torch.Tensor:
         """(B, vocab) logits for the (B, 1) `tokens` at position `step`, writing their keys/values into `caches`."""
         x = self.dec_norm(self.embed_tokens(tokens) + self.dec_positions[POSITION_OFFSET + step])
-        with unoptimized_execution():
+        with decode_execution():
             for layer, cache, (mem_k, mem_v) in zip(self.decoder_layers(), caches, cross, strict=True):
                 x = layer(x, step, cache, mem_k, mem_v, mem_mask)
         return self.lm_head(x).view(tokens.shape[0], -1)
