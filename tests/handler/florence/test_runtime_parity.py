@@ -352,3 +352,20 @@ def test_bf16_window_attention_in_bands_matches_fp32_attention(monkeypatch):
     torch.testing.assert_close(banded, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(whole, reference, rtol=0.02, atol=0.02)
     assert not torch.equal(whole, reference)  # bf16 really ran
+
+
+def test_channel_attention_matmuls_equal_sdpa_over_channels():
+    """DaViT's channel attention as two matmuls on views equals SDPA with channels as the sequence."""
+    from handler.florence.runtime.vision import ChannelAttention
+
+    torch.manual_seed(5)
+    batch, side, width, groups = 2, 7, 64, 4
+    attention = ChannelAttention(torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width), groups)
+    x = torch.randn(batch, side, side, width)
+    tokens = side * side
+    qkv = attention.qkv(x.reshape(batch, tokens, width)).view(batch, tokens, 3, groups, width // groups)
+    q, k, v = qkv.permute(2, 0, 3, 4, 1)  # (batch, groups, channels per group, tokens)
+    mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=tokens**-0.5)
+    reference = attention.proj(mixed.permute(0, 3, 1, 2).reshape(batch, tokens, width)).view(x.shape)
+    with torch.inference_mode():
+        torch.testing.assert_close(attention(x), reference, rtol=1e-5, atol=1e-5)
