@@ -79,7 +79,9 @@ def markdown(result: BenchResult, chart_name: str | None) -> str:
         f"| peak RSS serving caption + analyze (MiB) | {baseline_cold.peak_rss_mib:.0f} | {served_cold.peak_rss_mib:.0f} |",
         "",
         "Cold start runs in a fresh interpreter (`python -m model_build.bench.child`): imports, sha256 check and"
-        " unpickling exactly as `handler.florence.artifact.load_artifact` does, then the first caption. Peak RSS is that"
+        " unpickling exactly as `handler.florence.artifact.load_artifact` does, then the first caption. The served"
+        " path imports torch on a second thread during its sha256 check, so its `import torch` overlaps its artifact"
+        " load (which includes it); the seed recipe's are one after the other. Peak RSS is that"
         " process's VmHWM after a caption and a caption+detect request.",
         "",
         "## Peer: ONNX Runtime int8",

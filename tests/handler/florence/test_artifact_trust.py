@@ -20,7 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from handler.app import app
-from handler.florence.artifact import ArtifactError, Manifest, load_artifact
+from handler.florence.artifact import ArtifactError, Manifest, load_artifact, sha256_file
 from tests.conftest import REPO_ROOT
 
 
@@ -149,3 +149,12 @@ def test_a_pinned_artifact_sha256_must_match_the_manifest(
     monkeypatch.setenv("ARTIFACT_SHA256", digest)
     response = TestClient(app).post("/caption", content=png_bytes, headers={"content-type": "image/png"})
     assert response.status_code == 503 and "pinned ARTIFACT_SHA256" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) + 7])
+def test_sha256_file_is_hashlib_over_the_bytes(tmp_path: Path, size: int) -> None:
+    """The one-call hash over a mapping equals hashlib over the file's bytes, an empty file included."""
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

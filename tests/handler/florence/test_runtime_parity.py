@@ -182,7 +182,8 @@ def test_analyze_encodes_once_and_decodes_the_tasks_as_one_batch(paths, val_imag
 
 
 def test_fast_artifact_loads_without_transformers(paths, tmp_path):
-    """The served pickle unpickles and answers with torch + tokenizers alone (the cold-start saving)."""
+    """The served pickle unpickles and answers with torch + tokenizers alone (the cold-start saving);
+    torch is first imported by the load itself, on its second thread beside the sha256 check."""
     from model_build.export.writer import write_artifact
 
     _, fast, processor = paths
@@ -193,15 +194,17 @@ def test_fast_artifact_loads_without_transformers(paths, tmp_path):
     Image.new("RGB", (320, 240), (200, 30, 30)).save(val)
     code = (
         "import sys; from PIL import Image; from handler.florence.artifact import load_artifact;"
-        "from handler.florence.engine import Engine; from handler.florence.tasks import MAX_NEW_TOKENS, Task;"
+        "print('torch' in sys.modules);"
         f"a = load_artifact({str(tmp_path / 'art')!r}); assert a.processor is None;"
+        "print(0 < a.torch_import_seconds < a.load_seconds);"
+        "from handler.florence.engine import Engine; from handler.florence.tasks import MAX_NEW_TOKENS, Task;"
         f"r = Engine.from_artifact(a).run(Image.open({str(val)!r}).convert('RGB'), [Task.CAPTION, Task.DETECT]);"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'));"
         "print(type(r.predictions[Task.CAPTION].caption).__name__)"
     )
     out = run_python("-c", code, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines() == ["[]", "str"]
+    assert out.stdout.splitlines() == ["False", "True", "[]", "str"]
 
 
 def test_stacked_qkv_is_bit_identical_to_separate_int8_linears():
