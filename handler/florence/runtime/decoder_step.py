@@ -102,8 +102,9 @@ def decode_execution() -> Iterator[None]:
     `service.Service` runs one request at a time. Nothing else in the step uses oneDNN (the int8
     linears are fbgemm's).
     """
-    onednn = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
+    onednn = bool(torch.backends.mkldnn.enabled)
+    # torch's stubs type the module attribute as its descriptor (ContextProp); at run time it is a bool.
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
         if isinstance(decoder_layer_step, torch.jit.ScriptFunction):
             with torch.jit.optimized_execution(False):
@@ -111,4 +112,4 @@ def decode_execution() -> Iterator[None]:
         else:
             yield
     finally:
-        torch._C._set_mkldnn_enabled(onednn)
+        torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]

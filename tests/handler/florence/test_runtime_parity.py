@@ -372,3 +372,16 @@ def test_channel_attention_matmuls_equal_sdpa_over_channels():
     reference = attention.proj(mixed.permute(0, 3, 1, 2).reshape(batch, tokens, width)).view(x.shape)
     with torch.inference_mode():
         torch.testing.assert_close(attention(x), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_execution_turns_onednn_off_and_always_restores_it():
+    """The decode step's GELU takes torch's own kernel; oneDNN is back on for the vision tower afterwards."""
+    from handler.florence.runtime.decoder_step import decode_execution
+
+    assert torch.backends.mkldnn.enabled
+    with decode_execution():
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError), decode_execution():
+        raise RuntimeError("a failing decode")
+    assert torch.backends.mkldnn.enabled
