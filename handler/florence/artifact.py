@@ -305,9 +305,11 @@ def load_artifact(artifact_dir: str | Path, pinned_sha256: str = "") -> LoadedAr
     """
     start = time.perf_counter()
     torch_import = _BackgroundImport("torch")
-    manifest = Manifest.read(artifact_dir, pinned_sha256)
-    model_path = verify(artifact_dir, manifest)
-    torch_import_seconds = torch_import.wait()
+    try:
+        manifest = Manifest.read(artifact_dir, pinned_sha256)
+        model_path = verify(artifact_dir, manifest)
+    finally:  # also on a refusal: a process that exits next must not do so mid-import
+        torch_import_seconds = torch_import.wait()
 
     from handler.florence.memory import drop_file_pages, return_freed_heap, reuse_freed_heap
     from handler.florence.runtime.int8 import pack_int8_layers
