@@ -4,11 +4,13 @@ The base architecture is built from config with random weights (no hub here), so
 about compute, not answer quality. Each timed request is run with a pinned number of new tokens
 (EOS suppressed until then) so both paths do identical work. The seed recipe is: merged model,
 int8 `quantize_dynamic`, 384 x 384, greedy HF `generate`, one call per task. The served path is
-`handler.florence.engine.Engine.run` on the object `prepare_for_serving` builds, as the handler runs it.
+`handler.florence.engine.Engine.run` on the model `load_artifact` loads from the artifact `fuse` would
+write, as the handler runs it. Both paths are timed loaded from their artifacts, not as built.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -17,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from handler.config import available_cpus
 from handler.florence.tasks import IMAGE_SIZE, Task
@@ -96,6 +99,17 @@ def _child(
     return ColdStart.from_child(marks, wall, transformers_imported=mode == "baseline")
 
 
+def _load_deployed(artifacts: Path) -> tuple[Any, Any]:
+    """Both paths as their handlers hold them: the seed recipe's pickle through `torch.load` (as its
+    cold-start child loads it), the served one through `handler.florence.artifact.load_artifact`."""
+    import torch
+
+    from handler.florence.artifact import load_artifact
+
+    seed = torch.load(artifacts / "baseline" / "model.pt", weights_only=False).eval()
+    return seed, load_artifact(artifacts / "served").model
+
+
 def run_bench(config: BenchConfig) -> BenchResult:
     """Build all paths from one model, time them interleaved, and return every figure as a `BenchResult`."""
     config = config.resolved()
@@ -151,55 +165,6 @@ def run_bench(config: BenchConfig) -> BenchResult:
     del model
     floor = streaming_floor(fast)
 
-    engine = Engine(fast, None, new_tokens=tokens)
-
-    def baseline_task(task: Task) -> None:
-        baseline_generate(baseline, processor, image, prompts[task.value], tokens[task])
-
-    cases = {
-        "caption": (lambda: baseline_task(Task.CAPTION), lambda: engine.run(image, [Task.CAPTION])),
-        "detect": (lambda: baseline_task(Task.DETECT), lambda: engine.run(image, [Task.DETECT])),
-        # The seed recipe has no shared encoding: an analyze request is one generate per task.
-        "caption+detect": (
-            lambda: (baseline_task(Task.CAPTION), baseline_task(Task.DETECT)),
-            lambda: engine.run(image, [Task.CAPTION, Task.DETECT]),
-        ),
-    }
-
-    def baseline_vision() -> None:
-        with torch.inference_mode():
-            baseline.model.get_image_features(pixel_values)
-
-    def fast_vision() -> None:
-        with torch.inference_mode():
-            fast.image_features(fast.image_spec.to_pixels(image))
-
-    cases["vision tower"] = (baseline_vision, fast_vision)
-
-    samples: dict[str, dict[str, list[float]]] = {name: {"baseline": [], "served": []} for name in cases}
-    for name, (baseline_fn, served_fn) in tqdm(cases.items(), desc="latency", unit="case"):
-        for _ in range(warmup):
-            baseline_fn(), served_fn()
-        for _ in range(runs):  # interleaved, so machine noise hits both paths alike
-            samples[name]["baseline"].append(time_call(baseline_fn))
-            samples[name]["served"].append(time_call(served_fn))
-
-    breakdown = None
-    if profile_path is not None:
-        from model_build.bench.breakdown import profiler_tables, stage_breakdown
-
-        breakdown = stage_breakdown(baseline, fast, processor, image, prompts)
-        tables = profiler_tables(baseline, fast, processor, image, prompts, caption_tokens)
-        profile_path.parent.mkdir(parents=True, exist_ok=True)
-        profile_path.write_text(
-            json.dumps(breakdown, indent=2)
-            + "\n\n"
-            + "\n\n".join(
-                f"== {name}: one {caption_tokens}-token caption, self CPU time ==\n{table}"
-                for name, table in tables.items()
-            )
-        )
-
     with tempfile.TemporaryDirectory(prefix="bench-artifacts-") as tmp:
         tmp_path = Path(tmp)
         image_path = tmp_path / "image.png"
@@ -216,6 +181,62 @@ def run_bench(config: BenchConfig) -> BenchResult:
                 tasks=list(Task),
             )
             sizes[label] = manifest.model_bytes / 2**20
+        # Time both paths as deployed: each loaded from the artifact just written, as its handler
+        # loads it (the served one packs every int8 weight in one pass at load; the built object
+        # would pack each layer at its first call, between that request's activations).
+        del baseline, fast
+        gc.collect()
+        baseline, fast = _load_deployed(tmp_path)
+
+        engine = Engine(fast, None, new_tokens=tokens)
+
+        def baseline_task(task: Task) -> None:
+            baseline_generate(baseline, processor, image, prompts[task.value], tokens[task])
+
+        cases = {
+            "caption": (lambda: baseline_task(Task.CAPTION), lambda: engine.run(image, [Task.CAPTION])),
+            "detect": (lambda: baseline_task(Task.DETECT), lambda: engine.run(image, [Task.DETECT])),
+            # The seed recipe has no shared encoding: an analyze request is one generate per task.
+            "caption+detect": (
+                lambda: (baseline_task(Task.CAPTION), baseline_task(Task.DETECT)),
+                lambda: engine.run(image, [Task.CAPTION, Task.DETECT]),
+            ),
+        }
+
+        def baseline_vision() -> None:
+            with torch.inference_mode():
+                baseline.model.get_image_features(pixel_values)
+
+        def fast_vision() -> None:
+            with torch.inference_mode():
+                fast.image_features(fast.image_spec.to_pixels(image))
+
+        cases["vision tower"] = (baseline_vision, fast_vision)
+
+        samples: dict[str, dict[str, list[float]]] = {name: {"baseline": [], "served": []} for name in cases}
+        for name, (baseline_fn, served_fn) in tqdm(cases.items(), desc="latency", unit="case"):
+            for _ in range(warmup):
+                baseline_fn(), served_fn()
+            for _ in range(runs):  # interleaved, so machine noise hits both paths alike
+                samples[name]["baseline"].append(time_call(baseline_fn))
+                samples[name]["served"].append(time_call(served_fn))
+
+        breakdown = None
+        if profile_path is not None:
+            from model_build.bench.breakdown import profiler_tables, stage_breakdown
+
+            breakdown = stage_breakdown(baseline, fast, processor, image, prompts)
+            tables = profiler_tables(baseline, fast, processor, image, prompts, caption_tokens)
+            profile_path.parent.mkdir(parents=True, exist_ok=True)
+            profile_path.write_text(
+                json.dumps(breakdown, indent=2)
+                + "\n\n"
+                + "\n\n".join(
+                    f"== {name}: one {caption_tokens}-token caption, self CPU time ==\n{table}"
+                    for name, table in tables.items()
+                )
+            )
+
         baseline = fast = engine = None  # free both models before the cold-start children (closures keep the names)
         for _ in tqdm(range(cold_runs), desc="cold start", unit="run"):
             for label in ("baseline", "served"):
