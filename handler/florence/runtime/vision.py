@@ -182,6 +182,7 @@ class PatchEmbed(CachesNotPickled, nn.Module):
     """
 
     caches = ("_float_conv",)
+    _float_conv: nn.Conv2d | None
 
     def __init__(self, conv: nn.Conv2d, norm: nn.LayerNorm, pre_norm: bool) -> None:
         super().__init__()
@@ -192,7 +193,7 @@ class PatchEmbed(CachesNotPickled, nn.Module):
         conv = self.conv
         if conv.weight.dtype != torch.bfloat16 or native_bfloat16():
             return conv
-        float_conv = self.__dict__.get("_float_conv")
+        float_conv = self._float_conv
         if float_conv is None:
             float_conv = copy.deepcopy(conv).float()
             object.__setattr__(self, "_float_conv", float_conv)

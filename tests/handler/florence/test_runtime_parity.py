@@ -385,3 +385,33 @@ def test_decode_execution_turns_onednn_off_and_always_restores_it():
     with pytest.raises(RuntimeError), decode_execution():
         raise RuntimeError("a failing decode")
     assert torch.backends.mkldnn.enabled
+
+
+def test_modules_pickled_before_a_cache_existed_load_with_it_empty(paths, val_images, tmp_path):
+    """Same artifact format, older runtime: a pickle without `_step_weights` / `_float_conv` still decodes."""
+    from handler.florence.artifact import load_model
+    from handler.florence.runtime.pickling import CachesNotPickled
+
+    _, fast, _ = paths
+    older = copy.deepcopy(fast)
+    caches_dropped = 0
+    for module in older.modules():
+        if isinstance(module, CachesNotPickled) and type(module).__name__ in ("DecoderLayer", "PatchEmbed"):
+            for name in module.caches:
+                module.__dict__.pop(name)
+            caches_dropped += 1
+    assert caches_dropped == len(fast.text.dec_layers) + len(fast.vision.embeds)
+    original_getstate = CachesNotPickled.__getstate__
+
+    def older_getstate(self):  # what the older runtime wrote: no entry for a cache it did not have
+        return {name: value for name, value in original_getstate(self).items() if name in self.__dict__}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CachesNotPickled, "__getstate__", older_getstate)
+        torch.save(older, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    assert all(layer.__dict__["_step_weights"] is None for layer in loaded.text.dec_layers)
+    assert all(embed.__dict__["_float_conv"] is None for embed in loaded.vision.embeds)
+    image = val_images[0]
+    expected = Engine(fast).run(image, [Task.CAPTION, Task.DETECT]).predictions
+    assert Engine(loaded).run(image, [Task.CAPTION, Task.DETECT]).predictions == expected
