@@ -1,10 +1,10 @@
 """What box and caption scores cost at base size: the scoring work timed alone, and the decode around it.
 
-Scores are made of one log-sum-exp per step over the vocabulary (inside the greedy loop, which then
-drops the step's logits), a per-token decode and the token-level parse
+Scores are made of one softmax per step over the vocabulary (`chosen_token_probabilities`, inside the
+greedy loop, which then drops the step's logits), a per-token decode and the token-level parse
 (`handler.florence.engine.FastRuntime.parse`). "Without scores" is generate plus the text parser alone;
-since the log-sum-exp now runs inside generate, the end-to-end difference understates the cost, and the
-figure that holds is the scoring work timed alone: the same log-sum-exps over the kept logits of a saved
+since the softmax runs inside generate, the end-to-end difference understates the cost, and the
+figure that holds is the scoring work timed alone: the same softmaxes over the kept logits of a saved
 generation, plus the parse. The target: under 2% of decode time.
 """
 
@@ -85,7 +85,7 @@ def bench_scores(config: ScoresBenchConfig) -> dict[str, Any]:
         chosen = torch.tensor(generation.ids[1:])
 
         def scoring(generation=generation, chosen=chosen, task=task) -> None:
-            chosen_token_probabilities(generation.logits, chosen)  # the loop's per-step log-sum-exps
+            chosen_token_probabilities(generation.logits, chosen)  # the loop's per-step softmaxes
             runtime.parse(task, generation, encoded.size)
 
         scoring_s = [time_call(scoring) for _ in range(config.runs * 3)]
