@@ -28,11 +28,6 @@ else:
     # TorchScript resolves this name to fbgemm's packed-weights class; type checkers see Any.
     PackedInt8 = torch.classes.quantized.LinearPackedParamsBase
 
-LINEARS_PER_LAYER = 6
-"""Order of `packed` / `reduce_range`: self q/k/v stacked, self out, cross q, cross out, fc1, fc2."""
-NORMS_PER_LAYER = 3
-"""Order of `norm_eps` (and weight, bias pairs in `norm_params`): after self attention, cross attention, MLP."""
-
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +45,10 @@ def _plain_decoder_layer_step(
     mem_mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """Post-LN BART decoder layer for one position of B sequences: (B, 1, C) -> (B, 1, C).
+
+    `packed` / `reduce_range` hold the six int8 linears in this order: self q/k/v stacked, self out,
+    cross q, cross out, fc1, fc2. `norm_eps` holds the three LayerNorms' eps, and `norm_params` their
+    weight, bias pairs, in this order: after self attention, after cross attention, after the MLP.
 
     Writes this position's key/value into `cache` (B, 2, heads, max_len, C/heads) at `step` and attends
     to [0, step]. `mem_mask` (additive, (B, 1, 1, S)) hides the padding of shorter encoder memories.
