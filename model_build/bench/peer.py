@@ -190,6 +190,8 @@ def peer_rows(
     """
     import torch
 
+    from handler.florence.runtime.decoder_step import decode_execution
+
     info: dict[str, Any] = {}
     heads = model.config.text_config.decoder_attention_heads
     width = model.config.text_config.d_model
@@ -215,7 +217,7 @@ def peer_rows(
         cache[:, 1, :, :CACHED_TOKENS] = values
 
     def served_step() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), decode_execution():
             fast.text.step_logits(token, CACHED_TOKENS, caches, cross)
 
     # baseline: HF's decoder with a 20-token cache (cross K/V already cached), then its int8 lm_head.

@@ -311,6 +311,35 @@ def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val
         assert torch.equal(caches[0][:, :, :, :6], caches[1][:, :, :, :6])  # the written positions
 
 
+def test_compiled_decoder_input_is_the_embedding_lookup_position_and_norm(paths):
+    """A step's input (int8 embedding row, scale, position, LayerNorm) as one compiled call equals the module calls."""
+    from handler.florence.runtime import decoder_step
+    from handler.florence.runtime.text import POSITION_OFFSET
+
+    assert isinstance(decoder_step.decoder_input, torch.jit.ScriptFunction)
+    _, fast, _ = paths
+    text, head = fast.text, fast.text.lm_head
+    with torch.inference_mode():
+        for step, ids in ((0, [[fast.decode_spec.start_id]]), (5, [[7], [head.weight_int8.shape[0] - 1]])):
+            tokens = torch.tensor(ids)
+            position = text.dec_positions[POSITION_OFFSET + step]
+            expected = text.dec_norm(text.embed_tokens(tokens) + position)
+            for input_fn in (decoder_step.decoder_input, decoder_step._plain_decoder_input):
+                got = input_fn(
+                    tokens,
+                    head.weight_int8,
+                    head.scale,
+                    head.zero_point,
+                    text.embed_scale,
+                    position,
+                    text.dec_norm.weight,
+                    text.dec_norm.bias,
+                    text.dec_norm.eps,
+                )
+                assert got.shape == (len(ids), 1, head.weight_int8.shape[1])
+                assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_patch_embed_convs_are_stored_bf16_and_run_in_float32_where_bf16_is_not_native(paths, monkeypatch, native):
     """bf16 convs only where the CPU computes bf16 natively; elsewhere a float32 copy that is never pickled."""
