@@ -31,14 +31,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-FORMAT_VERSION = 6
-"""6: int8 linears are `handler.florence.runtime.int8.Int8Linear` (plain tensors, packed after
+FORMAT_VERSION = 7
+"""The format `model_build fuse` writes. 7: the stem and downsampling convs are stored in bfloat16
+(`runtime.vision.PatchEmbed`); a format-6 runtime, handed such an artifact, would unpickle it and fail
+at its first request, so the number changed. 6: int8 linears are `handler.florence.runtime.int8.Int8Linear` (plain tensors, packed after
 loading in parallel) instead of `torch.ao`'s dynamic `Linear`. 5: the vision convs run channels-last with the block residuals folded in (no `nchw` flags), and
 `/analyze` decodes its tasks as one batch. 4: the manifest covers every processor file
 (`processor_sha256`), and `model.pt` must load with weights_only and the allow-list. 3: the runtime's
 classes moved to `handler.florence.runtime` (the pickle names class paths). 2: the fast runtime's convs
 carry the memory format they must run in. Older artifacts are refused with a rebuild hint rather than
 failing inside the unpickler."""
+READABLE_FORMATS = (6, FORMAT_VERSION)
+"""What this runtime loads: format 6 differs only in float32 convs, which `PatchEmbed` runs as they are."""
 MODEL_FILE = "model.pt"
 PROCESSOR_DIR = "processor"
 MANIFEST_FILE = "manifest.json"
@@ -96,9 +100,11 @@ class Manifest:
             raise ArtifactError(f"unreadable {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ArtifactError(f"{path} is not a JSON object")
-        if data.get("format_version") != FORMAT_VERSION:
+        version = data.get("format_version")
+        if type(version) is not int or version not in READABLE_FORMATS:
+            readable = " or ".join(str(v) for v in READABLE_FORMATS)
             raise ArtifactError(
-                f"artifact format {data.get('format_version')!r} is not the supported {FORMAT_VERSION}; "
+                f"artifact format {version!r} is not one this runtime reads ({readable}); "
                 "rebuild it with `python -m model_build fuse`"
             )
         known = set(cls.__dataclass_fields__)

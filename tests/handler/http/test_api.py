@@ -202,6 +202,10 @@ def test_503_when_the_artifact_is_corrupt_and_the_failure_is_cached(
         ("format_version", 4, ["format 4", "model_build fuse"]),
         # Format 5 pickled torch.ao's dynamic int8 Linear, repacked inside unpickling one layer at a time.
         ("format_version", 5, ["format 5", "model_build fuse"]),
+        # A newer format than this runtime knows, and values that are not a format number at all.
+        ("format_version", 8, ["format 8", "6 or 7", "model_build fuse"]),
+        ("format_version", "7", ["format '7'", "model_build fuse"]),
+        ("format_version", True, ["format True", "model_build fuse"]),
     ],
 )
 def test_503_when_built_for_another_runtime_or_format(
@@ -222,6 +226,25 @@ def test_503_when_built_for_another_runtime_or_format(
     monkeypatch.setenv("ARTIFACT_DIR", str(other))
     message = _assert_error(_raw(client, "/caption", png_bytes), 503, "model_unavailable")["error"]["message"]
     assert all(part in message for part in expected), message
+
+
+def test_format_6_artifacts_still_load(
+    client: TestClient, png_bytes: bytes, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Format 7 only stores the downsampling convs in bf16; this runtime runs float32 ones as they are."""
+    from handler.florence.artifact import FORMAT_VERSION, READABLE_FORMATS
+
+    assert json.loads((tiny_artifact / "manifest.json").read_text())["format_version"] == FORMAT_VERSION == 7
+    assert READABLE_FORMATS == (6, 7)
+    older = tmp_path / "older"
+    shutil.copytree(tiny_artifact, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["format_version"] = 6
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("ARTIFACT_DIR", str(older))
+    response = _raw(client, "/caption", png_bytes)
+    assert response.status_code == 200, response.text
+    assert response.json()["caption"]
 
 
 def test_failed_load_is_retried_after_the_window(
