@@ -79,13 +79,14 @@ def _plain_decoder_input(
     table_scale: float,
     table_zero_point: int,
     embed_scale: float,
-    position: torch.Tensor,
+    positions: torch.Tensor,
+    position: int,
     norm_weight: torch.Tensor,
     norm_bias: torch.Tensor,
     norm_eps: float,
 ) -> torch.Tensor:
     """The decoder's input at one position: int8 embedding rows of the (B, 1) `ids`, dequantized and
-    scaled, plus the learned `position` row, layer-normed: (B, 1, C).
+    scaled, plus row `position` of the learned `positions` table, layer-normed: (B, 1, C).
 
     The same ops as `TiedInt8Head.lookup`, the embedding scale, the position add and the LayerNorm
     called one by one from Python, in the same order (so the same values); as one compiled call they
@@ -97,7 +98,7 @@ def _plain_decoder_input(
     rows = rows * table_scale
     if embed_scale != 1.0:
         rows = rows * embed_scale
-    x = rows.view(ids.shape[0], 1, table.shape[1]) + position
+    x = rows.view(ids.shape[0], 1, table.shape[1]) + positions.select(0, position)
     return F.layer_norm(x, [table.shape[1]], norm_weight, norm_bias, norm_eps)
 
 

@@ -211,6 +211,34 @@ def _pad_memories(memories: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return padded, mask
 
 
+def _keep_rows(
+    keep: list[int],
+    caches: list[torch.Tensor],
+    cross: list[tuple[torch.Tensor, torch.Tensor]],
+    mem_mask: torch.Tensor | None,
+) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+    """The decode state of the batch rows `keep` (ascending) after others finished.
+
+    Rows are the outermost dimension, so a run of consecutive rows is a contiguous view: `/analyze`'s
+    `<OD>` row goes on alone without copying its 10 MB of keys and values. Other selections are copied.
+    A mask that no longer hides anything (the rows left have the longest memory) is dropped: SDPA
+    with a mask took 0.04-0.08 ms more per step.
+    """
+    if keep == list(range(keep[0], keep[-1] + 1)):
+        start, length = keep[0], len(keep)
+        caches = [cache.narrow(0, start, length) for cache in caches]
+        cross = [(mk.narrow(0, start, length), mv.narrow(0, start, length)) for mk, mv in cross]
+        mem_mask = None if mem_mask is None else mem_mask.narrow(0, start, length)
+    else:
+        rows = torch.tensor(keep)
+        caches = [cache.index_select(0, rows) for cache in caches]
+        cross = [(mk.index_select(0, rows), mv.index_select(0, rows)) for mk, mv in cross]
+        mem_mask = None if mem_mask is None else mem_mask.index_select(0, rows)
+    if mem_mask is not None and not bool(torch.isinf(mem_mask).any()):
+        mem_mask = None
+    return caches, cross, mem_mask
+
+
 class TextModel(nn.Module):
     """BART encoder + decoder + tied lm_head with a lean greedy loop."""
 
@@ -266,14 +294,14 @@ class TextModel(nn.Module):
         left around every step, it cost 56 µs of a 4.4 ms base-size step.
         """
         head, norm = self.lm_head, cast(nn.LayerNorm, self.dec_norm)
-        position = self.dec_positions[POSITION_OFFSET + step]
         x = decoder_input(
             tokens,
             head.weight_int8,
             head.scale,
             head.zero_point,
             self.embed_scale,
-            position,
+            self.dec_positions,
+            POSITION_OFFSET + step,
             norm.weight,
             norm.bias,
             norm.eps,
@@ -348,7 +376,8 @@ class TextModel(nn.Module):
                     else:
                         next_id = best[row]
                     chosen.append(next_id)
-                chosen_probabilities = chosen_token_probabilities(step_logits, torch.tensor(chosen)).tolist()
+                chosen_ids = torch.tensor(chosen)
+                chosen_probabilities = chosen_token_probabilities(step_logits, chosen_ids).tolist()
                 finished, next_ids = [], []
                 for row, index in enumerate(active):
                     request, next_id = requests[index], chosen[row]
@@ -364,15 +393,13 @@ class TextModel(nn.Module):
                         done[index] = Decoded(ids[index], probabilities[index], logits, seconds)
                     else:
                         next_ids.append(next_id)
-                if finished:
-                    keep = [row for row in range(len(active)) if row not in finished]
-                    if not keep:
-                        break
-                    rows = torch.tensor(keep)
-                    active = [active[row] for row in keep]
-                    caches = [cache.index_select(0, rows) for cache in caches]
-                    cross = [(mk.index_select(0, rows), mv.index_select(0, rows)) for mk, mv in cross]
-                    if mem_mask is not None:
-                        mem_mask = mem_mask.index_select(0, rows)
+                if not finished:
+                    tokens = chosen_ids.view(-1, 1)  # every row goes on: the ids just chosen are the next input
+                    continue
+                keep = [row for row in range(len(active)) if row not in finished]
+                if not keep:
+                    break
+                active = [active[row] for row in keep]
+                caches, cross, mem_mask = _keep_rows(keep, caches, cross, mem_mask)
                 tokens = torch.tensor(next_ids, dtype=torch.long).view(-1, 1)
         return [d for d in done if d is not None]
