@@ -128,6 +128,18 @@ def test_batched_prompts_of_different_lengths_mask_the_padding(paths, val_images
         assert (together.logits - single.logits).abs().max() < 0.5
 
 
+def test_rows_leave_the_batch_in_any_order(paths, val_images):
+    """Three prompts that finish middle-first: the batch shrinks by a copy ([0, 2]), then by a view ([0])."""
+    _, fast, _ = paths
+    prompts = [Task.CAPTION.value, Task.DETECT.value, Task.CAPTION.value]
+    with torch.inference_mode():
+        features = fast.image_features(fast.image_spec.to_pixels(val_images[2]))
+        singles, batched = _teacher_forced_batch(fast, features, prompts, [24, 8, 16])
+    for together, single in zip(batched, singles, strict=True):
+        assert together.ids == single.ids and together.logits.shape == single.logits.shape
+        assert (together.logits - single.logits).abs().max() < 0.5
+
+
 def test_folded_residual_conv_is_conv_plus_input():
     from model_build.export.serving_prep import fold_residual
 
