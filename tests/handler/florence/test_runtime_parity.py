@@ -131,7 +131,7 @@ def test_batched_prompts_of_different_lengths_mask_the_padding(paths, val_images
 def test_rows_leave_the_batch_in_any_order(paths, val_images):
     """Three prompts that finish middle-first: the batch shrinks by a copy ([0, 2]), then by a view ([0])."""
     _, fast, _ = paths
-    prompts = [Task.CAPTION.value, Task.DETECT.value, Task.CAPTION.value]
+    prompts = [Task.CAPTION.value, Task.DETECT.value, Task.DETECT.value]
     with torch.inference_mode():
         features = fast.image_features(fast.image_spec.to_pixels(val_images[2]))
         singles, batched = _teacher_forced_batch(fast, features, prompts, [24, 8, 16])
