@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from model_build.bench.peer import STEP_RUN
 from model_build.bench.results import BenchResult, Stats
 
 
@@ -112,7 +113,7 @@ def markdown(result: BenchResult, chart_name: str | None) -> str:
         f" floor {floor.floor_ms:.2f} ms per token.",
         f"- Served per token: {result.decode.per_token_ms:.2f} ms (marginal: (detect min - caption min) / "
         f"{result.detect_tokens - result.caption_tokens} tokens) = **{result.decode.multiple:.2f}x the floor**;"
-        f" one isolated decoder step: {result.decode.step_ms:.2f} ms.",
+        f" one decoder step in a run of {STEP_RUN}: {result.decode.step_ms:.2f} ms.",
         "",
         "## Targets (issue 11)",
         "",

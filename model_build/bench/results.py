@@ -75,7 +75,7 @@ class DecodeFloor:
     per_token_ms: float
     """(detect min - caption min) / (detect tokens - caption tokens): the marginal cost of one token."""
     step_ms: float
-    """One served decoder step (20 cached tokens) from the peer rows."""
+    """One served decoder step (20 cached tokens) from the peer rows, per step of a run of consecutive steps."""
 
     @property
     def multiple(self) -> float:
