@@ -2,33 +2,20 @@
 
 A decode step is 36 small int8 matmuls plus norms and one-query attention, each a few microseconds of
 work. Called from Python, every `quantized::linear_dynamic` call costs about 9 µs more than the same
-call inside a TorchScript graph (argument conversion and dispatch from Python for an op taking
-fbgemm's packed weights), which was 16% of a Florence-2-base step. The same ops on the same packed
-weights run here, so the logits are bit-identical to running them from Python (tested).
-
-`torch.jit.script` is deprecated in torch 2.13 (as are the `quantized::` ops it calls; see
-`docs/profile.md` section 2). Where it is gone or fails, `decoder_layer_step` is the plain Python
-function below: same ops, same results, the slower call path.
+call inside a TorchScript graph, which was 16% of a Florence-2-base step (`scripting.compiled`). The
+same ops on the same packed weights run here, so the logits are bit-identical to running them from
+Python (tested).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    PackedInt8 = Any
-else:
-    # TorchScript resolves this name to fbgemm's packed-weights class; type checkers see Any.
-    PackedInt8 = torch.classes.quantized.LinearPackedParamsBase
-
-log = logging.getLogger(__name__)
+from handler.florence.runtime.scripting import PackedInt8, as_compiled, compiled
 
 
 def _plain_decoder_layer_step(
@@ -102,28 +89,13 @@ def _plain_decoder_input(
     return F.layer_norm(x, [table.shape[1]], norm_weight, norm_bias, norm_eps)
 
 
-def _compiled(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """`function` scripted by TorchScript, or `function` itself where scripting is unavailable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit.script
-            return torch.jit.script(function)
-    except Exception as error:  # TorchScript removed or unable to compile: same maths, slower calls
-        log.warning("decoder step runs uncompiled (%s: %s)", type(error).__name__, error)
-        return function
-
-
-decoder_layer_step = _compiled(_plain_decoder_layer_step)
-decoder_input = _compiled(_plain_decoder_input)
+decoder_layer_step = compiled(_plain_decoder_layer_step)
+decoder_input = compiled(_plain_decoder_input)
 
 
 @contextlib.contextmanager
 def decode_execution() -> Iterator[None]:
-    """Where `decoder_layer_step` runs: TorchScript's optimizing executor off, oneDNN's eltwise kernels off.
-
-    The optimizing executor's profiling and re-planning cost 30 ms of the first decode (a cold
-    start's) and bought nothing measurable after: a 60-token base-size decode took 299.6 ms without
-    it and 299.4 ms with it (min of 20 alternating rounds). That switch is thread-local.
+    """Where `decoder_layer_step` runs: as compiled (`scripting.as_compiled`), oneDNN's eltwise kernels off.
 
     With oneDNN enabled, `F.gelu` on a float tensor goes through a oneDNN eltwise primitive: 7.4 µs
     for the 3,072 values of one decode position against 3.2 µs for torch's own vectorized kernel, and
@@ -135,10 +107,7 @@ def decode_execution() -> Iterator[None]:
     # torch's stubs type the module attribute as its descriptor (ContextProp); at run time it is a bool.
     torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
-        if isinstance(decoder_layer_step, torch.jit.ScriptFunction):
-            with torch.jit.optimized_execution(False):
-                yield
-        else:
+        with as_compiled():
             yield
     finally:
         torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]

@@ -14,33 +14,36 @@ from __future__ import annotations
 import copy
 import functools
 import platform
+from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from handler.florence.runtime import vision_block
 from handler.florence.runtime.int8 import Int8Linear
 from handler.florence.runtime.pickling import CachesNotPickled
+from handler.florence.runtime.scripting import as_compiled
+
+HIDDEN_CHUNK_ELEMENTS = 1 << 20
+"""Largest MLP hidden activation computed at once (4 MB of float32, an eighth of L3).
+
+8 MB bands were as fast, but with the blocks compiled (`vision_block`) a fresh process's peak RSS
+after a caption and an `/analyze` rose from 633-638 MiB to 668-681 MiB; with 4 MB bands it was
+634-638 MiB, and the tower took 219.3-222.4 ms by min against 222.0-224.9 with 8 MB bands (three
+processes, 12 rotating rounds each). The same holds for `ATTENTION_CHUNK_ELEMENTS`."""
 
 
-def _channels_last_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Apply a conv to a (B, H, W, C) tensor; returns (B, H', W', C').
-
-    The permuted view is a channels-last NCHW tensor (no copy), so oneDNN runs its channels-last
-    kernel and returns channels-last, which permutes back to a contiguous (B, H', W', C').
-    """
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
-HIDDEN_CHUNK_ELEMENTS = 2 << 20
-"""Largest MLP hidden activation computed at once (8 MB of float32, a quarter of L3)."""
+def _packed(linear: nn.Module) -> tuple[object, bool]:
+    """An `Int8Linear`'s fbgemm-packed weights and its reduce_range flag, as the block functions take them."""
+    layer = cast(Int8Linear, linear)
+    return layer.packed(), layer.reduce_range
 
 
 class Mlp(nn.Module):
-    """fc1, GELU, fc2; on large feature maps, a band of rows at a time.
+    """fc1, GELU, fc2; on large feature maps, a band of rows at a time (`vision_block.mlp`).
 
-    At the first DaViT stage the hidden activation is 19 MB; in bands of at most 8 MB, fc1's output
+    At the first DaViT stage the hidden activation is 19 MB; in bands of at most 4 MB, fc1's output
     is still in L3 when GELU reads it, and the peak RSS of a request drops by the difference. Each
     band takes its own dynamic int8 activation scale: never coarser than one for the whole map.
     """
@@ -49,17 +52,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1, self.fc2 = fc1, fc2
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
         hidden = cast(Int8Linear, self.fc1).out_features
-        bands = -(-b * h * w * hidden // HIDDEN_CHUNK_ELEMENTS)
-        if bands <= 1 or h < 2:
-            return self._forward(x)
-        rows = -(-h // bands)
-        return torch.cat([self._forward(band) for band in x.split(rows, dim=1)], dim=1)
+        return vision_block.mlp(x, *_packed(self.fc1), hidden, *_packed(self.fc2), HIDDEN_CHUNK_ELEMENTS)
 
 
 @functools.cache
@@ -77,31 +72,20 @@ def native_bfloat16() -> bool:
     return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
 
 
-ATTENTION_CHUNK_ELEMENTS = 2 << 20
-"""Most attention weights (windows x heads x tokens x tokens) `_bf16_attention` holds at once: 8 MB of float32."""
-
-
-def _bf16_attention(qkv: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v for (3, windows, heads, tokens, width) stacked q/k/v: both matmuls in
-    bf16, the softmax in float32, a band of windows at a time.
-
-    For DaViT's 144-token windows of 32-wide heads, torch's fused SDPA kernel reaches about 40 GFLOP/s
-    here; oneDNN's bf16 matmuls take 1.50 ms where it takes 2.26 at stage 3 (the tower: 236.8 ->
-    228.7 ms by min, one process, alternating). Unlike SDPA they hold the attention weights, 21 MB
-    at stage 1 (peak RSS +36 MiB), hence the bands. Used only where bf16 is native (`native_bfloat16`).
-    """
-    heads, tokens = qkv.shape[2], qkv.shape[3]
-    band = max(1, ATTENTION_CHUNK_ELEMENTS // (heads * tokens * tokens))
-    outputs = []
-    for part in qkv.split(band, dim=1):
-        q, k, v = part.to(torch.bfloat16).unbind(0)
-        weights = torch.matmul(q, k.transpose(-2, -1)).float().mul_(scale).softmax(-1)
-        outputs.append(torch.matmul(weights.to(torch.bfloat16), v).float())
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+ATTENTION_CHUNK_ELEMENTS = 1 << 20
+"""Most attention weights (windows x heads x tokens x tokens) bf16 window attention holds at once: 4 MB of float32."""
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside non-overlapping window x window patches."""
+    """Multi-head self-attention inside non-overlapping window x window patches (`vision_block.window_attention`).
+
+    Where bf16 is native (`native_bfloat16`), the attention is two bf16 matmuls with the softmax in
+    float32 (`vision_block.bf16_attention`): for DaViT's 144-token windows of 32-wide heads, torch's
+    fused SDPA kernel reaches about 40 GFLOP/s here; oneDNN's bf16 matmuls take 1.50 ms where it takes
+    2.26 at stage 3 (the tower: 236.8 -> 228.7 ms by min, one process, alternating). Unlike SDPA they
+    hold the attention weights, 21 MB at stage 1 (peak RSS +36 MiB), hence bands of windows
+    (`ATTENTION_CHUNK_ELEMENTS`). Elsewhere float32 SDPA.
+    """
 
     def __init__(self, qkv: nn.Module, proj: nn.Module, num_heads: int, window: int, scale: float) -> None:
         super().__init__()
@@ -109,33 +93,25 @@ class WindowAttention(nn.Module):
         self.num_heads, self.window, self.scale = num_heads, window, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        win = self.window
-        pad_b, pad_r = (win - h % win) % win, (win - w % win) % win
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        windows = x.view(b, hp // win, win, wp // win, win, c).transpose(2, 3).reshape(-1, win * win, c)
-        n_win, tokens, _ = windows.shape
-        heads = self.num_heads
-        qkv = self.qkv(windows).view(n_win, tokens, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        if native_bfloat16():
-            out = _bf16_attention(qkv, self.scale)
-        else:
-            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
-        out = self.proj(out.transpose(1, 2).reshape(n_win, tokens, c))
-        out = out.view(b, hp // win, wp // win, win, win, c).transpose(2, 3).reshape(b, hp, wp, c)
-        if pad_b or pad_r:
-            out = out[:, :h, :w, :].contiguous()
-        return out
+        return vision_block.window_attention(
+            x,
+            *_packed(self.qkv),
+            *_packed(self.proj),
+            self.num_heads,
+            self.window,
+            self.scale,
+            native_bfloat16(),
+            ATTENTION_CHUNK_ELEMENTS,
+        )
 
 
 class ChannelAttention(nn.Module):
     """DaViT's grouped channel attention: channels attend to channels, tokens are the feature axis.
 
-    Two float32 matmuls on views of the token-major q/k/v rather than SDPA: the attention is only
-    (channels/group)^2 per group, but each of its "heads" is a whole feature map wide, where SDPA's
-    kernel is slow. The tower: 239.1 -> 232.5 ms by min (11 alternating rounds, one process).
+    Two float32 matmuls on views of the token-major q/k/v rather than SDPA
+    (`vision_block.channel_attention`): the attention is only (channels/group)^2 per group, but each of
+    its "heads" is a whole feature map wide, where SDPA's kernel is slow. The tower: 239.1 -> 232.5 ms
+    by min (11 alternating rounds, one process).
     """
 
     def __init__(self, qkv: nn.Module, proj: nn.Module, groups: int) -> None:
@@ -143,31 +119,76 @@ class ChannelAttention(nn.Module):
         self.qkv, self.proj, self.groups = qkv, proj, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        n = h * w
-        g = self.groups
-        q, k, v = self.qkv(x.reshape(b, n, c)).view(b, n, 3, g, c // g).unbind(2)  # each (b, n, g, c/g)
-        weights = torch.matmul(q.permute(0, 2, 3, 1), k.transpose(1, 2)).mul_(n**-0.5).softmax(-1)  # (b, g, c/g, c/g)
-        out = torch.matmul(v.transpose(1, 2), weights.transpose(-1, -2))  # (b, g, n, c/g)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c)).view(b, h, w, c)
+        return vision_block.channel_attention(x, *_packed(self.qkv), *_packed(self.proj), self.groups)
 
 
-class MixingBlock(nn.Module):
+@dataclass(frozen=True)
+class _BlockWeights:
+    """A block's weights as `vision_block`'s compiled functions take them, gathered once (never pickled)."""
+
+    conv_weights: list[torch.Tensor]
+    conv_biases: list[torch.Tensor | None]
+    norm_params: list[torch.Tensor]
+    norm_eps: list[float]
+    packed: list[object]
+    reduce_range: list[bool]
+    hidden: int
+
+
+class MixingBlock(CachesNotPickled, nn.Module):
     """conv-residual, attention-residual, conv-residual, MLP-residual: one DaViT spatial or channel block.
 
-    `conv1` and `conv2` already include their residual (identity folded into the centre tap).
+    `conv1` and `conv2` are depthwise 3 x 3 convs that already include their residual (identity folded
+    into the centre tap). The block runs as one compiled call (`vision_block.spatial_block` or
+    `channel_block`) on weights gathered once from its modules.
     """
+
+    caches = ("_weights",)
 
     def __init__(self, conv1, norm1, attn, conv2, norm2, mlp) -> None:
         super().__init__()
         self.conv1, self.norm1, self.attn = conv1, norm1, attn
         self.conv2, self.norm2, self.mlp = conv2, norm2, mlp
+        self._weights: _BlockWeights | None = None
+
+    def weights(self) -> _BlockWeights:
+        weights = self._weights
+        if weights is None:
+            convs = [cast(nn.Conv2d, conv) for conv in (self.conv1, self.conv2)]
+            for conv in convs:
+                depthwise = conv.groups == conv.in_channels == conv.out_channels
+                if not depthwise or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.kernel_size != (3, 3):
+                    raise ValueError(f"a DaViT block's convs are depthwise 3 x 3, stride 1, padding 1; got {conv}")
+            norms = [cast(nn.LayerNorm, norm) for norm in (self.norm1, self.norm2)]
+            mlp = cast(Mlp, self.mlp)
+            linears = [cast(Int8Linear, m) for m in (self.attn.qkv, self.attn.proj, mlp.fc1, mlp.fc2)]
+            weights = _BlockWeights(
+                conv_weights=[conv.weight for conv in convs],
+                conv_biases=[conv.bias for conv in convs],
+                norm_params=[param for norm in norms for param in (norm.weight, norm.bias)],
+                norm_eps=[norm.eps for norm in norms],
+                packed=[linear.packed() for linear in linears],
+                reduce_range=[linear.reduce_range for linear in linears],
+                hidden=linears[2].out_features,
+            )
+            self._weights = weights
+        return weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _channels_last_conv(self.conv1, x)
-        x = x + self.attn(self.norm1(x))
-        x = _channels_last_conv(self.conv2, x)
-        return x + self.mlp(self.norm2(x))
+        w = self.weights()
+        shared = (x, w.conv_weights, w.conv_biases, w.norm_params, w.norm_eps, w.packed, w.reduce_range, w.hidden)
+        attn = self.attn
+        if isinstance(attn, WindowAttention):
+            return vision_block.spatial_block(
+                *shared,
+                attn.num_heads,
+                attn.window,
+                attn.scale,
+                native_bfloat16(),
+                HIDDEN_CHUNK_ELEMENTS,
+                ATTENTION_CHUNK_ELEMENTS,
+            )
+        return vision_block.channel_block(*shared, cast(ChannelAttention, attn).groups, HIDDEN_CHUNK_ELEMENTS)
 
 
 class PatchEmbed(CachesNotPickled, nn.Module):
@@ -201,7 +222,10 @@ class PatchEmbed(CachesNotPickled, nn.Module):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         conv = self._compute_conv()
-        return _channels_last_conv(conv, x.to(conv.weight.dtype)).float()
+        stride, padding = cast(list[int], list(conv.stride)), cast(list[int], list(conv.padding))
+        return vision_block.conv_channels_last(
+            x.to(conv.weight.dtype), conv.weight, conv.bias, stride, padding, conv.groups
+        ).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:
@@ -220,10 +244,11 @@ class VisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = pixel_values.permute(0, 2, 3, 1).contiguous()
-        for embed, blocks in zip(self.embeds, self.stages, strict=False):
-            x = embed(x)
-            for block in cast(nn.ModuleList, blocks):
-                x = block(x)
+        with as_compiled():  # the blocks are compiled functions (`vision_block`)
+            for embed, blocks in zip(self.embeds, self.stages, strict=False):
+                x = embed(x)
+                for block in cast(nn.ModuleList, blocks):
+                    x = block(x)
         return self.projector(x)
 
 

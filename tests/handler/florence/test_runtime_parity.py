@@ -375,24 +375,22 @@ def test_patch_embed_convs_are_stored_bf16_and_run_in_float32_where_bf16_is_not_
     restored = pickle.loads(pickle.dumps(embed))
     assert restored.__dict__["_float_conv"] is None and restored.conv.weight.dtype == torch.bfloat16
     with torch.inference_mode():
-        reference = vision._channels_last_conv(
-            copy.deepcopy(embed.conv).float(), embed.norm(x) if embed.pre_norm else x
-        )
+        conv = copy.deepcopy(embed.conv).float()
+        reference = conv((embed.norm(x) if embed.pre_norm else x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if not embed.pre_norm:
             reference = embed.norm(reference)
     torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05 * float(reference.abs().max()))
 
 
-def test_bf16_window_attention_in_bands_matches_fp32_attention(monkeypatch):
+def test_bf16_window_attention_in_bands_matches_fp32_attention():
     """Window attention where bf16 is native: two bf16 matmuls, a band of windows at a time, close to fp32 SDPA."""
-    import handler.florence.runtime.vision as vision
+    from handler.florence.runtime.vision_block import bf16_attention
 
     torch.manual_seed(4)
     qkv = torch.randn(3, 6, 4, 49, 32)
     reference = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=32**-0.5)
-    whole = vision._bf16_attention(qkv, 32**-0.5)
-    monkeypatch.setattr(vision, "ATTENTION_CHUNK_ELEMENTS", 2 * 4 * 49 * 49)  # three bands of two windows
-    banded = vision._bf16_attention(qkv, 32**-0.5)
+    whole = bf16_attention(qkv, 32**-0.5, 2 << 20)
+    banded = bf16_attention(qkv, 32**-0.5, 2 * 4 * 49 * 49)  # three bands of two windows
     assert banded.shape == whole.shape == reference.shape and banded.dtype == torch.float32
     torch.testing.assert_close(banded, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(whole, reference, rtol=0.02, atol=0.02)
@@ -401,19 +399,76 @@ def test_bf16_window_attention_in_bands_matches_fp32_attention(monkeypatch):
 
 def test_channel_attention_matmuls_equal_sdpa_over_channels():
     """DaViT's channel attention as two matmuls on views equals SDPA with channels as the sequence."""
+    from handler.florence.runtime.int8 import Int8Linear
     from handler.florence.runtime.vision import ChannelAttention
 
     torch.manual_seed(5)
     batch, side, width, groups = 2, 7, 64, 4
-    attention = ChannelAttention(torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width), groups)
+
+    def int8_linear(outputs: int) -> Int8Linear:
+        weight = torch.randint(-127, 128, (outputs, width), dtype=torch.int8)
+        scale, zero_point = torch.tensor([0.01], dtype=torch.float64), torch.tensor([0])
+        return Int8Linear(weight, scale, zero_point, torch.randn(outputs), reduce_range=True)
+
+    qkv, proj = int8_linear(3 * width), int8_linear(width)
+    attention = ChannelAttention(qkv, proj, groups)
     x = torch.randn(batch, side, side, width)
     tokens = side * side
-    qkv = attention.qkv(x.reshape(batch, tokens, width)).view(batch, tokens, 3, groups, width // groups)
-    q, k, v = qkv.permute(2, 0, 3, 4, 1)  # (batch, groups, channels per group, tokens)
-    mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=tokens**-0.5)
-    reference = attention.proj(mixed.permute(0, 3, 1, 2).reshape(batch, tokens, width)).view(x.shape)
     with torch.inference_mode():
+        stacked = qkv(x.reshape(batch, tokens, width)).view(batch, tokens, 3, groups, width // groups)
+        q, k, v = stacked.permute(2, 0, 3, 4, 1)  # (batch, groups, channels per group, tokens)
+        mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=tokens**-0.5)
+        reference = proj(mixed.permute(0, 3, 1, 2).reshape(batch, tokens, width)).view(x.shape)
         torch.testing.assert_close(attention(x), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_davit_blocks_are_bit_identical_to_their_parts(paths, val_images):
+    """Each DaViT block runs as one compiled call; the plain function and the modules' own parts
+    (conv, norm, attention, MLP, called one by one) give the same bits."""
+    from handler.florence.runtime import vision_block
+    from handler.florence.runtime.vision import (
+        ATTENTION_CHUNK_ELEMENTS,
+        HIDDEN_CHUNK_ELEMENTS,
+        MixingBlock,
+        WindowAttention,
+        native_bfloat16,
+    )
+
+    assert isinstance(vision_block.spatial_block, torch.jit.ScriptFunction)
+    assert isinstance(vision_block.channel_block, torch.jit.ScriptFunction)
+    _, fast, _ = paths
+    tower = fast.vision
+    kinds = set()
+    with torch.inference_mode():
+        x = fast.image_spec.to_pixels(val_images[0]).permute(0, 2, 3, 1).contiguous()
+        for embed, blocks in zip(tower.embeds, tower.stages, strict=False):
+            x = embed(x)
+            for block in blocks:
+                assert isinstance(block, MixingBlock)
+
+                def conv(module, t):
+                    return module(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+                by_parts = conv(block.conv1, x)
+                by_parts = by_parts + block.attn(block.norm1(by_parts))
+                by_parts = conv(block.conv2, by_parts)
+                by_parts = by_parts + block.mlp(block.norm2(by_parts))
+                w = block.weights()
+                shared = (x, w.conv_weights, w.conv_biases, w.norm_params, w.norm_eps, w.packed, w.reduce_range)
+                if isinstance(block.attn, WindowAttention):
+                    kinds.add("window")
+                    attn = block.attn
+                    chunks = (HIDDEN_CHUNK_ELEMENTS, ATTENTION_CHUNK_ELEMENTS)
+                    extra = (attn.num_heads, attn.window, attn.scale, native_bfloat16(), *chunks)
+                    plain = vision_block._plain_spatial_block(*shared, w.hidden, *extra)
+                else:
+                    kinds.add("channel")
+                    groups = block.attn.groups
+                    plain = vision_block._plain_channel_block(*shared, w.hidden, groups, HIDDEN_CHUNK_ELEMENTS)
+                compiled = block(x)
+                assert torch.equal(compiled, plain) and torch.equal(compiled, by_parts)
+                x = compiled
+    assert kinds == {"window", "channel"}
 
 
 def test_decode_execution_turns_onednn_off_and_always_restores_it():
