@@ -139,8 +139,8 @@ class MixingBlock(CachesNotPickled, nn.Module):
     """conv-residual, attention-residual, conv-residual, MLP-residual: one DaViT spatial or channel block.
 
     `conv1` and `conv2` are depthwise 3 x 3 convs that already include their residual (identity folded
-    into the centre tap). The block runs as one compiled call (`vision_block.spatial_block` or
-    `channel_block`) on weights gathered once from its modules.
+    into the centre tap). The block runs as one compiled call (`vision_block.davit_block`) on weights
+    gathered once from its modules.
     """
 
     caches = ("_weights",)
@@ -176,19 +176,28 @@ class MixingBlock(CachesNotPickled, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights()
-        shared = (x, w.conv_weights, w.conv_biases, w.norm_params, w.norm_eps, w.packed, w.reduce_range, w.hidden)
         attn = self.attn
         if isinstance(attn, WindowAttention):
-            return vision_block.spatial_block(
-                *shared,
-                attn.num_heads,
-                attn.window,
-                attn.scale,
-                native_bfloat16(),
-                HIDDEN_CHUNK_ELEMENTS,
-                ATTENTION_CHUNK_ELEMENTS,
-            )
-        return vision_block.channel_block(*shared, cast(ChannelAttention, attn).groups, HIDDEN_CHUNK_ELEMENTS)
+            spatial, heads, window, scale = True, attn.num_heads, attn.window, attn.scale
+        else:
+            spatial, heads, window, scale = False, cast(ChannelAttention, attn).groups, 0, 1.0
+        return vision_block.davit_block(
+            x,
+            w.conv_weights,
+            w.conv_biases,
+            w.norm_params,
+            w.norm_eps,
+            w.packed,
+            w.reduce_range,
+            w.hidden,
+            spatial,
+            heads,
+            window,
+            scale,
+            native_bfloat16(),
+            HIDDEN_CHUNK_ELEMENTS,
+            ATTENTION_CHUNK_ELEMENTS,
+        )
 
 
 class PatchEmbed(CachesNotPickled, nn.Module):

@@ -133,7 +133,7 @@ def channel_attention(
     return out.view(batch, height, width, channels)
 
 
-def _plain_spatial_block(
+def _plain_block(
     x: torch.Tensor,
     conv_weights: list[torch.Tensor],
     conv_biases: list[torch.Tensor | None],
@@ -142,6 +142,7 @@ def _plain_spatial_block(
     packed: list[PackedInt8],
     reduce_range: list[bool],
     hidden: int,
+    spatial: bool,
     heads: int,
     window: int,
     scale: float,
@@ -149,7 +150,9 @@ def _plain_spatial_block(
     hidden_chunk: int,
     attention_chunk: int,
 ) -> torch.Tensor:
-    """conv-residual, window-attention-residual, conv-residual, MLP-residual over (B, H, W, C).
+    """conv-residual, attention-residual, conv-residual, MLP-residual over (B, H, W, C): a DaViT spatial
+    block (window attention) where `spatial`, else a channel block (`heads` groups; `window`, `scale`,
+    `bfloat16` and `attention_chunk` unused).
 
     The two depthwise convs carry their residual in the centre tap. `norm_params` holds the two
     LayerNorms' weight, bias pairs; `packed` / `reduce_range` the linears qkv, proj, fc1, fc2.
@@ -157,45 +160,25 @@ def _plain_spatial_block(
     channels = [x.shape[3]]
     x = conv_channels_last(x, conv_weights[0], conv_biases[0], [1, 1], [1, 1], x.shape[3])
     normed = F.layer_norm(x, channels, norm_params[0], norm_params[1], norm_eps[0])
-    x = x + window_attention(
-        normed,
-        packed[0],
-        reduce_range[0],
-        packed[1],
-        reduce_range[1],
-        heads,
-        window,
-        scale,
-        bfloat16,
-        attention_chunk,
-    )
+    if spatial:
+        attended = window_attention(
+            normed,
+            packed[0],
+            reduce_range[0],
+            packed[1],
+            reduce_range[1],
+            heads,
+            window,
+            scale,
+            bfloat16,
+            attention_chunk,
+        )
+    else:
+        attended = channel_attention(normed, packed[0], reduce_range[0], packed[1], reduce_range[1], heads)
+    x = x + attended
     x = conv_channels_last(x, conv_weights[1], conv_biases[1], [1, 1], [1, 1], x.shape[3])
     normed = F.layer_norm(x, channels, norm_params[2], norm_params[3], norm_eps[1])
     return x + mlp(normed, packed[2], reduce_range[2], hidden, packed[3], reduce_range[3], hidden_chunk)
 
 
-def _plain_channel_block(
-    x: torch.Tensor,
-    conv_weights: list[torch.Tensor],
-    conv_biases: list[torch.Tensor | None],
-    norm_params: list[torch.Tensor],
-    norm_eps: list[float],
-    packed: list[PackedInt8],
-    reduce_range: list[bool],
-    hidden: int,
-    groups: int,
-    hidden_chunk: int,
-) -> torch.Tensor:
-    """conv-residual, channel-attention-residual, conv-residual, MLP-residual over (B, H, W, C); the
-    arguments as `_plain_spatial_block` takes them."""
-    channels = [x.shape[3]]
-    x = conv_channels_last(x, conv_weights[0], conv_biases[0], [1, 1], [1, 1], x.shape[3])
-    normed = F.layer_norm(x, channels, norm_params[0], norm_params[1], norm_eps[0])
-    x = x + channel_attention(normed, packed[0], reduce_range[0], packed[1], reduce_range[1], groups)
-    x = conv_channels_last(x, conv_weights[1], conv_biases[1], [1, 1], [1, 1], x.shape[3])
-    normed = F.layer_norm(x, channels, norm_params[2], norm_params[3], norm_eps[1])
-    return x + mlp(normed, packed[2], reduce_range[2], hidden, packed[3], reduce_range[3], hidden_chunk)
-
-
-spatial_block = compiled(_plain_spatial_block)
-channel_block = compiled(_plain_channel_block)
+davit_block = compiled(_plain_block)

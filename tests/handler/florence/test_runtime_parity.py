@@ -434,8 +434,7 @@ def test_compiled_davit_blocks_are_bit_identical_to_their_parts(paths, val_image
         native_bfloat16,
     )
 
-    assert isinstance(vision_block.spatial_block, torch.jit.ScriptFunction)
-    assert isinstance(vision_block.channel_block, torch.jit.ScriptFunction)
+    assert isinstance(vision_block.davit_block, torch.jit.ScriptFunction)
     _, fast, _ = paths
     tower = fast.vision
     kinds = set()
@@ -455,16 +454,15 @@ def test_compiled_davit_blocks_are_bit_identical_to_their_parts(paths, val_image
                 by_parts = by_parts + block.mlp(block.norm2(by_parts))
                 w = block.weights()
                 shared = (x, w.conv_weights, w.conv_biases, w.norm_params, w.norm_eps, w.packed, w.reduce_range)
-                if isinstance(block.attn, WindowAttention):
+                attn = block.attn
+                if isinstance(attn, WindowAttention):
                     kinds.add("window")
-                    attn = block.attn
-                    chunks = (HIDDEN_CHUNK_ELEMENTS, ATTENTION_CHUNK_ELEMENTS)
-                    extra = (attn.num_heads, attn.window, attn.scale, native_bfloat16(), *chunks)
-                    plain = vision_block._plain_spatial_block(*shared, w.hidden, *extra)
+                    attention = (True, attn.num_heads, attn.window, attn.scale)
                 else:
                     kinds.add("channel")
-                    groups = block.attn.groups
-                    plain = vision_block._plain_channel_block(*shared, w.hidden, groups, HIDDEN_CHUNK_ELEMENTS)
+                    attention = (False, attn.groups, 0, 1.0)
+                chunks = (HIDDEN_CHUNK_ELEMENTS, ATTENTION_CHUNK_ELEMENTS)
+                plain = vision_block._plain_block(*shared, w.hidden, *attention, native_bfloat16(), *chunks)
                 compiled = block(x)
                 assert torch.equal(compiled, plain) and torch.equal(compiled, by_parts)
                 x = compiled
