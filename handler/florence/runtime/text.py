@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handler.florence.runtime.decoder_step import decode_execution, decoder_input, decoder_layer_step
+from handler.florence.runtime.decoder_step import decode_execution, decoder_step
 from handler.florence.runtime.int8 import Int8Linear
 from handler.florence.runtime.pickling import CachesNotPickled
 
@@ -58,9 +58,11 @@ class TiedInt8Head(CachesNotPickled, nn.Module):
             self._packed = torch.ops.quantized.linear_prepack(qweight, None)
         return self._packed
 
+    reduce_range = True
+    """What torch.ao's dynamic int8 `Linear.forward` runs (module version 4: reduce_range)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # What torch.ao's dynamic int8 `Linear.forward` runs (module version 4: reduce_range).
-        return torch.ops.quantized.linear_dynamic(x, self.packed(), reduce_range=True)
+        return torch.ops.quantized.linear_dynamic(x, self.packed(), reduce_range=self.reduce_range)
 
 
 def chosen_token_probabilities(logits: torch.Tensor, chosen_ids: torch.Tensor) -> torch.Tensor:
@@ -104,9 +106,9 @@ class EncoderLayer(nn.Module):
 
 @dataclass(frozen=True)
 class _StepWeights:
-    """A decoder layer's weights as `decoder_layer_step` takes them, gathered once from the modules
-    (never pickled): fbgemm's packed int8 weights and each LayerNorm's parameters, in the orders
-    `decoder_step` documents."""
+    """A decoder layer's weights as `decoder_step` takes them, gathered once from the modules (never
+    pickled): fbgemm's packed int8 weights and each LayerNorm's parameters, in the orders
+    `decoder_step._plain_decoder_layer_step` documents."""
 
     packed: list[Any]
     reduce_range: list[bool]
@@ -117,8 +119,8 @@ class _StepWeights:
 class DecoderLayer(CachesNotPickled, nn.Module):
     """Post-LN BART decoder layer for one position of B sequences at a time against a preallocated KV cache.
 
-    The modules hold the weights (and pickle them); the step itself is `decoder_layer_step`, compiled
-    by TorchScript, on weights gathered once into `_StepWeights`.
+    The modules hold the weights (and pickle them); the step itself is `decoder_step.decoder_step`,
+    compiled by TorchScript for all layers at once, on weights gathered once into `_StepWeights`.
     """
 
     caches = ("_step_weights",)
@@ -153,25 +155,6 @@ class DecoderLayer(CachesNotPickled, nn.Module):
         view of (B, S, C) (base size, 153 memory tokens); the copy is made once per decode.
         """
         return _heads(self.ck(memory), self.heads).contiguous(), _heads(self.cv(memory), self.heads).contiguous()
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        step: int,
-        cache: torch.Tensor,
-        mem_k: torch.Tensor,
-        mem_v: torch.Tensor,
-        mem_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One decoding position: write this token's key/value at `step` and attend to [0, step].
-
-        `cache` is (B, 2, heads, max_len, C/heads): keys then values. `mem_mask` (additive,
-        (B, 1, 1, S)) hides the padding of shorter encoder memories in a batch.
-        """
-        w = self.step_weights()
-        return decoder_layer_step(
-            x, step, self.heads, w.packed, w.reduce_range, w.norm_params, w.norm_eps, cache, mem_k, mem_v, mem_mask
-        )
 
 
 @dataclass
@@ -239,8 +222,22 @@ def _keep_rows(
     return caches, cross, mem_mask
 
 
-class TextModel(nn.Module):
+@dataclass(frozen=True)
+class _DecodeWeights:
+    """Every decoder layer's `_StepWeights` as the per-layer lists `decoder_step` takes, and the packed
+    `lm_head`, gathered once (never pickled)."""
+
+    packed: list[list[Any]]
+    reduce_range: list[list[bool]]
+    norm_params: list[list[torch.Tensor]]
+    norm_eps: list[list[float]]
+    head: Any
+
+
+class TextModel(CachesNotPickled, nn.Module):
     """BART encoder + decoder + tied lm_head with a lean greedy loop."""
+
+    caches = ("_decode_weights",)
 
     def __init__(
         self,
@@ -259,6 +256,7 @@ class TextModel(nn.Module):
         self.enc_norm, self.enc_layers = enc_norm, nn.ModuleList(enc_layers)
         self.dec_positions = nn.Parameter(dec_positions, requires_grad=False)
         self.dec_norm, self.dec_layers = dec_norm, nn.ModuleList(dec_layers)
+        self._decode_weights: _DecodeWeights | None = None
 
     def encode(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         length = inputs_embeds.shape[1]
@@ -293,9 +291,11 @@ class TextModel(nn.Module):
         Runs inside `decode_execution()`, which the caller enters once for a whole decode: entered and
         left around every step, it cost 56 µs of a 4.4 ms base-size step.
         """
-        head, norm = self.lm_head, cast(nn.LayerNorm, self.dec_norm)
-        x = decoder_input(
+        head, norm, weights = self.lm_head, cast(nn.LayerNorm, self.dec_norm), self.decode_weights()
+        return decoder_step(
             tokens,
+            step,
+            self.decoder_layers()[0].heads,
             head.weight_int8,
             head.scale,
             head.zero_point,
@@ -305,10 +305,30 @@ class TextModel(nn.Module):
             norm.weight,
             norm.bias,
             norm.eps,
+            weights.packed,
+            weights.reduce_range,
+            weights.norm_params,
+            weights.norm_eps,
+            caches,
+            cross,
+            mem_mask,
+            weights.head,
+            head.reduce_range,
         )
-        for layer, cache, (mem_k, mem_v) in zip(self.decoder_layers(), caches, cross, strict=True):
-            x = layer(x, step, cache, mem_k, mem_v, mem_mask)
-        return self.lm_head(x).view(tokens.shape[0], -1)
+
+    def decode_weights(self) -> _DecodeWeights:
+        weights = self._decode_weights
+        if weights is None:
+            layers = [layer.step_weights() for layer in self.decoder_layers()]
+            weights = _DecodeWeights(
+                packed=[layer.packed for layer in layers],
+                reduce_range=[layer.reduce_range for layer in layers],
+                norm_params=[layer.norm_params for layer in layers],
+                norm_eps=[layer.norm_eps for layer in layers],
+                head=self.lm_head.packed(),
+            )
+            self._decode_weights = weights
+        return weights
 
     def greedy(
         self,

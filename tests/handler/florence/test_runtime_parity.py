@@ -282,12 +282,15 @@ def test_int8_linear_is_bit_identical_to_torch_ao_dynamic_linear(per_channel: bo
 
 
 def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val_images):
-    """The decode loop's layer step runs as TorchScript; the same function run by Python gives the same bits."""
+    """The decode loop's step (input, every layer, lm_head) runs as TorchScript; the same function run by
+    Python gives the same bits, for a padded batch of two with its mask, step after step."""
     from handler.florence.runtime import decoder_step
+    from handler.florence.runtime.text import POSITION_OFFSET
 
-    assert isinstance(decoder_step.decoder_layer_step, torch.jit.ScriptFunction)  # compiled on this torch
+    assert isinstance(decoder_step.decoder_step, torch.jit.ScriptFunction)  # compiled on this torch
     _, fast, _ = paths
     text = fast.text
+    head, norm, weights = text.lm_head, text.dec_norm, text.decode_weights()
     with torch.inference_mode():
         features = fast.image_features(fast.image_spec.to_pixels(val_images[1]))
         memories = [text.encode(fast.encoder_inputs(t.value, features)) for t in (Task.CAPTION, Task.DETECT)]
@@ -295,40 +298,50 @@ def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val
         memory = torch.cat([torch.nn.functional.pad(m, (0, 0, 0, longest - m.shape[1])) for m in memories])
         mask = torch.zeros(2, 1, 1, longest)
         mask[0, :, :, memories[0].shape[1] :] = float("-inf")
-        layer = text.decoder_layers()[0]
-        weights = layer.step_weights()
-        mem_k, mem_v = layer.cross_kv(memory)
-        caches = [text.self_attention_caches(2, 8)[0] for _ in range(2)]
+        cross = [layer.cross_kv(memory) for layer in text.decoder_layers()]
+        caches = [text.self_attention_caches(2, 8) for _ in range(2)]
+        tokens = torch.tensor([[fast.decode_spec.start_id]] * 2)
         for step in range(6):
-            x = torch.randn(2, 1, memory.shape[-1])
             outputs = [
                 step_fn(
-                    x,
+                    tokens,
                     step,
-                    layer.heads,
+                    text.decoder_layers()[0].heads,
+                    head.weight_int8,
+                    head.scale,
+                    head.zero_point,
+                    text.embed_scale,
+                    text.dec_positions,
+                    POSITION_OFFSET + step,
+                    norm.weight,
+                    norm.bias,
+                    norm.eps,
                     weights.packed,
                     weights.reduce_range,
                     weights.norm_params,
                     weights.norm_eps,
-                    cache,
-                    mem_k,
-                    mem_v,
+                    layer_caches,
+                    cross,
                     mask,
+                    weights.head,
+                    head.reduce_range,
                 )
-                for step_fn, cache in zip(
-                    (decoder_step.decoder_layer_step, decoder_step._plain_decoder_layer_step), caches, strict=True
+                for step_fn, layer_caches in zip(
+                    (decoder_step.decoder_step, decoder_step._plain_decoder_step), caches, strict=True
                 )
             ]
+            assert outputs[0].shape == (2, head.weight_int8.shape[0])
             assert torch.equal(outputs[0], outputs[1])
-        assert torch.equal(caches[0][:, :, :, :6], caches[1][:, :, :, :6])  # the written positions
+            tokens = outputs[0].argmax(-1, keepdim=True)
+        for compiled_cache, plain_cache in zip(*caches, strict=True):
+            assert torch.equal(compiled_cache[:, :, :, :6], plain_cache[:, :, :, :6])  # the written positions
 
 
-def test_compiled_decoder_input_is_the_embedding_lookup_position_and_norm(paths):
-    """A step's input (int8 embedding row, scale, position, LayerNorm) as one compiled call equals the module calls."""
+def test_decoder_input_is_the_embedding_lookup_position_and_norm(paths):
+    """A step's input (int8 embedding row, scale, position, LayerNorm) as one function equals the module calls."""
     from handler.florence.runtime import decoder_step
     from handler.florence.runtime.text import POSITION_OFFSET
 
-    assert isinstance(decoder_step.decoder_input, torch.jit.ScriptFunction)
     _, fast, _ = paths
     text, head = fast.text, fast.text.lm_head
     with torch.inference_mode():
@@ -336,21 +349,20 @@ def test_compiled_decoder_input_is_the_embedding_lookup_position_and_norm(paths)
             tokens = torch.tensor(ids)
             position = text.dec_positions[POSITION_OFFSET + step]
             expected = text.dec_norm(text.embed_tokens(tokens) + position)
-            for input_fn in (decoder_step.decoder_input, decoder_step._plain_decoder_input):
-                got = input_fn(
-                    tokens,
-                    head.weight_int8,
-                    head.scale,
-                    head.zero_point,
-                    text.embed_scale,
-                    text.dec_positions,
-                    POSITION_OFFSET + step,
-                    text.dec_norm.weight,
-                    text.dec_norm.bias,
-                    text.dec_norm.eps,
-                )
-                assert got.shape == (len(ids), 1, head.weight_int8.shape[1])
-                assert torch.equal(got, expected)
+            got = decoder_step._plain_decoder_input(
+                tokens,
+                head.weight_int8,
+                head.scale,
+                head.zero_point,
+                text.embed_scale,
+                text.dec_positions,
+                POSITION_OFFSET + step,
+                text.dec_norm.weight,
+                text.dec_norm.bias,
+                text.dec_norm.eps,
+            )
+            assert got.shape == (len(ids), 1, head.weight_int8.shape[1])
+            assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -483,7 +495,8 @@ def test_decode_execution_turns_onednn_off_and_always_restores_it():
 
 
 def test_modules_pickled_before_a_cache_existed_load_with_it_empty(paths, val_images, tmp_path):
-    """Same artifact format, older runtime: a pickle without `_step_weights` / `_float_conv` still decodes."""
+    """Same artifact format, older runtime: a pickle without the caches added since (`_step_weights`,
+    `_float_conv`, `_weights`, `_decode_weights`) still decodes."""
     from handler.florence.artifact import load_model
     from handler.florence.runtime.pickling import CachesNotPickled
 
@@ -491,11 +504,17 @@ def test_modules_pickled_before_a_cache_existed_load_with_it_empty(paths, val_im
     older = copy.deepcopy(fast)
     caches_dropped = 0
     for module in older.modules():
-        if isinstance(module, CachesNotPickled) and type(module).__name__ in ("DecoderLayer", "PatchEmbed"):
+        if isinstance(module, CachesNotPickled) and type(module).__name__ in (
+            "DecoderLayer",
+            "PatchEmbed",
+            "MixingBlock",
+            "TextModel",
+        ):
             for name in module.caches:
                 module.__dict__.pop(name)
             caches_dropped += 1
-    assert caches_dropped == len(fast.text.dec_layers) + len(fast.vision.embeds)
+    blocks = sum(len(stage) for stage in fast.vision.stages)
+    assert caches_dropped == len(fast.text.dec_layers) + len(fast.vision.embeds) + blocks + 1
     original_getstate = CachesNotPickled.__getstate__
 
     def older_getstate(self):  # what the older runtime wrote: no entry for a cache it did not have
@@ -507,6 +526,7 @@ def test_modules_pickled_before_a_cache_existed_load_with_it_empty(paths, val_im
     loaded = load_model(tmp_path / "model.pt")
     assert all(layer.__dict__["_step_weights"] is None for layer in loaded.text.dec_layers)
     assert all(embed.__dict__["_float_conv"] is None for embed in loaded.vision.embeds)
+    assert loaded.text.__dict__["_decode_weights"] is None
     image = val_images[0]
     expected = Engine(fast).run(image, [Task.CAPTION, Task.DETECT]).predictions
     assert Engine(loaded).run(image, [Task.CAPTION, Task.DETECT]).predictions == expected
