@@ -62,23 +62,23 @@ def _plain_decoder_layer_step(
 
 def _plain_decoder_input(
     ids: torch.Tensor,
-    table: torch.Tensor,
-    table_scale: float,
-    table_zero_point: int,
-    embed_scale: float,
+    embedding: tuple[torch.Tensor, float, int, float],
     positions: torch.Tensor,
     position: int,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    norm_eps: float,
+    norm: tuple[torch.Tensor, torch.Tensor, float],
 ) -> torch.Tensor:
     """The decoder's input at one position: int8 embedding rows of the (B, 1) `ids`, dequantized and
     scaled, plus row `position` of the learned `positions` table, layer-normed: (B, 1, C).
+
+    `embedding` is the int8 table, its scale and zero point, and the embedding scale; `norm` the
+    LayerNorm's weight, bias and eps.
 
     The same ops as `TiedInt8Head.lookup`, the embedding scale, the position add and the LayerNorm
     called one by one from Python, in the same order (so the same values); as one compiled call they
     took a fraction of the 150 µs those five calls cost at the start of each step.
     """
+    table, table_scale, table_zero_point, embed_scale = embedding
+    norm_weight, norm_bias, norm_eps = norm
     rows = table.index_select(0, ids.reshape(-1)).float()
     if table_zero_point != 0:
         rows = rows - table_zero_point
@@ -93,15 +93,10 @@ def _plain_decoder_step(
     tokens: torch.Tensor,
     step: int,
     heads: int,
-    table: torch.Tensor,
-    table_scale: float,
-    table_zero_point: int,
-    embed_scale: float,
+    embedding: tuple[torch.Tensor, float, int, float],
     positions: torch.Tensor,
     position: int,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    norm_eps: float,
+    norm: tuple[torch.Tensor, torch.Tensor, float],
     layer_packed: list[list[PackedInt8]],
     layer_reduce_range: list[list[bool]],
     layer_norm_params: list[list[torch.Tensor]],
@@ -121,9 +116,7 @@ def _plain_decoder_step(
     base-size decode 205.6-210.2 -> 179.7-180.7 ms by min, 223.7-235.2 -> 214.9-226.3 by median
     (two processes, 16 alternating rounds each); the same logits bit for bit.
     """
-    x = _plain_decoder_input(
-        tokens, table, table_scale, table_zero_point, embed_scale, positions, position, norm_weight, norm_bias, norm_eps
-    )
+    x = _plain_decoder_input(tokens, embedding, positions, position, norm)
     for layer in range(len(caches)):
         mem_k, mem_v = cross[layer]
         x = _plain_decoder_layer_step(

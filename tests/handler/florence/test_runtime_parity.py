@@ -281,16 +281,15 @@ def test_int8_linear_is_bit_identical_to_torch_ao_dynamic_linear(per_channel: bo
         assert torch.equal(restored(x), reference(x))
 
 
-def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val_images):
+def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val_images, monkeypatch):
     """The decode loop's step (input, every layer, lm_head) runs as TorchScript; the same function run by
     Python gives the same bits, for a padded batch of two with its mask, step after step."""
     from handler.florence.runtime import decoder_step
-    from handler.florence.runtime.text import POSITION_OFFSET
+    from handler.florence.runtime import text as text_module
 
     assert isinstance(decoder_step.decoder_step, torch.jit.ScriptFunction)  # compiled on this torch
     _, fast, _ = paths
     text = fast.text
-    head, norm, weights = text.lm_head, text.dec_norm, text.decode_weights()
     with torch.inference_mode():
         features = fast.image_features(fast.image_spec.to_pixels(val_images[1]))
         memories = [text.encode(fast.encoder_inputs(t.value, features)) for t in (Task.CAPTION, Task.DETECT)]
@@ -302,35 +301,14 @@ def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val
         caches = [text.self_attention_caches(2, 8) for _ in range(2)]
         tokens = torch.tensor([[fast.decode_spec.start_id]] * 2)
         for step in range(6):
-            outputs = [
-                step_fn(
-                    tokens,
-                    step,
-                    text.decoder_layers()[0].heads,
-                    head.weight_int8,
-                    head.scale,
-                    head.zero_point,
-                    text.embed_scale,
-                    text.dec_positions,
-                    POSITION_OFFSET + step,
-                    norm.weight,
-                    norm.bias,
-                    norm.eps,
-                    weights.packed,
-                    weights.reduce_range,
-                    weights.norm_params,
-                    weights.norm_eps,
-                    layer_caches,
-                    cross,
-                    mask,
-                    weights.head,
-                    head.reduce_range,
-                )
-                for step_fn, layer_caches in zip(
-                    (decoder_step.decoder_step, decoder_step._plain_decoder_step), caches, strict=True
-                )
-            ]
-            assert outputs[0].shape == (2, head.weight_int8.shape[0])
+            outputs = []
+            for step_fn, layer_caches in zip(
+                (decoder_step.decoder_step, decoder_step._plain_decoder_step), caches, strict=True
+            ):
+                monkeypatch.setattr(text_module, "decoder_step", step_fn)
+                with decoder_step.decode_execution():
+                    outputs.append(text.step_logits(tokens, step, layer_caches, cross, mask))
+            assert outputs[0].shape == (2, text.lm_head.weight_int8.shape[0])
             assert torch.equal(outputs[0], outputs[1])
             tokens = outputs[0].argmax(-1, keepdim=True)
         for compiled_cache, plain_cache in zip(*caches, strict=True):
@@ -343,23 +321,15 @@ def test_decoder_input_is_the_embedding_lookup_position_and_norm(paths):
     from handler.florence.runtime.text import POSITION_OFFSET
 
     _, fast, _ = paths
-    text, head = fast.text, fast.text.lm_head
+    text, head, norm = fast.text, fast.text.lm_head, fast.text.dec_norm
     with torch.inference_mode():
         for step, ids in ((0, [[fast.decode_spec.start_id]]), (5, [[7], [head.weight_int8.shape[0] - 1]])):
             tokens = torch.tensor(ids)
-            position = text.dec_positions[POSITION_OFFSET + step]
-            expected = text.dec_norm(text.embed_tokens(tokens) + position)
+            expected = text.dec_norm(text.embed_tokens(tokens) + text.dec_positions[POSITION_OFFSET + step])
+            embedding = (head.weight_int8, head.scale, head.zero_point, text.embed_scale)
+            norm_params = (norm.weight, norm.bias, norm.eps)
             got = decoder_step._plain_decoder_input(
-                tokens,
-                head.weight_int8,
-                head.scale,
-                head.zero_point,
-                text.embed_scale,
-                text.dec_positions,
-                POSITION_OFFSET + step,
-                text.dec_norm.weight,
-                text.dec_norm.bias,
-                text.dec_norm.eps,
+                tokens, embedding, text.dec_positions, POSITION_OFFSET + step, norm_params
             )
             assert got.shape == (len(ids), 1, head.weight_int8.shape[1])
             assert torch.equal(got, expected)
