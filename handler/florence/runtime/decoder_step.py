@@ -60,6 +60,22 @@ def _plain_decoder_layer_step(
     return F.layer_norm(x + out, shape, norm_params[4], norm_params[5], norm_eps[2])
 
 
+def embedding_rows(ids: torch.Tensor, embedding: tuple[torch.Tensor, float, int, float]) -> torch.Tensor:
+    """The embeddings of the 2-D `ids`, (B, T, C): only these rows of the int8 table, dequantized, times
+    the embedding scale. `embedding` is the int8 table, its scale and zero point, and the embedding scale.
+
+    Prompts are embedded with it from Python once per request; the decode step runs it compiled.
+    """
+    table, table_scale, table_zero_point, embed_scale = embedding
+    rows = table.index_select(0, ids.reshape(-1)).float()
+    if table_zero_point != 0:
+        rows = rows - table_zero_point
+    rows = rows * table_scale
+    if embed_scale != 1.0:
+        rows = rows * embed_scale
+    return rows.view(ids.shape[0], ids.shape[1], table.shape[1])
+
+
 def _plain_decoder_input(
     ids: torch.Tensor,
     embedding: tuple[torch.Tensor, float, int, float],
@@ -67,26 +83,17 @@ def _plain_decoder_input(
     position: int,
     norm: tuple[torch.Tensor, torch.Tensor, float],
 ) -> torch.Tensor:
-    """The decoder's input at one position: int8 embedding rows of the (B, 1) `ids`, dequantized and
-    scaled, plus row `position` of the learned `positions` table, layer-normed: (B, 1, C).
+    """The decoder's input at one position: the embeddings of the (B, 1) `ids` (`embedding_rows`) plus
+    row `position` of the learned `positions` table, layer-normed: (B, 1, C). `norm` is the LayerNorm's
+    weight, bias and eps.
 
-    `embedding` is the int8 table, its scale and zero point, and the embedding scale; `norm` the
-    LayerNorm's weight, bias and eps.
-
-    The same ops as `TiedInt8Head.lookup`, the embedding scale, the position add and the LayerNorm
-    called one by one from Python, in the same order (so the same values); as one compiled call they
-    took a fraction of the 150 µs those five calls cost at the start of each step.
+    The same ops as embedding the tokens, adding the position and the LayerNorm called one by one
+    from Python, in the same order (so the same values); compiled, they took a fraction of the 150 µs
+    those five calls cost at the start of each step.
     """
-    table, table_scale, table_zero_point, embed_scale = embedding
     norm_weight, norm_bias, norm_eps = norm
-    rows = table.index_select(0, ids.reshape(-1)).float()
-    if table_zero_point != 0:
-        rows = rows - table_zero_point
-    rows = rows * table_scale
-    if embed_scale != 1.0:
-        rows = rows * embed_scale
-    x = rows.view(ids.shape[0], 1, table.shape[1]) + positions.select(0, position)
-    return F.layer_norm(x, [table.shape[1]], norm_weight, norm_bias, norm_eps)
+    x = embedding_rows(ids, embedding) + positions.select(0, position)
+    return F.layer_norm(x, [x.shape[2]], norm_weight, norm_bias, norm_eps)
 
 
 def _plain_decoder_step(

@@ -325,11 +325,13 @@ def test_decoder_input_is_the_embedding_lookup_position_and_norm(paths):
     with torch.inference_mode():
         for step, ids in ((0, [[fast.decode_spec.start_id]]), (5, [[7], [head.weight_int8.shape[0] - 1]])):
             tokens = torch.tensor(ids)
-            expected = text.dec_norm(text.embed_tokens(tokens) + text.dec_positions[POSITION_OFFSET + step])
-            embedding = (head.weight_int8, head.scale, head.zero_point, text.embed_scale)
+            rows = (head.weight_int8[tokens].float() - head.zero_point) * head.scale  # the int8 rows, dequantized
+            embedded = rows * text.embed_scale if text.embed_scale != 1.0 else rows
+            assert torch.equal(text.embed_tokens(tokens), embedded)
+            expected = text.dec_norm(embedded + text.dec_positions[POSITION_OFFSET + step])
             norm_params = (norm.weight, norm.bias, norm.eps)
             got = decoder_step._plain_decoder_input(
-                tokens, embedding, text.dec_positions, POSITION_OFFSET + step, norm_params
+                tokens, text.embedding(), text.dec_positions, POSITION_OFFSET + step, norm_params
             )
             assert got.shape == (len(ids), 1, head.weight_int8.shape[1])
             assert torch.equal(got, expected)
