@@ -27,6 +27,8 @@ from handler.service import ALL_TASKS, parse_min_score, parse_tasks
 
 SCHEMA_VERSIONS = ("1.0", "2.0")
 """1.0 names the bucket by ARN (`s3BucketArn`); 2.0 by name (`s3Bucket`) and carries `job.userArguments`."""
+BUCKET_FIELDS = {"1.0": ("s3BucketArn", "s3Bucket"), "2.0": ("s3Bucket", "s3BucketArn")}
+"""Where a task names its bucket, the schema's own field first: either is read in either schema."""
 
 TREAT_MISSING_KEYS_AS = "PermanentFailure"
 """A task this answer leaves out failed for good: the handler answers every task it was given."""
@@ -85,6 +87,19 @@ class JobOptions:
         )
 
 
+def _bucket_from_arn(arn: Any) -> str:
+    """`arn:<partition>:s3:::<bucket>` in any partition (aws, aws-cn, aws-us-gov); anything else is a 422."""
+    parts = arn.split(":") if isinstance(arn, str) else []
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "s3" or any(parts[3:5]) or "/" in parts[5]:
+        raise InvalidRequest(f"s3BucketArn must be an S3 bucket ARN (arn:<partition>:s3:::<bucket>), not {arn!r}")
+    return parts[5]
+
+
+def _task_bucket(task: dict[str, Any], fields: tuple[str, str]) -> Any:
+    name = next((f for f in fields if task.get(f) is not None), fields[0])
+    return _bucket_from_arn(task.get(name)) if name == "s3BucketArn" else task.get(name)
+
+
 @dataclass(frozen=True)
 class BatchTask:
     """One object to process, decoded once: the bucket by name and the key URL-decoded."""
@@ -97,14 +112,7 @@ class BatchTask:
     def parse(cls, task: Any, schema: str) -> BatchTask:
         if not isinstance(task, dict) or not isinstance(task.get("taskId"), str):
             raise InvalidRequest("a task must be an object with a taskId")
-        bucket: Any
-        if schema == "1.0":
-            arn = task.get("s3BucketArn")
-            if not isinstance(arn, str) or not arn.startswith("arn:") or ":s3:" not in arn:
-                raise InvalidRequest(f"s3BucketArn must be an S3 bucket ARN, not {arn!r}")
-            bucket = arn.rsplit(":", 1)[-1]  # arn:aws:s3:::name; bucket names hold no ':'
-        else:
-            bucket = task.get("s3Bucket")
+        bucket = _task_bucket(task, BUCKET_FIELDS[schema])
         key = task.get("s3Key")
         if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
             raise InvalidRequest("a task needs a non-empty bucket and s3Key")
@@ -123,6 +131,8 @@ def _succeeded(task_id: str, result: ObjectResult) -> dict[str, str]:
         # A manifest built from an inventory lists results too; they are not inputs, and failing
         # them would count against the job's failure threshold.
         return _result(task_id, ResultCode.SUCCEEDED, f"skipped: {result.key} is a result (under OUTPUT_PREFIX)")
+    if result.disposition is Disposition.FOLDER_MARKER:  # an inventory lists these too
+        return _result(task_id, ResultCode.SUCCEEDED, f"skipped: {result.key} is a folder marker")
     return _result(task_id, ResultCode.SUCCEEDED, f"{result.disposition.value}: {result.result_uri}")
 
 

@@ -38,12 +38,21 @@ class S3BatchError(RuntimeError):
     """Raised after all records ran when some failed, so Lambda retries or dead-letters the event."""
 
 
+UPLOAD_EVENTS = ("ObjectCreated:", "ObjectRestore:Completed")
+"""Event names after which the object holds bytes to read. Removals, lifecycle expiry, tagging and ACL
+events carry no new image: processing a removal would fail on the missing object and be retried."""
+TEST_EVENT = "s3:TestEvent"
+"""What S3 sends (without `Records`) when a notification is configured, to check it can invoke."""
+
+
 class Disposition(str, Enum):
     """What became of one object; every door that processes objects reports these."""
 
     WRITTEN = "written"
     ALREADY_PRESENT = "already present"
     UNDER_OUTPUT_PREFIX = "under OUTPUT_PREFIX"
+    FOLDER_MARKER = "folder marker (key ends in '/')"
+    NOT_AN_UPLOAD = "not an upload event"
     REJECTED = "rejected"
 
 
@@ -79,13 +88,22 @@ class Outcome:
         return {"written": self.written, "skipped": self.skipped, "rejected": self.rejected, "failed": self.failed}
 
 
+def is_test_event(event: Any) -> bool:
+    return isinstance(event, dict) and event.get("Event") == TEST_EVENT and "Records" not in event
+
+
 def is_s3_event(event: Any) -> bool:
     records = event.get("Records") if isinstance(event, dict) else None
-    return (
+    return is_test_event(event) or (
         bool(records)
         and isinstance(records, list)
         and all(isinstance(r, dict) and r.get("eventSource") == "aws:s3" for r in records)
     )
+
+
+def is_folder_marker(key: str) -> bool:
+    """The console's "Create folder" writes an empty object whose key ends in '/'; it is never an image."""
+    return key.endswith("/")
 
 
 def result_key(key: str, settings: Settings) -> str:
@@ -145,8 +163,8 @@ def process_object(
 ) -> ObjectResult:
     """Run `tasks` on one object and write its result document; the work every S3 door shares.
 
-    Skips keys under OUTPUT_PREFIX (results never become inputs) and objects whose result already
-    covers these tasks for the same ETag, unless `overwrite`. Boxes scored below `min_score`
+    Skips keys under OUTPUT_PREFIX (results never become inputs), folder markers, and objects whose
+    result already covers these tasks for the same ETag, unless `overwrite`. Boxes scored below `min_score`
     (default: MIN_SCORE) are left out. Raises for failures a retry may fix.
     """
     from handler.inputs import s3 as s3io
@@ -160,6 +178,9 @@ def process_object(
     if key.startswith(settings.output_prefix):
         annotate(status="skipped")
         return ObjectResult(key, Disposition.UNDER_OUTPUT_PREFIX)
+    if is_folder_marker(key):
+        annotate(status="skipped")
+        return ObjectResult(key, Disposition.FOLDER_MARKER)
     out_bucket = settings.output_bucket or bucket
     out_key = result_key(key, settings)
     result_uri = f"s3://{out_bucket}/{out_key}"
@@ -191,12 +212,21 @@ def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome)
     except BadRequest as exc:
         outcome.add(_rejected("", exc))
         return
+    name = record.get("eventName", UPLOAD_EVENTS[0])  # hand-written events may leave it out
+    if not (isinstance(name, str) and name.startswith(UPLOAD_EVENTS)):
+        annotate(bucket=bucket, key=key, event_name=printable(str(name)), status="skipped")
+        outcome.add(ObjectResult(key, Disposition.NOT_AN_UPLOAD))
+        return
     outcome.add(process_object(bucket, key, settings))
 
 
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:
     """Process every record; raise at the end if any failed for a reason a retry might fix."""
     outcome = Outcome()
+    if is_test_event(event):  # S3 checking that it may invoke us: answer, or the check reads as a failure
+        with request_log(request_id, "s3", settings.log_level):
+            annotate(status="skipped", event_name=TEST_EVENT)
+        return outcome.summary()
     records = event["Records"]
     for index, record in enumerate(records):
         try:

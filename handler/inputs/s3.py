@@ -21,6 +21,10 @@ _DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisable
 _BUSY_CODES = frozenset({"503", "SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException"})
 _TRANSIENT_4XX = frozenset({"RequestTimeout", "RequestTimeTooSkewed", "PreconditionFailed", "412", "409"})
 """4xx answers that are not the caller's fault: a slow link, a clock, an object overwritten mid-read."""
+_KMS_PREFIX = "KMS."
+"""S3's 400s for an SSE-KMS object whose key is disabled, pending deletion, missing or throttled
+(`KMS.DisabledException`, ...): the bucket owner's key, not the request, and fixed by fixing the key.
+As a 400 they became error results that stuck to the object's ETag, so a redelivery never retried."""
 
 
 @functools.cache
@@ -87,9 +91,11 @@ def translate_error(exc: Exception, bucket: str, key: str) -> Exception:
     if code in _MISSING_CODES or status == 404:
         return NotFound(f"{where} does not exist")
     if code in _DENIED_CODES or status == 403:
-        return Forbidden(f"access to {where} was denied")
-    if code in _BUSY_CODES or status in (429, 503):
+        return Forbidden(f"access to {where} was denied ({code})")  # AccessDenied, InvalidObjectState, ...
+    if code in _BUSY_CODES or status in (429, 503) or (code.startswith(_KMS_PREFIX) and "Throttl" in code):
         return UpstreamUnavailable(f"S3 is busy ({code}) for {where}; retry later")
+    if code.startswith(_KMS_PREFIX):
+        return UpstreamError(f"S3 could not use the KMS key of {where}: {code}")
     if code in _TRANSIENT_4XX or status >= 500 or status == 0:
         return UpstreamError(f"S3 error {code} for {where}")
     return BadRequest(f"S3 refused {where}: {code}")

@@ -13,7 +13,7 @@ from handler.app import event_kind, lambda_handler
 from handler.errors import ModelUnavailable, UpstreamError
 from handler.events import batch
 from tests.conftest import REPO_ROOT, image_bytes
-from tests.handler.events.test_s3 import BUCKET, s3  # noqa: F401  (the moto fixture)
+from tests.handler.events.test_s3 import BUCKET, S3_FAULTS, s3, s3_answers  # noqa: F401  (s3: the moto fixture)
 from tests.handler.test_app import Context
 
 EVENTS = REPO_ROOT / "events"
@@ -205,3 +205,56 @@ def test_a_model_that_cannot_load_is_a_temporary_failure(s3, monkeypatch: pytest
     assert _codes(response) == {"task-0": "TemporaryFailure"}
     assert response["results"][0]["resultString"].startswith("model_unavailable:")
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")
+
+
+def test_tasks_name_their_bucket_by_either_field_in_any_partition(s3) -> None:  # noqa: F811
+    """Each schema's own field first, the other one too; bucket ARNs of aws-cn and aws-us-gov are bucket ARNs."""
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    s3.put_object(Bucket=BUCKET, Key="uploads/album/", Body=b"")  # a folder marker an inventory lists
+    v1 = batch_event("1.0", [GOOD] * 4 + ["uploads/album/"])
+    for task, partition in zip(v1["tasks"], ["aws", "aws-cn", "aws-us-gov"], strict=False):
+        task["s3BucketArn"] = f"arn:{partition}:s3:::{BUCKET}"
+    v1["tasks"][3] = {**v1["tasks"][3], "s3BucketArn": None, "s3Bucket": BUCKET}
+    v2 = batch_event("2.0", [GOOD])
+    v2["tasks"][0] = {k: v for k, v in v2["tasks"][0].items() if k != "s3Bucket"} | {
+        "s3BucketArn": f"arn:aws:s3:::{BUCKET}"
+    }
+    answers = [
+        r["resultString"] for r in lambda_handler(v1, Context())["results"] + lambda_handler(v2, Context())["results"]
+    ]
+    assert answers == [f"written: s3://{BUCKET}/results/{GOOD}.json"] + [
+        f"already present: s3://{BUCKET}/results/{GOOD}.json"
+    ] * 3 + ["skipped: uploads/album/ is a folder marker", f"already present: s3://{BUCKET}/results/{GOOD}.json"]
+    assert list(_keys_under(s3, "results/")) == [f"results/{GOOD}.json"]
+
+    malformed = [
+        BUCKET,
+        f"arn:aws:s3:::{BUCKET}/{GOOD}",
+        "arn:aws:s3:us-east-1:123456789012:accesspoint/photos",
+        "arn:aws:s3",
+    ]
+    event = batch_event("1.0", [GOOD] * len(malformed))
+    for task, arn in zip(event["tasks"], malformed, strict=True):
+        task["s3BucketArn"] = arn
+    results = lambda_handler(event, Context())["results"]
+    assert {r["resultCode"] for r in results} == {"PermanentFailure"}
+    assert all(r["resultString"].startswith("invalid_request: s3BucketArn must be an S3 bucket ARN") for r in results)
+
+
+def _keys_under(client, prefix: str) -> list[str]:
+    return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+
+
+@pytest.mark.parametrize("code, status, error", S3_FAULTS)
+def test_faults_reading_an_object_are_not_permanent_error_results(s3, code: str, status: int, error: str) -> None:  # noqa: F811
+    """A disabled KMS key made a PermanentFailure with an error result that later jobs reported as present."""
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    with s3_answers("GetObject", status, code):
+        (result,) = lambda_handler(batch_event("2.0", [GOOD]), Context())["results"]
+    expected = "PermanentFailure" if error == "forbidden" else "TemporaryFailure"
+    assert (
+        result["resultCode"] == expected
+        and result["resultString"].startswith(f"{error}: ")
+        and code in result["resultString"]
+    )
+    assert _keys_under(s3, "results/") == []

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
@@ -42,7 +46,7 @@ def s3(serving_env: Path, monkeypatch: pytest.MonkeyPatch):
     s3io.s3_client.cache_clear()
 
 
-def s3_event(*keys: str, bucket: str = BUCKET) -> dict:
+def s3_event(*keys: str, bucket: str = BUCKET, event_name: str = "ObjectCreated:Put") -> dict:
     """The `sam local generate-event s3 put` template, one record per key, keys encoded as S3 sends them."""
     template = json.loads((EVENTS / "s3_put.json").read_text())
     records = []
@@ -50,8 +54,29 @@ def s3_event(*keys: str, bucket: str = BUCKET) -> dict:
         record = json.loads(json.dumps(template["Records"][0]))
         record["s3"]["bucket"].update(name=bucket, arn=f"arn:aws:s3:::{bucket}")
         record["s3"]["object"]["key"] = quote_plus(key, safe="/")
+        record["eventName"] = event_name
         records.append(record)
     return {"Records": records}
+
+
+@contextmanager
+def s3_answers(operation: str, status: int, code: str) -> Iterator[None]:
+    """The service's S3 client gets S3's error answer `code` (HTTP `status`) for every `operation` call.
+
+    moto cannot be told to throttle or to find a KMS key disabled; the answer is handed to botocore
+    at `before-call`, so botocore raises the very ClientError it raises for that answer from S3.
+    """
+    error = {"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+    def answer(**_: Any) -> tuple[Any, dict[str, Any]]:
+        return SimpleNamespace(status_code=status, headers={}, content=b""), error
+
+    events = s3io.s3_client().meta.events
+    events.register_first(f"before-call.s3.{operation}", answer)
+    try:
+        yield
+    finally:
+        events.unregister(f"before-call.s3.{operation}", answer)
 
 
 def _result(client, key: str, bucket: str = BUCKET) -> dict:
@@ -192,3 +217,70 @@ def test_upload_results_carry_scores_and_honour_the_min_score_setting(s3, monkey
     s3.put_object(Bucket=BUCKET, Key="strong.png", Body=png)
     lambda_handler(s3_event("strong.png"), Context())
     assert _result(s3, "strong.png")["detections"] == [d for d in answer["detections"] if d["score"] >= top]
+
+
+def test_events_that_are_not_uploads_and_folder_markers_are_skipped(s3) -> None:
+    """Removals, lifecycle expiry, tagging: no new bytes. Before, a removal failed on the missing object and was retried."""
+    s3.put_object(Bucket=BUCKET, Key="kept.png", Body=image_bytes("PNG"))
+    s3.put_object(Bucket=BUCKET, Key="uploads/album/", Body=b"")  # the console's "Create folder"
+    not_uploads = [
+        "ObjectRemoved:Delete",
+        "ObjectRemoved:DeleteMarkerCreated",
+        "LifecycleExpiration:Delete",
+        "ObjectRestore:Post",
+        "ObjectTagging:Put",
+        "ObjectAcl:Put",
+    ]
+    event = {"Records": [s3_event("gone.png", event_name=name)["Records"][0] for name in not_uploads]}
+    event["Records"].append(s3_event("uploads/album/")["Records"][0])
+    summary = lambda_handler(event, Context())
+    assert summary["failed"] == [] and summary["rejected"] == [] and summary["written"] == []
+    assert [s["reason"] for s in summary["skipped"]] == ["not an upload event"] * 6 + [
+        "folder marker (key ends in '/')"
+    ]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == ["kept.png", "uploads/album/"]
+
+    for name in ("ObjectCreated:CompleteMultipartUpload", "ObjectCreated:Copy", "ObjectRestore:Completed"):
+        s3.delete_object(Bucket=BUCKET, Key="results/kept.png.json")
+        assert len(lambda_handler(s3_event("kept.png", event_name=name), Context())["written"]) == 1, name
+
+
+def test_the_s3_test_event_is_answered(s3) -> None:
+    """S3 sends it, without Records, when a notification is configured; before it was an unsupported event (400)."""
+    test_event = {
+        "Service": "Amazon S3",
+        "Event": "s3:TestEvent",
+        "Time": "2026-12-01T02:30:00.000Z",
+        "Bucket": BUCKET,
+        "RequestId": "5582815E1AEA5ADF",
+        "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YstdA6Knx4Ip8EXAMPLE",
+    }
+    assert lambda_handler(test_event, Context()) == {"written": [], "skipped": [], "rejected": [], "failed": []}
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+S3_FAULTS = [
+    # (S3's error code, HTTP status, the error the service reports)
+    ("KMS.DisabledException", 400, "upstream_error"),
+    ("KMS.KMSInvalidStateException", 400, "upstream_error"),
+    ("KMS.NotFoundException", 400, "upstream_error"),
+    ("KMS.ThrottlingException", 400, "upstream_unavailable"),
+    ("SlowDown", 503, "upstream_unavailable"),
+    ("InternalError", 500, "upstream_error"),
+    ("AccessDenied", 403, "forbidden"),
+]
+"""Reading an upload fails for a reason that is not in its bytes: retried, and no error result is left behind."""
+
+
+@pytest.mark.parametrize("code, status, error", S3_FAULTS)
+def test_faults_reading_an_upload_are_retried_and_leave_no_error_result(s3, code: str, status: int, error: str) -> None:
+    """A KMS key S3 could not use was a 400, so the upload got an error result for its ETag and no redelivery
+    or backfill ever captioned it, even after the key was enabled again."""
+    s3.put_object(Bucket=BUCKET, Key="sealed.png", Body=image_bytes("PNG"))
+    with s3_answers("GetObject", status, code), pytest.raises(S3BatchError) as raised:
+        lambda_handler(s3_event("sealed.png"), Context())
+    assert f"'code': '{error}'" in str(raised.value) and code in str(raised.value)
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")
+    # The key is enabled again, the throttling is over: Lambda's retry of the same event succeeds.
+    assert len(lambda_handler(s3_event("sealed.png"), Context())["written"]) == 1
+    assert _result(s3, "sealed.png")["image"]["width"] == 96
