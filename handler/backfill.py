@@ -22,6 +22,7 @@ import argparse
 import csv
 import hashlib
 import io
+import re
 import sys
 import time
 from collections import Counter
@@ -30,8 +31,10 @@ from typing import Any
 from urllib.parse import quote
 
 from handler.config import Settings
-from handler.events.s3 import Disposition, process_object, result_key
+from handler.errors import BadRequest
+from handler.events.s3 import Disposition, is_folder_marker, process_object, result_key
 from handler.florence.tasks import Task, tasks_from
+from handler.inputs.s3 import check_bucket_name
 from handler.service import ALL_TASKS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -49,6 +52,12 @@ STACK_OUTPUTS = {
     "batch_prefix": "BatchPrefix",
 }
 """Which output of the deployed stack (template.yaml) fills which setting."""
+FUNCTION_ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[\w-]{1,64}(:[\w$-]+)?")
+ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
+"""What `--function-arn` and `--role-arn` must look like: the job request reads partition, region and
+account out of the function ARN, so a malformed one must stop at the flag, not as a traceback."""
+INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 
 
 @dataclass
@@ -134,7 +143,7 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
             found.skipped["result"] += 1
         elif own_files and key.startswith(own_files):
             found.skipped["manifest or report"] += 1
-        elif key.endswith("/") or (suffixes and not key.lower().endswith(suffixes)):
+        elif is_folder_marker(key) or (suffixes and not key.lower().endswith(suffixes)):
             found.skipped["not an image name"] += 1
         elif not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
             found.skipped["has a result"] += 1  # written after the image was: the function would skip it too
@@ -295,19 +304,48 @@ def _tasks(text: str) -> list[Task]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _bucket(text: str) -> str:
+    try:
+        check_bucket_name(text)
+    except BadRequest as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+    return text
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Any:
+    def check(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return text
+
+    return check
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | None]:
     defaults = BackfillConfig(bucket="")
     parser = argparse.ArgumentParser(prog="python -m handler.backfill", description=__doc__.splitlines()[0])
-    parser.add_argument("--bucket", required=True, help="bucket holding the images")
+    parser.add_argument("--bucket", required=True, type=_bucket, help="bucket holding the images")
     parser.add_argument("--prefix", default=defaults.prefix, help="only keys under this prefix (default: all)")
     parser.add_argument("--tasks", type=_tasks, default=defaults.tasks, help="caption,detect (default: both)")
     parser.add_argument("--overwrite", action="store_true", help="recompute objects that already have a result")
     parser.add_argument("--dry-run", action="store_true", help="count and size the work; write nothing")
     parser.add_argument("--local", action="store_true", help="process in this process instead of a Batch job")
     parser.add_argument("--stack", help="deployed stack whose outputs give the ARNs, bucket and prefix")
-    parser.add_argument("--function-arn", help="function to invoke (default: the stack's FunctionArn)")
-    parser.add_argument("--role-arn", help="role the job assumes (default: the stack's BatchOperationsRoleArn)")
-    parser.add_argument("--report-bucket", help="bucket for manifest and report (default: the stack's, else --bucket)")
+    parser.add_argument(
+        "--function-arn",
+        type=_matching(FUNCTION_ARN, "a Lambda function ARN"),
+        help="function to invoke (default: the stack's FunctionArn)",
+    )
+    parser.add_argument(
+        "--role-arn",
+        type=_matching(ROLE_ARN, "an IAM role ARN"),
+        help="role the job assumes (default: the stack's BatchOperationsRoleArn)",
+    )
+    parser.add_argument(
+        "--report-bucket",
+        type=_bucket,
+        help="bucket for manifest and report (default: the stack's, else --bucket)",
+    )
     parser.add_argument("--batch-prefix", default=defaults.batch_prefix, help="manifests/ and reports/ go under it")
     parser.add_argument(
         "--suffixes",
@@ -336,8 +374,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; AWS refusing it (no such bucket or stack, no credentials) is a message, not a traceback."""
     config, region = parse_args(argv)
-    return run(config, Clients(region))
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return run(config, Clients(region))
+    except (BotoCoreError, ClientError) as exc:
+        print(f"python -m handler.backfill: AWS refused: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "python -m handler.backfill: interrupted; results written so far are kept, the same command resumes",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

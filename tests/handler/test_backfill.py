@@ -249,3 +249,73 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         backfill.parse_args(["--bucket", BUCKET, "--tasks", "segment"])
     assert "segment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--bucket", "Photos_2019"], "argument --bucket: 'Photos_2019' is not a valid S3 bucket name"),
+        (["--bucket", ""], "argument --bucket: '' is not a valid S3 bucket name"),
+        (["--bucket", BUCKET, "--report-bucket", "s3://reports"], "argument --report-bucket: 's3://reports' is not"),
+        (["--bucket", BUCKET, "--function-arn", "florence"], "argument --function-arn: 'florence' is not a Lambda"),
+        (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN, "--role-arn", FUNCTION_ARN], "is not an IAM role ARN"),
+        (["--bucket", BUCKET, "--priority", "high"], "argument --priority: invalid int value: 'high'"),
+    ],
+)
+def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed function ARN got as far as `create_job`'s request and failed there with an IndexError."""
+    with pytest.raises(SystemExit) as exited:
+        backfill.main(flags)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_aws_refusals_are_one_line_not_a_traceback(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """No such bucket or stack raised botocore's ClientError out of `main` as a traceback."""
+    assert backfill.main(["--bucket", "no-such-bucket", "--dry-run"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "python -m handler.backfill: AWS refused: An error occurred (NoSuchBucket) when calling the ListObjectsV2"
+        " operation: The specified bucket does not exist"
+    ]
+    assert backfill.main(["--bucket", BUCKET, "--stack", "no-such-stack"]) == 1
+    assert "(ValidationError) when calling the DescribeStacks operation" in capsys.readouterr().err
+
+
+def test_plan_pages_past_a_thousand_keys(s3) -> None:  # noqa: F811
+    """ListObjectsV2 answers 1,000 keys a page: both listings (images and results) span two pages."""
+    for index in range(1001):
+        s3.put_object(Bucket=BUCKET, Key=f"many/{index:04d}.png", Body=b"x")
+    for index in range(1000):
+        s3.put_object(Bucket=BUCKET, Key=f"results/many/{index:04d}.png.json", Body=b"{}")
+    found = backfill.plan(_config(prefix="many/"), backfill.Clients(s3=s3))
+    assert [c.key for c in found.candidates] == ["many/1000.png"]
+    assert found.skipped == {"has a result": 1000}
+
+
+def test_an_interrupted_local_run_resumes_without_redoing_work(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C after the first image: a message and status 130; the same command then does only the rest."""
+    for key in IMAGES:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG" if key.lower().endswith("png") else "JPEG"))
+    real = backfill.process_object
+    processed: list[str] = []
+
+    def interrupted_after_one(bucket: str, key: str, *args: Any) -> Any:
+        if processed:
+            raise KeyboardInterrupt  # where the user's Ctrl-C lands: between two objects
+        processed.append(key)
+        return real(bucket, key, *args)
+
+    monkeypatch.setattr(backfill, "process_object", interrupted_after_one)
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == backfill.INTERRUPTED_EXIT
+    assert "interrupted; results written so far are kept" in capsys.readouterr().err
+    assert list(_keys(s3, "results/")) == [f"results/{processed[0]}.json"]
+
+    monkeypatch.setattr(backfill, "process_object", real)
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    out = capsys.readouterr().out
+    assert f"s3://{BUCKET}/: 2 objects to process" in out and "has a result 1" in out
+    assert out.strip().splitlines()[-1].startswith("done 2, skipped 2, failed 0")  # its result, the done image
+    assert sorted(_keys(s3, "results/")) == sorted(f"results/{key}.json" for key in IMAGES)
