@@ -70,6 +70,12 @@ class ModelUnavailable(ServiceError):
     status, code = 503, "model_unavailable"
 
 
+class Misconfigured(ServiceError):
+    """A setting names a place S3 can never use (OUTPUT_BUCKET "s3://x"): ours, fixed by a redeploy, not a retry."""
+
+    status, code = 500, "misconfigured"
+
+
 def printable(text: str) -> str:
     """`text` with anything UTF-8 cannot carry (lone surrogates from hostile JSON) escaped, so it serializes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")

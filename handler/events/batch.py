@@ -33,6 +33,9 @@ BUCKET_FIELDS = {"1.0": ("s3BucketArn", "s3Bucket"), "2.0": ("s3Bucket", "s3Buck
 TREAT_MISSING_KEYS_AS = "PermanentFailure"
 """A task this answer leaves out failed for good: the handler answers every task it was given."""
 
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+"""Statuses of errors a later try may not meet: throttling, S3 failing or busy, the model loading."""
+
 RESULT_STRING_LIMIT = 1024
 """Batch Operations keeps `resultString` in the completion report; keep it short and whole."""
 
@@ -137,9 +140,12 @@ def _succeeded(task_id: str, result: ObjectResult) -> dict[str, str]:
 
 
 def _failure_code(exc: Exception) -> ResultCode:
-    """Retry what time can fix (throttling, S3 5xx, timeouts, the model not loaded yet); fail the rest."""
+    """Retry what time can fix (throttling, S3 5xx, timeouts, the model not loaded yet); fail the rest.
+
+    A 500 is ours (a setting that names what S3 cannot use): retrying the task cannot fix it.
+    """
     if isinstance(exc, ServiceError):
-        return ResultCode.TEMPORARY_FAILURE if exc.status == 429 or exc.status >= 500 else ResultCode.PERMANENT_FAILURE
+        return ResultCode.TEMPORARY_FAILURE if exc.status in RETRYABLE_STATUSES else ResultCode.PERMANENT_FAILURE
     if type(exc).__module__.startswith(("botocore", "urllib3")) or isinstance(exc, TimeoutError | ConnectionError):
         return ResultCode.TEMPORARY_FAILURE  # connection drops and read timeouts never became ServiceErrors
     return ResultCode.PERMANENT_FAILURE

@@ -19,7 +19,16 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
-from handler.errors import BadImage, BadRequest, InvalidRequest, ServiceError, TooLarge, error_body, printable
+from handler.errors import (
+    BadImage,
+    BadRequest,
+    InvalidRequest,
+    Misconfigured,
+    ServiceError,
+    TooLarge,
+    error_body,
+    printable,
+)
 from handler.florence.tasks import Task
 from handler.logs import annotate, request_log
 from handler.service import ALL_TASKS, analyze
@@ -182,6 +191,10 @@ def process_object(
         annotate(status="skipped")
         return ObjectResult(key, Disposition.FOLDER_MARKER)
     out_bucket = settings.output_bucket or bucket
+    try:  # before any work: botocore would refuse the name only when the result is written
+        s3io.check_bucket_name(out_bucket)
+    except BadRequest as exc:
+        raise Misconfigured(f"OUTPUT_BUCKET: {exc.message}") from exc
     out_key = result_key(key, settings)
     result_uri = f"s3://{out_bucket}/{out_key}"
     try:

@@ -88,6 +88,8 @@ def translate_error(exc: Exception, bucket: str, key: str) -> Exception:
             return UpstreamError(f"S3 unreachable reading {where}: {type(exc).__name__}")
         return exc
     code, status = error
+    if code == "NoSuchBucket":  # a write names the bucket in its answer; a HEAD only says 404
+        return NotFound(f"bucket {bucket!r} does not exist")
     if code in _MISSING_CODES or status == 404:
         return NotFound(f"{where} does not exist")
     if code in _DENIED_CODES or status == 403:

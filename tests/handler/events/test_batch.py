@@ -258,3 +258,18 @@ def test_faults_reading_an_object_are_not_permanent_error_results(s3, code: str,
         and code in result["resultString"]
     )
     assert _keys_under(s3, "results/") == []
+
+
+def test_an_output_bucket_s3_cannot_use_fails_tasks_for_good_before_any_work(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ours (500), so not retried; it was botocore's ParamValidationError, which counted as a TemporaryFailure."""
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    monkeypatch.setenv("OUTPUT_BUCKET", "s3://out-bucket")
+    (result,) = lambda_handler(batch_event("2.0", [GOOD]), Context())["results"]
+    assert result == {
+        "taskId": "task-0",
+        "resultCode": "PermanentFailure",
+        "resultString": "misconfigured: OUTPUT_BUCKET: 's3://out-bucket' is not a valid S3 bucket name",
+    }

@@ -128,6 +128,17 @@ def test_output_bucket_setting(s3, monkeypatch: pytest.MonkeyPatch) -> None:
     assert summary["written"] == ["s3://out-bucket/captions/p.png.json"]
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="captions/")
 
+    # Misconfigured: retried (for a redrive once fixed), with a message that names the setting or bucket.
+    # A name S3 can never use was botocore's ParamValidationError; a missing bucket read as a missing result.
+    for setting, error in (
+        ("s3://out-bucket", "'code': 'misconfigured', 'message': \"OUTPUT_BUCKET: 's3://out-bucket' is not a valid"),
+        ("gone-bucket", "'code': 'not_found', 'message': \"bucket 'gone-bucket' does not exist\""),
+    ):
+        monkeypatch.setenv("OUTPUT_BUCKET", setting)
+        with pytest.raises(S3BatchError) as raised:
+            lambda_handler(s3_event("p.png"), Context())
+        assert error in str(raised.value)
+
 
 def test_oversized_and_non_image_uploads_get_error_results(s3, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAX_S3_IMAGE_BYTES", "20000")
