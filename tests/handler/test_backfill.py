@@ -315,7 +315,8 @@ def test_an_interrupted_local_run_resumes_without_redoing_work(
 
     monkeypatch.setattr(backfill, "process_object", real)
     assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
-    out = capsys.readouterr().out
+    out, progress = capsys.readouterr()
+    assert "backfill: 100%" in progress and "2/2" in progress  # tqdm's bar, on stderr
     assert f"s3://{BUCKET}/: 2 objects to process" in out and "has a result 1" in out
     assert out.strip().splitlines()[-1].startswith("done 2, skipped 2, failed 0")  # its result, the done image
     assert sorted(_keys(s3, "results/")) == sorted(f"results/{key}.json" for key in IMAGES)
