@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from handler.config import Settings
 from handler.errors import BadRequest
-from handler.events.s3 import Disposition, is_folder_marker, process_object, result_key
+from handler.events.s3 import Disposition, is_folder_marker, process_object, result_key, result_prefix
 from handler.florence.tasks import Task, tasks_from
 from handler.inputs.s3 import check_bucket_name
 from handler.service import ALL_TASKS
@@ -132,13 +132,14 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     """List the bucket once and the results once; no request per object."""
     s3, settings = clients("s3"), config.settings
     out_bucket = settings.output_bucket or config.bucket
-    results = {o["Key"]: o["LastModified"] for o in _objects(s3, out_bucket, settings.output_prefix + config.prefix)}
+    listed = _objects(s3, out_bucket, result_prefix(config.bucket, settings) + config.prefix)
+    results = {o["Key"]: o["LastModified"] for o in listed}
     own_files = config.batch_prefix if config.report_bucket in (None, config.bucket) else None
     suffixes = tuple(s.lower() for s in config.suffixes)
     found = Plan()
     for obj in _objects(s3, config.bucket, config.prefix):
         key = obj["Key"]
-        done_at = results.get(result_key(key, settings))
+        done_at = results.get(result_key(config.bucket, key, settings))
         if out_bucket == config.bucket and key.startswith(settings.output_prefix):
             found.skipped["result"] += 1
         elif own_files and key.startswith(own_files):

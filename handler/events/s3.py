@@ -115,16 +115,28 @@ def is_folder_marker(key: str) -> bool:
     return key.endswith("/")
 
 
-def result_key(key: str, settings: Settings) -> str:
+def result_prefix(bucket: str, settings: Settings) -> str:
+    """Where the results of `bucket`'s objects go: OUTPUT_PREFIX, then the source bucket when OUTPUT_BUCKET is set.
+
+    OUTPUT_BUCKET gathers the results of every source bucket (uploads, Batch tasks over any of
+    ALLOWED_BUCKETS, itself included), where `a.png` of two buckets would otherwise share, and
+    overwrite, one result.
+    """
+    return settings.output_prefix + (f"{bucket}/" if settings.output_bucket else "")
+
+
+def result_key(bucket: str, key: str, settings: Settings) -> str:
     """`<prefix><key>.json`, or, when that would pass 1,024 bytes, the key cut short plus a hash of all of it."""
-    plain = f"{settings.output_prefix}{key}.json"
+    prefix = result_prefix(bucket, settings)
+    plain = f"{prefix}{key}.json"
     if len(plain.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
         return plain
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:KEY_HASH_CHARS]
+    named = plain[len(settings.output_prefix) : -len(".json")]  # the key, after its source bucket if any
+    digest = hashlib.sha256(named.encode("utf-8", "surrogatepass")).hexdigest()[:KEY_HASH_CHARS]
     tail = f"~{digest}.json"
-    room = MAX_KEY_BYTES - len(settings.output_prefix.encode("utf-8")) - len(tail)
+    room = MAX_KEY_BYTES - len(prefix.encode("utf-8")) - len(tail)
     head = key.encode("utf-8", "surrogatepass")[: max(0, room)].decode("utf-8", "ignore")
-    return f"{settings.output_prefix}{head}{tail}"
+    return f"{prefix}{head}{tail}"
 
 
 def _location(record: Any) -> tuple[str, str]:
@@ -195,7 +207,7 @@ def process_object(
         s3io.check_bucket_name(out_bucket)
     except BadRequest as exc:
         raise Misconfigured(f"OUTPUT_BUCKET: {exc.message}") from exc
-    out_key = result_key(key, settings)
+    out_key = result_key(bucket, key, settings)
     result_uri = f"s3://{out_bucket}/{out_key}"
     try:
         head = s3io.head(bucket, key)

@@ -48,7 +48,7 @@ def _fill(client) -> None:
 
 
 def _config(**overrides: Any) -> backfill.BackfillConfig:
-    return backfill.BackfillConfig(bucket=BUCKET, **overrides)
+    return backfill.BackfillConfig(**{"bucket": BUCKET, **overrides})
 
 
 def _keys(client, prefix: str = "") -> dict[str, Any]:
@@ -320,3 +320,21 @@ def test_an_interrupted_local_run_resumes_without_redoing_work(
     assert f"s3://{BUCKET}/: 2 objects to process" in out and "has a result 1" in out
     assert out.strip().splitlines()[-1].startswith("done 2, skipped 2, failed 0")  # its result, the done image
     assert sorted(_keys(s3, "results/")) == sorted(f"results/{key}.json" for key in IMAGES)
+
+
+def test_with_output_bucket_each_source_bucket_has_its_own_results(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The plan looks for a result where the function writes it: the same key done in one bucket is not done in another."""
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    for bucket in ("out-bucket", "second-bucket"):
+        s3.create_bucket(Bucket=bucket)
+    for bucket in (BUCKET, "second-bucket"):
+        s3.put_object(Bucket=bucket, Key="photos/a.png", Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    assert list(_keys_in(s3, "out-bucket")) == [f"results/{BUCKET}/photos/a.png.json"]
+    assert backfill.plan(_config(), backfill.Clients(s3=s3)).skipped == {"has a result": 1}
+    second = backfill.plan(_config(bucket="second-bucket"), backfill.Clients(s3=s3))
+    assert [c.key for c in second.candidates] == ["photos/a.png"] and not second.skipped
+
+
+def _keys_in(client, bucket: str) -> list[str]:
+    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]

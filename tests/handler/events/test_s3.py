@@ -125,8 +125,22 @@ def test_output_bucket_setting(s3, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OUTPUT_PREFIX", "captions")  # no trailing slash: one is added
     s3.put_object(Bucket=BUCKET, Key="p.png", Body=image_bytes("PNG"))
     summary = lambda_handler(s3_event("p.png"), Context())
-    assert summary["written"] == ["s3://out-bucket/captions/p.png.json"]
+    assert summary["written"] == [f"s3://out-bucket/captions/{BUCKET}/p.png.json"]
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="captions/")
+
+    # The same key in a second bucket gets its own result: both shared captions/p.png.json, each
+    # upload overwrote the other's, and every redelivery found the other's ETag and ran again.
+    s3.create_bucket(Bucket="second-bucket")
+    s3.put_object(Bucket="second-bucket", Key="p.png", Body=image_bytes("PNG", (50, 40)))
+    assert lambda_handler(s3_event("p.png", bucket="second-bucket"), Context())["written"] == [
+        "s3://out-bucket/captions/second-bucket/p.png.json"
+    ]
+    for bucket, width in ((BUCKET, 96), ("second-bucket", 50)):
+        stored = json.loads(s3.get_object(Bucket="out-bucket", Key=f"captions/{bucket}/p.png.json")["Body"].read())
+        assert stored["source"]["bucket"] == bucket and stored["image"]["width"] == width
+        assert lambda_handler(s3_event("p.png", bucket=bucket), Context())["skipped"][0]["reason"] == (
+            "result exists for this ETag"
+        )
 
     # Misconfigured: retried (for a redrive once fixed), with a message that names the setting or bucket.
     # A name S3 can never use was botocore's ParamValidationError; a missing bucket read as a missing result.
