@@ -34,7 +34,7 @@ TREAT_MISSING_KEYS_AS = "PermanentFailure"
 """A task this answer leaves out failed for good: the handler answers every task it was given."""
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-"""Statuses of errors a later try may not meet: throttling, S3 failing or busy, the model loading."""
+"""Errors that time can clear: throttling (429), S3 failing or busy (502, 503), the model still loading (503)."""
 
 RESULT_STRING_LIMIT = 1024
 """Batch Operations keeps `resultString` in the completion report; keep it short and whole."""

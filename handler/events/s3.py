@@ -126,7 +126,7 @@ def result_prefix(bucket: str, settings: Settings) -> str:
 
 
 def result_key(bucket: str, key: str, settings: Settings) -> str:
-    """`<prefix><key>.json`, or, when that would pass 1,024 bytes, the key cut short plus a hash of all of it."""
+    """`<result_prefix><key>.json`, or, past 1,024 bytes, the key cut short plus a hash of `[<bucket>/]<key>`."""
     prefix = result_prefix(bucket, settings)
     plain = f"{prefix}{key}.json"
     if len(plain.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES:
@@ -248,7 +248,7 @@ def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome)
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:
     """Process every record; raise at the end if any failed for a reason a retry might fix."""
     outcome = Outcome()
-    if is_test_event(event):  # S3 checking that it may invoke us: answer, or the check reads as a failure
+    if is_test_event(event):  # S3 checking that it may invoke us: nothing to process, and not a bad event
         with request_log(request_id, "s3", settings.log_level):
             annotate(status="skipped", event_name=TEST_EVENT)
         return outcome.summary()

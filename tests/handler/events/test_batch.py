@@ -225,7 +225,7 @@ def test_tasks_name_their_bucket_by_either_field_in_any_partition(s3) -> None:  
     assert answers == [f"written: s3://{BUCKET}/results/{GOOD}.json"] + [
         f"already present: s3://{BUCKET}/results/{GOOD}.json"
     ] * 3 + ["skipped: uploads/album/ is a folder marker", f"already present: s3://{BUCKET}/results/{GOOD}.json"]
-    assert list(_keys_under(s3, "results/")) == [f"results/{GOOD}.json"]
+    assert _keys_under(s3, "results/") == [f"results/{GOOD}.json"]
 
     malformed = [
         BUCKET,
