@@ -410,6 +410,14 @@ def test_s3_event_for_missing_object_fails_the_invocation_for_retry(stack: Stack
     assert failed.payload["errorType"] == "S3BatchError", failed.payload
     assert "1 of 1 records failed" in failed.payload["errorMessage"]
 
+    # The same key removed, and S3's check when a notification is configured: answered, nothing to retry.
+    removed = s3_put(BUCKET, "uploads/never-uploaded.jpg", 0)
+    removed["Records"][0]["eventName"] = "ObjectRemoved:Delete"
+    skipped = stack.emulator.invoke(removed).payload
+    assert skipped["skipped"] == [{"key": "uploads/never-uploaded.jpg", "reason": "not an upload event"}], skipped
+    test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-12-01T02:30:00.000Z", "Bucket": BUCKET}
+    assert stack.emulator.invoke(test_event).payload == {"written": [], "skipped": [], "rejected": [], "failed": []}
+
 
 def test_malformed_events_get_clean_errors_and_the_runtime_survives(stack: Stack) -> None:
     unknown = stack.emulator.invoke({"hello": "world"})
