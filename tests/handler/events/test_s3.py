@@ -158,8 +158,13 @@ def test_oversized_and_non_image_uploads_get_error_results(s3, monkeypatch: pyte
     monkeypatch.setenv("MAX_S3_IMAGE_BYTES", "20000")
     s3.put_object(Bucket=BUCKET, Key="huge.bmp", Body=image_bytes("BMP", (200, 200)))
     s3.put_object(Bucket=BUCKET, Key="notes.png", Body=b"shopping list")
+    downloads: list[str] = []
+    s3io.s3_client().meta.events.register(
+        "provide-client-params.s3.GetObject", lambda params, **_: downloads.append(params["Key"])
+    )
     summary = lambda_handler(s3_event("huge.bmp", "notes.png"), Context())
     assert {r["key"]: r["code"] for r in summary["rejected"]} == {"huge.bmp": "too_large", "notes.png": "bad_image"}
+    assert downloads == ["notes.png"]  # the size came from HeadObject: the big one was never read
     assert _result(s3, "huge.bmp")["error"]["code"] == "too_large"
     assert _result(s3, "notes.png")["source"]["key"] == "notes.png"
 
