@@ -14,8 +14,8 @@ import logging
 import threading
 from typing import Any
 
-from handler.config import settings
-from handler.errors import error_body
+from handler.config import Settings, settings
+from handler.errors import Misconfigured, error_body
 from handler.logs import request_id_from, request_log
 
 TEXT_MIME_TYPES = ["application/json", "application/problem+json", "text/plain", "text/html"]
@@ -147,6 +147,26 @@ def _unsupported(event: Any) -> dict[str, Any]:
     )
 
 
+def _misconfigured(event: Any, kind: str, request_id: str, exc: Misconfigured) -> Any:
+    """A setting that does not parse: every door answers 500 `misconfigured` in its own shape.
+
+    S3 events re-raise, so Lambda retries them (and then dead-letters them) rather than dropping
+    uploads until the setting is fixed; a Batch task fails permanently, to be rerun from the report.
+    """
+    _log.error("cannot serve a %s invoke: %s", kind, exc.message)
+    with request_log(request_id, kind, Settings.log_level) as record:
+        record.update(status=exc.status, error=exc.code)
+    if kind == "s3":
+        raise exc
+    if kind == "batch":
+        from handler.events import batch
+
+        return batch.fail_every_task(event, exc)
+    if kind == "http":
+        return _http_response(exc.status, exc.code, exc.message)
+    return exc.body()
+
+
 def lambda_handler(event: Any, context: Any) -> Any:
     """Dispatch an invoke by its shape; never let bad input surface as a stack trace.
 
@@ -155,8 +175,11 @@ def lambda_handler(event: Any, context: Any) -> Any:
     S3 events are the exception: their handler raises on purpose so Lambda retries the event.
     """
     kind = event_kind(event)
-    config = settings()
     request_id = request_id_from(context)
+    try:
+        config = settings()
+    except Misconfigured as exc:
+        return _misconfigured(event, kind, request_id, exc)
     if kind == "s3":
         from handler.events import s3 as s3_events
 

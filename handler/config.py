@@ -19,12 +19,20 @@ Lambda refuses a synchronous request or response over 6,291,456 bytes, and binar
 base64 (4 bytes per 3). With 65,536 bytes kept for the envelope (headers, request context, multipart
 boundaries, JSON keys): (6,291,456 - 65,536) // 4 * 3 = 4,669,440 bytes of image. The same bound caps
 a binary response body (the drawn PNG).
+
+A number outside its range or a LOG_LEVEL that is not a level makes every invoke answer 500
+`misconfigured`, naming the setting (S3 events raise it, so Lambda retries them after the fix).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
+
+from handler.errors import Misconfigured
 
 
 def available_cpus() -> int:
@@ -62,6 +70,35 @@ def default_torch_threads(env: dict[str, str]) -> int:
     return cpus
 
 
+def _number(env: dict[str, str], name: str, default: float, kind: type, low: float, high: float = math.inf) -> Any:
+    """`env[name]` as `kind` within [low, high], or `default` when unset or blank.
+
+    A value that does not parse is the deployment's fault, not the caller's: every invoke answers
+    Misconfigured (500, naming the setting) until it is fixed, instead of raising a bare ValueError
+    at the Lambda boundary with no per-task answer for S3 Batch Operations.
+    """
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:  # NaN fails both comparisons
+        what = "an integer" if kind is int else "a number"
+        bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise Misconfigured(f"setting {name}={raw[:100]!r} is not {what} {bounds}")
+    return value
+
+
+def _log_level(env: dict[str, str], default: str) -> str:
+    raw = env.get("LOG_LEVEL", "").strip()
+    level = raw.upper() or default
+    if not isinstance(logging.getLevelName(level), int):
+        raise Misconfigured(f"setting LOG_LEVEL={raw[:100]!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
 def _csv(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
@@ -87,17 +124,17 @@ class Settings:
         prefix = env.get("OUTPUT_PREFIX", cls.output_prefix)
         return cls(
             artifact_dir=env.get("ARTIFACT_DIR", cls.artifact_dir),
-            max_image_bytes=int(env.get("MAX_IMAGE_BYTES", cls.max_image_bytes)),
-            max_s3_image_bytes=int(env.get("MAX_S3_IMAGE_BYTES", cls.max_s3_image_bytes)),
-            max_image_pixels=int(env.get("MAX_IMAGE_PIXELS", cls.max_image_pixels)),
+            max_image_bytes=_number(env, "MAX_IMAGE_BYTES", cls.max_image_bytes, int, 1),
+            max_s3_image_bytes=_number(env, "MAX_S3_IMAGE_BYTES", cls.max_s3_image_bytes, int, 1),
+            max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, int, 1),
             allowed_buckets=_csv(env.get("ALLOWED_BUCKETS", "")),
             output_prefix=prefix if prefix.endswith("/") else prefix + "/",
             output_bucket=env.get("OUTPUT_BUCKET", ""),
-            artifact_retry_s=float(env.get("ARTIFACT_RETRY_S", cls.artifact_retry_s)),
-            torch_threads=int(env.get("TORCH_THREADS", 0)) or default_torch_threads(env),
-            log_level=env.get("LOG_LEVEL", cls.log_level),
+            artifact_retry_s=_number(env, "ARTIFACT_RETRY_S", cls.artifact_retry_s, float, 0),
+            torch_threads=_number(env, "TORCH_THREADS", 0, int, 0) or default_torch_threads(env),
+            log_level=_log_level(env, cls.log_level),
             artifact_sha256=env.get("ARTIFACT_SHA256", "").strip().lower(),
-            min_score=float(env.get("MIN_SCORE", cls.min_score)),
+            min_score=_number(env, "MIN_SCORE", cls.min_score, float, 0, 1),
         )
 
     @property

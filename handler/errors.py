@@ -71,7 +71,8 @@ class ModelUnavailable(ServiceError):
 
 
 class Misconfigured(ServiceError):
-    """A setting names a place S3 can never use (OUTPUT_BUCKET "s3://x"): ours, fixed by a redeploy, not a retry."""
+    """A setting that does not parse (MAX_IMAGE_BYTES "abc") or names a place S3 can never use (OUTPUT_BUCKET
+    "s3://x"): ours, fixed by a redeploy, not a retry."""
 
     status, code = 500, "misconfigured"
 

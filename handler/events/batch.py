@@ -180,11 +180,36 @@ def _job_options(event: dict[str, Any], job: dict[str, Any]) -> JobOptions:
     return JobOptions.from_user_arguments(job.get("userArguments") if schema == "2.0" else None)
 
 
+def _tasks(event: dict[str, Any]) -> list[Any]:
+    raw_tasks = event.get("tasks")
+    return raw_tasks if isinstance(raw_tasks, list) else []
+
+
+def _task_id(raw: Any, index: int) -> str:
+    return str(raw.get("taskId", index)) if isinstance(raw, dict) else str(index)
+
+
+def _response(event: dict[str, Any], results: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "invocationSchemaVersion": event.get("invocationSchemaVersion"),
+        "treatMissingKeysAs": TREAT_MISSING_KEYS_AS,
+        "invocationId": event.get("invocationId"),
+        "results": results,
+    }
+
+
+def fail_every_task(event: dict[str, Any], exc: ServiceError) -> dict[str, Any]:
+    """Every task answered with `exc` (a setting that does not parse fails the whole invocation alike)."""
+    code = _failure_code(exc)
+    return _response(
+        event, [_result(_task_id(raw, i), code, f"{exc.code}: {exc.message}") for i, raw in enumerate(_tasks(event))]
+    )
+
+
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:
     """Answer every task of one invocation in the response shape Batch Operations expects."""
     schema = event.get("invocationSchemaVersion")
-    raw_tasks = event.get("tasks")
-    tasks: list[Any] = raw_tasks if isinstance(raw_tasks, list) else []
+    tasks = _tasks(event)
     raw_job = event.get("job")
     job: dict[str, Any] = raw_job if isinstance(raw_job, dict) else {}
     options: JobOptions | InvalidRequest
@@ -194,7 +219,7 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
         options = exc
     results = []
     for index, raw in enumerate(tasks):
-        task_id = str(raw.get("taskId", index)) if isinstance(raw, dict) else str(index)
+        task_id = _task_id(raw, index)
         with request_log(f"{request_id}#{index}", "batch", settings.log_level):
             annotate(job_id=job.get("id"), task_id=task_id, schema=schema)
             try:
@@ -208,9 +233,4 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
             if options.ignored:
                 annotate(ignored_user_arguments=sorted(options.ignored))
             results.append(run_task(task, options, settings))
-    return {
-        "invocationSchemaVersion": schema,
-        "treatMissingKeysAs": TREAT_MISSING_KEYS_AS,
-        "invocationId": event.get("invocationId"),
-        "results": results,
-    }
+    return _response(event, results)

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from handler.config import MAX_BINARY_BODY_BYTES, settings
-from handler.errors import ServiceError, error_body, validation_message
+from handler.config import MAX_BINARY_BODY_BYTES, Settings, settings
+from handler.errors import Misconfigured, ServiceError, error_body, validation_message
 from handler.http.demo import router as demo_router
 from handler.http.routes import router
 from handler.logs import annotate, request_id_from, request_log
@@ -73,7 +73,14 @@ class RequestLogMiddleware:
                 return  # the body of the response that was replaced
             await send(message)
 
-        with request_log(request_id, "http", settings().log_level) as record:
+        try:
+            log_level = settings().log_level
+        except Misconfigured as exc:  # a setting that does not parse: every route answers it, logged as sent
+            with request_log(request_id, "http", Settings.log_level) as record:
+                record.update(method=scope.get("method"), path=scope.get("path"), status=exc.status, error=exc.code)
+                await JSONResponse(exc.body(), status_code=exc.status)(scope, receive, send)
+            return
+        with request_log(request_id, "http", log_level) as record:
             record.update(method=scope.get("method"), path=scope.get("path"))
             try:
                 await self.app(scope, receive, tracking_send)

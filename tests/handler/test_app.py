@@ -290,3 +290,40 @@ def test_an_http_event_with_fields_of_the_wrong_type_is_a_400(ctx: Context, png_
     event["httpMethod"] = ["POST"]  # reached routing as a list, and failed there as a 500
     response = lambda_handler(event, ctx)
     assert response["statusCode"] == 400 and "httpMethod" in _json_body(response)["error"]["message"]
+
+
+def test_a_setting_that_does_not_parse_answers_misconfigured_at_every_door(
+    ctx: Context, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A deployment fault, not the caller's: each door answers 500 `misconfigured` in its own shape,
+    naming the setting, and logs that status; S3 events raise so Lambda retries them after the fix."""
+    monkeypatch.setenv("MAX_S3_IMAGE_BYTES", "20MB")
+    capsys.readouterr()
+    http = lambda_handler(_v2("POST", "/caption", png_bytes, {"content-type": "image/png"}), ctx)
+    assert http["statusCode"] == 500 and _json_body(http)["error"]["code"] == "misconfigured"
+    assert "MAX_S3_IMAGE_BYTES" in _json_body(http)["error"]["message"]
+    direct = lambda_handler({"task": "caption", "image_base64": base64.b64encode(png_bytes).decode()}, ctx)
+    assert direct["error"]["code"] == "misconfigured"
+    batch_event = json.loads((EVENTS / "s3_batch_v2.json").read_text())
+    batch = lambda_handler(batch_event, ctx)
+    assert [r["taskId"] for r in batch["results"]] == [t["taskId"] for t in batch_event["tasks"]]
+    assert {r["resultCode"] for r in batch["results"]} == {"PermanentFailure"}
+    assert all(r["resultString"].startswith("misconfigured: ") for r in batch["results"])
+    with pytest.raises(Exception, match="MAX_S3_IMAGE_BYTES"):
+        lambda_handler(json.loads((EVENTS / "s3_put.json").read_text()), ctx)
+    logs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(log["status"], log["error"]) for log in logs] == [(500, "misconfigured")] * 4
+
+
+def test_a_setting_that_does_not_parse_answers_misconfigured_over_plain_asgi(
+    serving_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`uvicorn handler.app:app` reads the settings per request too; a bad one is JSON, not Starlette's text 500."""
+    from fastapi.testclient import TestClient
+
+    from handler.app import asgi_app
+
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    response = TestClient(asgi_app()).get("/health")
+    assert response.status_code == 500 and response.json()["error"]["code"] == "misconfigured"
+    assert "LOG_LEVEL" in response.json()["error"]["message"]

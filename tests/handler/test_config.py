@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from handler.config import Settings, available_cpus
+from handler.errors import Misconfigured
 
 
 def test_torch_threads_follow_lambdas_cpu_share_not_its_vcpu_count() -> None:
@@ -15,3 +18,31 @@ def test_torch_threads_follow_lambdas_cpu_share_not_its_vcpu_count() -> None:
     assert threads(AWS_LAMBDA_FUNCTION_MEMORY_SIZE="3008") == min(cpus, 2)
     assert threads(AWS_LAMBDA_FUNCTION_MEMORY_SIZE="10240") == min(cpus, 6)
     assert threads(AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1769", TORCH_THREADS="4") == 4  # an explicit setting wins
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MAX_IMAGE_BYTES", "abc"),
+        ("MAX_IMAGE_BYTES", "0"),
+        ("MAX_S3_IMAGE_BYTES", "1e6"),
+        ("MAX_IMAGE_PIXELS", "-5"),
+        ("ARTIFACT_RETRY_S", "nan"),
+        ("ARTIFACT_RETRY_S", "-1"),
+        ("TORCH_THREADS", "two"),
+        ("MIN_SCORE", "1.5"),
+        ("MIN_SCORE", "inf"),
+        ("LOG_LEVEL", "verbose"),
+    ],
+)
+def test_a_setting_that_does_not_parse_is_misconfigured_naming_it(name: str, value: str) -> None:
+    with pytest.raises(Misconfigured) as raised:
+        Settings.from_env({name: value})
+    assert raised.value.status == 500 and name in raised.value.message and repr(value) in raised.value.message
+
+
+def test_blank_settings_take_their_defaults_and_good_ones_parse() -> None:
+    blank = Settings.from_env({"MAX_IMAGE_BYTES": " ", "MIN_SCORE": "", "TORCH_THREADS": "", "LOG_LEVEL": ""})
+    assert blank.max_image_bytes == Settings.max_image_bytes and blank.min_score == 0 and blank.log_level == "INFO"
+    given = Settings.from_env({"MAX_IMAGE_BYTES": "1000", "MIN_SCORE": "0.25", "LOG_LEVEL": "debug"})
+    assert (given.max_image_bytes, given.min_score, given.log_level) == (1000, 0.25, "DEBUG")
