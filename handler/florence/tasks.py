@@ -62,6 +62,8 @@ def tasks_from(value: object, default: Sequence[Task] = ()) -> list[Task]:
         raise ValueError("tasks must be a comma-separated string or a list of task names")
     tasks: list[Task] = []
     for name in names:
+        if not name.strip():  # "caption," or "caption, ,detect": a stray comma names no task
+            continue
         task = Task.from_name(name.strip())
         if task not in tasks:
             tasks.append(task)
