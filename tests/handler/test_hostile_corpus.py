@@ -4,10 +4,12 @@ Over 1,000 distinct inputs: a deterministic mutation corpus (truncations, byte f
 huge declared sizes, wrong content types) of real images, sent through API Gateway v1 and v2 (raw
 body), multipart, JSON base64, direct invokes and S3 records (objects in moto's S3), plus
 property-based inputs from hypothesis (garbage JSON, bad base64, odd keys, malformed events, odd field
-types). Every send is checked at once:
+types), and fixed classes: million-character fields that errors quote; numbers JSON allows but floats do
+not. Every send is checked at once:
 
 - no 5xx, no exception out of `lambda_handler`, no send over HANG_S;
 - every error is exactly `{"error": {"code", "message"}}`;
+- every synchronous answer is one Lambda can return (6 MB as the runtime serializes it), with no traceback;
 - the request log's status equals the one returned (one line per request, one per S3 record).
 
 The table of inputs x entry point x outcome is written to `<tmp>/hostile_corpus.md` and printed
@@ -22,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import random
 import signal
 import struct
@@ -39,6 +42,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from handler.app import event_kind, lambda_handler
+from handler.config import LAMBDA_PAYLOAD_BYTES
 from handler.inputs import s3 as s3io
 from handler.logs import logger
 from tests.conftest import REPO_ROOT, image_bytes
@@ -162,8 +166,16 @@ def _error_shape(body: Any) -> None:
     assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str), body
 
 
+def _returnable(response: Any) -> None:
+    """What the Lambda runtime would post: JSON without ASCII escapes (awslambdaric), within 6 MB, no traceback."""
+    wire = json.dumps(response, ensure_ascii=False).encode("utf-8")
+    assert len(wire) <= LAMBDA_PAYLOAD_BYTES, f"a {len(wire)}-byte response: {wire[:300]!r}"
+    assert b"Traceback (most recent call last)" not in wire, wire[:300]
+
+
 def _check_http(response: Any, lines: list[dict[str, Any]]) -> str:
     assert isinstance(response, dict) and isinstance(response.get("statusCode"), int), response
+    _returnable(response)
     status = response["statusCode"]
     assert status < 500, response
     assert [line["status"] for line in lines] == [status], (status, lines)
@@ -176,6 +188,7 @@ def _check_http(response: Any, lines: list[dict[str, Any]]) -> str:
 
 def _check_direct(response: Any, lines: list[dict[str, Any]]) -> str:
     assert isinstance(response, dict), response
+    _returnable(response)
     assert len(lines) == 1, lines
     if "error" in response:
         _error_shape(response)
@@ -398,6 +411,67 @@ def test_huge_declared_sizes_and_over_limit_bodies(world: World) -> None:
             )
             == "4xx"
         )
+
+
+# ------------------------------------------- values that errors quote, and numbers JSON allows but floats do not
+
+ECHO_CHARACTERS = ["\\", "'\"", "\u0378", "\ue000", "\U0010fffe"]
+"""What repr and JSON escaping grow: 1 byte in, 2 bytes out (`\\`); 2 bytes of UTF-8 in, 8 bytes out (U+0378)."""
+
+
+def test_quoted_values_cannot_grow_a_response_past_lambdas_limit(world: World) -> None:
+    """An error message quotes the task, min_score, bucket or unknown keys it refuses: a field of a
+    million characters that repr escapes once made a 10 MB answer, which Lambda would have refused."""
+    png = base64.b64encode(BASES["png"]).decode()
+    for char in ECHO_CHARACTERS:
+        text = char * (1_000_000 // len(char))
+        for event in [
+            {"task": "analyze", "tasks": text, "image_base64": png},
+            {"task": "analyze", "tasks": [text], "image_base64": png},
+            {"task": "detect", "min_score": text, "image_base64": png},
+            {"task": "caption", "s3": {"bucket": text, "key": "k"}},
+            {"task": text, "image_base64": png},
+        ]:
+            assert send(world, "quoted value", "direct", event, _check_direct) == "4xx"
+        unknown_event = {text: 1}  # not an event this function serves: its keys are listed in the error
+        assert send(world, "quoted value", "direct", unknown_event, _check_direct) == "4xx"
+        body = json.dumps({"s3": {"bucket": text, "key": "k"}}, ensure_ascii=False)
+        event = _v2("POST", "/caption", body, {"content-type": "application/json"})
+        assert send(world, "quoted value", "json-base64", event, _check_http) == "4xx"
+    # a million list items that are all wrong: one line each once made a 56 MB message
+    event = {"task": "analyze", "tasks": [1] * 1_000_000, "image_base64": png}
+    assert send(world, "quoted value", "direct", event, _check_direct) == "4xx"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**400, -(10**400), 2**64, math.nan, math.inf, -math.inf, -0.0, 5e-324, True, "1e400"],
+    ids=[
+        "int-1e400",
+        "int-minus-1e400",
+        "2**64",
+        "nan",
+        "inf",
+        "minus-inf",
+        "minus-zero",
+        "denormal",
+        "true",
+        "string-1e400",
+    ],
+)
+def test_numbers_json_allows_in_every_numeric_field(world: World, value: Any) -> None:
+    """The runtime's JSON parser gives Python ints of any size and NaN/Infinity; float(10**400) raises."""
+    png = base64.b64encode(BASES["png"]).decode()
+    for event in [
+        {"task": "detect", "min_score": value, "image_base64": png},
+        {"task": "analyze", "tasks": value, "image_base64": png},
+        {"task": value, "image_base64": png},
+        {"task": "caption", "image_base64": value},
+        {"task": "caption", "s3": {"bucket": BUCKET, "key": value}},
+    ]:
+        send(world, "odd number", "direct", event, _check_direct)
+    query = _v2("POST", "/detect", BASES["png"], {"content-type": "image/png"}, {"min_score": str(value)})
+    send(world, "odd number", "apigw-v2", query, _check_http)
 
 
 # ---------------------------------------------------------------- property-based inputs (hypothesis)
