@@ -4,8 +4,9 @@ Over 1,000 distinct inputs: a deterministic mutation corpus (truncations, byte f
 huge declared sizes, wrong content types) of real images, sent through API Gateway v1 and v2 (raw
 body), multipart, JSON base64, direct invokes and S3 records (objects in moto's S3), plus
 property-based inputs from hypothesis (garbage JSON, bad base64, odd keys, malformed events, odd field
-types), and fixed classes: million-character fields that errors quote; numbers JSON allows but floats do
-not. Every send is checked at once:
+types), and fixed classes: images in every mode and format Pillow writes, animations, EXIF orientations,
+extreme aspect ratios, lying headers, unreadable formats; million-character fields that errors quote;
+numbers JSON allows but floats do not. Every send is checked at once:
 
 - no 5xx, no exception out of `lambda_handler`, no send over HANG_S;
 - every error is exactly `{"error": {"code", "message"}}`;
@@ -359,11 +360,11 @@ def _decodes(data: bytes) -> bool:
     return True
 
 
-def test_mutated_images_through_every_entry_point(world: World) -> None:
-    """Each mutation that fails to decode goes through all six entry points; one that still decodes
+def send_images(world: World, corpus: list[tuple[str, bytes, str]]) -> None:
+    """Each image that fails to decode goes through all six entry points; one that still decodes
     costs an inference per send, so it goes through one, taking turns (the CI budget)."""
     turn = 0
-    for index, (family, data, ctype) in enumerate(mutation_corpus()):
+    for index, (family, data, ctype) in enumerate(corpus):
         path = PATHS[index % len(PATHS)]
         route, _, query = path.partition("?")
         entries = ENTRY_POINTS
@@ -386,6 +387,10 @@ def test_mutated_images_through_every_entry_point(world: World) -> None:
                         k: [v] for k, v in event["queryStringParameters"].items()
                     }
                 send(world, family, entry, event, _check_http)
+
+
+def test_mutated_images_through_every_entry_point(world: World) -> None:
+    send_images(world, mutation_corpus())
 
 
 def test_huge_declared_sizes_and_over_limit_bodies(world: World) -> None:
@@ -411,6 +416,162 @@ def test_huge_declared_sizes_and_over_limit_bodies(world: World) -> None:
             )
             == "4xx"
         )
+
+
+# ------------------------------------------------- image classes Pillow opens, or cannot (deterministic)
+
+
+def _encoded(image: Any, fmt: str, **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def _in_mode(mode: str, size: tuple[int, int] = (40, 30)) -> Any:
+    """A small picture in `mode`: shapes converted down, or grey levels for the high-bit-depth modes."""
+    from PIL import Image, ImageDraw
+
+    if mode in ("I", "I;16", "I;16B", "F"):
+        image = Image.new(mode, size, 0)
+        image.paste(200.5 if mode == "F" else 60_000, (5, 5, 20, 15))
+        return image
+    if mode == "LAB":
+        return Image.new("LAB", size, (50, 20, -20))
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).rectangle((5, 5, size[0] // 2, size[1] // 2), fill=(200, 30, 30))
+    return image.convert(mode)
+
+
+MODES_BY_FORMAT = {
+    "PNG": ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"],
+    "TIFF": ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "I;16", "F"],
+    "JPEG": ["L", "RGB", "CMYK"],
+    "WEBP": ["L", "RGB", "RGBA"],
+    "BMP": ["1", "L", "P", "RGB", "RGBA"],
+    "GIF": ["1", "L", "P"],
+    "PPM": ["1", "L", "RGB", "I;16"],
+    "TGA": ["L", "LA", "P", "RGBA"],
+    "ICO": ["RGB", "P"],
+    "PCX": ["1", "P", "RGB"],
+    "SGI": ["L", "RGBA"],
+    "JPEG2000": ["L", "RGBA"],
+    "DDS": ["L", "RGBA"],
+    "QOI": ["RGBA"],
+    "SPIDER": ["F"],
+    "XBM": ["1"],
+    "MSP": ["1"],
+    "PALM": ["1", "P"],
+}
+EXIF_ORIENTATIONS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 65535]
+"""1..8 are defined; the rest are what a broken camera or a hostile file writes."""
+EXTREME_SIZES = [(1, 1), (1, 10_000), (10_000, 1), (2, 20_000), (1, 1_000_000)]
+"""`/detect?format=png` on these draws on a 1-pixel-wide strip: lines and tags must not be sized by its length."""
+UNREADABLE = {
+    "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
+    "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100,
+    "avif": b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + b"\x00" * 100,
+    "pdf": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF",
+    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100000 100000\n",
+    "html": b"<html><body>not an image</body></html>",
+}
+
+
+def _with_orientation(fmt: str, orientation: Any) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encoded(_in_mode("RGB", (60, 20)), fmt, exif=exif.tobytes())
+
+
+def _lying_png(data: bytes, width: int, height: int) -> bytes:
+    """A real PNG whose IHDR (CRC fixed) claims another size than its pixel data holds."""
+    at = data.index(b"IHDR")
+    header = struct.pack(">II", width, height) + data[at + 12 : at + 17]
+    return data[: at - 4] + _png_chunk(b"IHDR", header) + data[at + 21 :]
+
+
+def _lying_bmp(data: bytes, width: int, height: int) -> bytes:
+    """A real BMP whose info header claims another size (a negative height means rows top-down)."""
+    return data[:18] + struct.pack("<ii", width, height) + data[26:]
+
+
+def image_class_corpus() -> list[tuple[str, bytes, str]]:
+    """(family, bytes, content type) for each class of image: modes x formats, transparency, animation,
+    EXIF orientations, extreme aspect ratios, headers that lie about the size, formats Pillow cannot open."""
+    from PIL import Image
+
+    corpus = [
+        ("mode x format", _encoded(_in_mode(mode), fmt), "image/x-anything")
+        for fmt, modes in MODES_BY_FORMAT.items()
+        for mode in modes
+    ]
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "blue", "green")]
+    big_frame = Image.new("RGB", (3000, 3000))  # over the pixel limit, but not the first frame
+    corpus += [
+        ("transparency", _encoded(_in_mode("L"), "PNG", transparency=255), "image/png"),
+        ("transparency", _encoded(_in_mode("RGB"), "PNG", transparency=(255, 255, 255)), "image/png"),
+        ("transparency", _encoded(_in_mode("P"), "GIF", transparency=0), "image/gif"),
+        ("progressive JPEG", _encoded(_in_mode("RGB", (800, 600)), "JPEG", progressive=True), "image/jpeg"),
+        ("progressive JPEG", _encoded(_in_mode("CMYK", (1600, 1200)), "JPEG", progressive=True), "image/jpeg"),
+        ("multi-frame", _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]), "image/gif"),
+        ("multi-frame", _encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:]), "image/tiff"),
+        ("multi-frame", _encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:]), "image/webp"),
+        ("multi-frame", _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:]), "image/apng"),
+        (
+            "multi-frame",
+            _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:], default_image=True),
+            "image/png",
+        ),
+        (
+            "multi-frame",
+            _encoded(frames[0], "TIFF", save_all=True, append_images=[big_frame], compression="tiff_adobe_deflate"),
+            "image/tiff",
+        ),
+        (
+            "multi-frame",
+            _encoded(_in_mode("RGBA", (256, 256)), "ICO", sizes=[(16, 16), (32, 32), (256, 256)]),
+            "image/x-icon",
+        ),
+    ]
+    corpus += [
+        ("EXIF orientation", _with_orientation(fmt, orientation), f"image/{fmt.lower()}")
+        for fmt in ("JPEG", "PNG", "WEBP")
+        for orientation in EXIF_ORIENTATIONS
+    ]
+    corpus.append(("EXIF orientation", _with_orientation("JPEG", (6, 6)), "image/jpeg"))
+    garbage_exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + b"\x00" * 20
+    corpus.append(("EXIF orientation", _encoded(_in_mode("RGB"), "JPEG", exif=garbage_exif), "image/jpeg"))
+    corpus += [
+        ("extreme aspect", _encoded(Image.new("RGB", size, "red"), "PNG"), "image/png") for size in EXTREME_SIZES
+    ]
+    corpus += [
+        ("extreme aspect", _encoded(Image.new("RGB", (1, 10_000), "red"), "JPEG"), "image/jpeg"),
+        ("extreme aspect", _encoded(Image.new("P", (1, 10_000)), "GIF"), "image/gif"),
+        ("extreme aspect", _encoded(Image.new("RGB", (16_383, 1)), "WEBP"), "image/webp"),
+    ]
+    png, bmp = _encoded(_in_mode("RGB", (16, 12)), "PNG"), _encoded(_in_mode("RGB", (16, 12)), "BMP")
+    gif = _encoded(_in_mode("P", (16, 12)), "GIF")
+    corpus += [
+        ("header lies", _lying_png(png, w, h), "image/png") for w, h in [(8, 6), (16, 13), (2000, 1500), (1, 3_999_999)]
+    ]
+    corpus += [("header lies", _lying_bmp(bmp, w, h), "image/bmp") for w, h in [(16, -12), (-16, 12), (2000, -1500)]]
+    corpus += [
+        ("header lies", gif[:6] + struct.pack("<HH", w, h) + gif[10:], "image/gif") for w, h in [(2000, 1500), (1, 1)]
+    ]
+    corpus += [("header lies", _jpeg_with_size(BASES["jpeg"], w, h), "image/jpeg") for w, h in [(1, 60_000), (8, 6)]]
+    corpus += [("unreadable format", data, f"image/{name}") for name, data in UNREADABLE.items()]
+    return corpus
+
+
+def test_image_classes_through_every_entry_point(world: World) -> None:
+    """An extreme aspect ratio is also drawn (`/detect?format=png`), where a 1xN strip once got an N/40 px font."""
+    corpus = image_class_corpus()
+    send_images(world, corpus)
+    for family, data, ctype in corpus:
+        if family == "extreme aspect":
+            event = _v2("POST", "/detect", data, {"content-type": ctype}, {"format": "png"})
+            assert send(world, family, "apigw-v2", event, _check_http) == "2xx"
 
 
 # ------------------------------------------- values that errors quote, and numbers JSON allows but floats do not
