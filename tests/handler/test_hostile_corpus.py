@@ -5,8 +5,9 @@ huge declared sizes, wrong content types) of real images, sent through API Gatew
 body), multipart, JSON base64, direct invokes and S3 records (objects in moto's S3), plus
 property-based inputs from hypothesis (garbage JSON, bad base64, odd keys, malformed events, odd field
 types), and fixed classes: images in every mode and format Pillow writes, animations, EXIF orientations,
-extreme aspect ratios, lying headers, unreadable formats; million-character fields that errors quote;
-numbers JSON allows but floats do not. Every send is checked at once:
+extreme aspect ratios, lying headers, unreadable formats; odd query strings, content types, headers,
+multipart bodies, methods, paths and events; million-character fields that errors quote; numbers JSON
+allows but floats do not. Every send is checked at once:
 
 - no 5xx, no exception out of `lambda_handler`, no send over HANG_S;
 - every error is exactly `{"error": {"code", "message"}}`;
@@ -21,6 +22,8 @@ corpus runs in well under a minute.
 from __future__ import annotations
 
 import base64
+import copy
+import gzip
 import hashlib
 import io
 import json
@@ -572,6 +575,260 @@ def test_image_classes_through_every_entry_point(world: World) -> None:
         if family == "extreme aspect":
             event = _v2("POST", "/detect", data, {"content-type": ctype}, {"format": "png"})
             assert send(world, family, "apigw-v2", event, _check_http) == "2xx"
+
+
+# ------------------------------------------- request shapes: query, headers, multipart, methods, events
+
+
+def _multipart_raw(*parts: bytes, boundary: str = "b") -> tuple[bytes, str]:
+    """A hand-written multipart body, for shapes httpx will not produce."""
+    body = (
+        b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts)
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _file_part(name: bytes = b"file", extra: bytes = b"", data: bytes = b"") -> bytes:
+    return b'Content-Disposition: form-data; name="' + name + b'"; filename="a.png"\r\n' + extra + b"\r\n" + data
+
+
+QUERY_VALUES = {
+    "format": ["png", "PNG", "jpeg", "", "png\x00", "ｐｎｇ", "x" * 9000],
+    "min_score": ["nan", "inf", "-inf", "1e400", "1e-400", "-0", "0x1", " 0.5 ", "１", "", "9" * 5000, "true"],
+    "tasks": [
+        "",
+        ",",
+        "caption,caption",
+        "CAPTION",
+        "<OD>",
+        " caption ",
+        "caption,",
+        "x" * 9000,
+        "é" * 3000,
+        "caption," * 2000,
+    ],
+    "unknown": ["1"],
+}
+REPEATED_QUERIES = [{"format": ["png", "json"]}, {"min_score": ["0.5", "2"]}, {"tasks": ["bogus", "caption"]}]
+RAW_QUERIES = [
+    "format=%ZZ",
+    "format=%00",
+    "format=png&format",
+    "&&&",
+    "=",
+    "min_score=%F0%9F%98%80",
+    "tasks=%ED%A0%80",
+    "a=" + "%" * 3000,
+]
+CONTENT_TYPES = [
+    "image/png; charset=utf-8",
+    "IMAGE/PNG",
+    " image/png ",
+    "image/",
+    "image",
+    "application/json; charset=utf-16",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "multipart/form-data; boundary=",
+    'multipart/form-data; boundary=""',
+    "multipart/form-data; boundary=" + "b" * 5000,
+    "multipart/mixed; boundary=x",
+    "",
+    ";",
+    "*/*",
+    "image/svg+xml",
+    "application/vnd.api+json",
+    "\x00",
+    "é/é",
+]
+HEADERS = [
+    {"content-encoding": "gzip"},
+    {"transfer-encoding": "chunked"},
+    {"transfer-encoding": "chunked", "content-length": "10"},
+    {"content-length": "1"},
+    {"content-length": "1e3"},
+    {"expect": "100-continue"},
+    {"host": "x" * 5000},
+    {"x-forwarded-proto": "gopher"},
+    {"x-forwarded-port": "abc"},
+    {"cookie": "a=b; " * 500},
+    {"": "empty name"},
+    {"x-é": "é"},
+]
+
+
+MULTIPART_NAMES = [b"image", b"\xff\xfe"]
+"""File parts under a name other than `file`."""
+JSON_BODIES = [
+    "NaN",
+    "1e999",
+    "9" * 4301,
+    "null",
+    '"str"',
+    '{"image_base64": NaN}',
+    '{"s3": {"bucket": Infinity, "key": null}}',
+    '{"s3": "bucket/key"}',
+    "[" * 100_000 + "]" * 100_000,
+]
+METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE", "TRACE", "FOO", "get", ""]
+ROUTES = ["/", "/health", "/caption", "/detect", "/analyze", "/docs", "/openapi.json"]
+ODD_PATHS = [
+    "//caption",
+    "/caption%2F",
+    "/%63aption",
+    "/cap%00tion",
+    "/caption/../caption",
+    "/CAPTION",
+    "/caption;x=1",
+    "/é",
+    "/\ud800",
+    "/" + "a" * 100_000,
+    "/caption/" + "/" * 5000,
+    "",
+    "caption",
+    "*",
+    "/\x00",
+    "/caption\r\nX: y",
+]
+V1_CHANGES: list[dict[str, Any]] = [
+    {"headers": None},
+    {"multiValueHeaders": None},
+    {"headers": None, "multiValueHeaders": None},
+    {"headers": None, "multiValueHeaders": {"content-type": ["image/png", "application/json"]}},
+    {"headers": None, "multiValueHeaders": {"content-type": []}},
+    {"multiValueQueryStringParameters": {"format": []}},
+]
+V2_CHANGES: list[dict[str, Any]] = [
+    {"cookies": ["a=b", "c", "", "=", "é=é"]},
+    {"cookies": ["x" * 100_000]},
+    {"version": "1.0"},
+    {"headers": {"Content-Type": "image/png", "content-type": "application/json"}},
+    {"rawQueryString": None},
+]
+MINIMAL_EVENTS: list[dict[str, Any]] = [
+    {"requestContext": {}, "httpMethod": "POST"},
+    {"requestContext": {"http": {}}},
+    {"requestContext": {"http": {"method": "GET"}}, "rawPath": "/health"},
+    {"requestContext": {"httpMethod": "GET"}, "httpMethod": "GET", "path": "/health"},
+    {"requestContext": {"elb": {"targetGroupArn": "arn"}}, "httpMethod": "POST", "path": "/caption", "body": ""},
+]
+BOTH = [("apigw-v1", _v1), ("apigw-v2", _v2)]
+Shape = tuple[str, str, dict]
+"""(family, entry point, API Gateway event)."""
+
+
+def _with_query(path: str, query: dict[str, str]) -> list[Shape]:
+    """The test PNG posted to `path?query` through v1 and v2."""
+    headers = {"content-type": "image/png"}
+    return [("query parameter", entry, make("POST", path, BASES["png"], headers, query)) for entry, make in BOTH]
+
+
+def query_shapes() -> list[Shape]:
+    """Odd values of every parameter, repeated keys, and raw query strings that do not percent-decode."""
+    shapes = [
+        shape for name, values in QUERY_VALUES.items() for v in values for shape in _with_query("/detect", {name: v})
+    ]
+    for repeated in REPEATED_QUERIES:  # v1 lists every value; v2 has only the raw string
+        (_, _, v1), (_, _, v2) = _with_query("/analyze", {k: v[-1] for k, v in repeated.items()})
+        v1["multiValueQueryStringParameters"] = repeated
+        v2["rawQueryString"] = "&".join(f"{k}={v}" for k, values in repeated.items() for v in values)
+        shapes += [("query parameter", "apigw-v1", v1), ("query parameter", "apigw-v2", v2)]
+    for raw in RAW_QUERIES:
+        event = _v2("POST", "/detect", BASES["png"], {"content-type": "image/png"})
+        event["rawQueryString"] = raw
+        shapes.append(("query parameter", "apigw-v2", event))
+    return shapes
+
+
+def body_shapes() -> list[Shape]:
+    """Content types, headers, multipart bodies, base64 flags and JSON bodies."""
+    png = BASES["png"]
+    json_png = json.dumps({"image_base64": base64.b64encode(png).decode()}).encode()
+    sends = [
+        ("content type", "/caption", body, {"content-type": ctype})
+        for ctype in CONTENT_TYPES
+        for body in (png, json_png, b"")
+    ]
+    sends += [
+        ("header", "/analyze", body, {"content-type": "image/png", **headers})
+        for headers in HEADERS
+        for body in (png, gzip.compress(png))
+    ]
+    multipart = [
+        _multipart_raw(_file_part(data=png), _file_part(data=png)),
+        _multipart_raw(_file_part(data=png), _file_part(b"other", data=png)),
+        _multipart_raw(b'Content-Disposition: form-data; name="file"\r\n\r\nnot a file'),
+        _multipart_raw(b'Content-Disposition: form-data; name="file"\r\n\r\n' + png),
+        _multipart_raw(_file_part(data=b"")),
+        *[_multipart_raw(_file_part(name, data=png)) for name in MULTIPART_NAMES],
+        _multipart_raw(_file_part(extra=b"Content-Transfer-Encoding: base64\r\n", data=base64.b64encode(png))),
+        _multipart_raw(b"Content-Type: image/png\r\n\r\n" + png),
+        _multipart_raw(b"X-A: b\r\n" * 5000 + _file_part(data=png)),
+        _multipart_raw(_file_part(data=png), boundary="b b"),
+        (_multipart_raw(_file_part(data=png))[0], "multipart/form-data; boundary=zzz"),
+        (_multipart_raw(_file_part(data=png))[0][:-8], "multipart/form-data; boundary=b"),
+        _multipart_raw(
+            *[b'Content-Disposition: form-data; name="f%d"\r\n\r\nx' % i for i in range(100)], _file_part(data=png)
+        ),
+    ]
+    sends += [("multipart shape", "/analyze", body, {"content-type": ctype}) for body, ctype in multipart]
+    shapes = [
+        (family, entry, make("POST", path, body, headers))
+        for family, path, body, headers in sends
+        for entry, make in BOTH
+    ]
+    for body, encoded in [
+        ("!!!notbase64", True),
+        ("aGk", True),
+        ("===", True),
+        (png.decode("latin-1"), False),
+        ("\ud800", False),
+    ]:
+        for entry, make in BOTH:
+            event = make("POST", "/caption", b"", {"content-type": "image/png"})
+            event.update(body=body, isBase64Encoded=encoded)
+            shapes.append(("base64 flag", entry, event))
+    json_bodies = [*JSON_BODIES, "\ufeff" + json_png.decode(), json_png.decode() + " trailing"]
+    json_bodies.append('{"image_base64": "a", "image_base64": ' + json.dumps(base64.b64encode(png).decode()) + "}")
+    shapes += [
+        ("JSON body", "apigw-v2", _v2("POST", "/caption", body, {"content-type": "application/json"}))
+        for body in json_bodies
+    ]
+    return shapes
+
+
+def route_shapes() -> list[Shape]:
+    """Every method on every route, and odd paths (`path` in v1, `rawPath` in v2)."""
+    png, headers = BASES["png"], {"content-type": "image/png"}
+    shapes = [
+        ("method", entry, make(method, path, png, headers))
+        for method in METHODS
+        for path in ROUTES
+        for entry, make in BOTH
+    ]
+    for path in ODD_PATHS:
+        for entry, make in BOTH:
+            event = make("POST", "/caption", png, headers)
+            event["rawPath" if entry == "apigw-v2" else "path"] = path
+            shapes.append(("path", entry, event))
+    return shapes
+
+
+def event_shapes() -> list[Shape]:
+    """API Gateway events with fields missing, null or doubled, and the smallest events that still look like HTTP."""
+    v1 = _v1("POST", "/caption", BASES["png"], {"content-type": "image/png"})
+    v2 = _v2("POST", "/caption", BASES["png"], {"content-type": "image/png"})
+    events = [{**copy.deepcopy(v1), **changes} for changes in V1_CHANGES]
+    events += [{**copy.deepcopy(v2), **changes} for changes in V2_CHANGES]
+    return [("event fields", "apigw-event", event) for event in [*events, *MINIMAL_EVENTS]]
+
+
+def test_request_shapes_through_api_gateway(world: World) -> None:
+    for family, entry, event in [*query_shapes(), *body_shapes(), *route_shapes(), *event_shapes()]:
+        send(world, family, entry, event, _check_http)
 
 
 # ------------------------------------------- values that errors quote, and numbers JSON allows but floats do not
