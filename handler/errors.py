@@ -71,9 +71,10 @@ class ModelUnavailable(ServiceError):
     status, code = 503, "model_unavailable"
 
 
-MAX_MESSAGE_CHARS = 1_000
-"""Messages quote what the caller sent (a task name, a bucket); past this they are cut. Escaped for JSON,
-a quoted character can take 12 bytes, so an uncut echo of a 2 MB field could outgrow Lambda's 6 MB response."""
+MAX_MESSAGE_CHARS = 8_192
+"""Messages quote what the caller sent (a task name, a bucket); past this they are cut. Room for any S3
+key (1,024 bytes) quoted with repr (4 characters for an escaped byte), so S3 messages stay whole; escaped
+for JSON a character can take 12 bytes, and an uncut echo of a 2 MB field outgrew Lambda's 6 MB response."""
 MAX_LISTED_ERRORS = 10
 """A validation message names this many bad fields, then counts the rest (a list of a million wrong items)."""
 
