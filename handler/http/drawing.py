@@ -52,8 +52,10 @@ def draw_detections(image: Image.Image, detections: list[Detection]) -> Image.Im
 
 
 def to_png(image: Image.Image) -> bytes:
+    """The pixels alone: Pillow would copy the upload's ICC profile (and a tRNS colour) from `image.info`,
+    and a profile can be megabytes that no downscale shrinks, or a CMYK one that no longer describes them."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=3)
+    image.save(buffer, format="PNG", optimize=False, compress_level=3, icc_profile=None, transparency=None)
     return buffer.getvalue()
 
 

@@ -577,6 +577,18 @@ def test_image_classes_through_every_entry_point(world: World) -> None:
             assert send(world, family, "apigw-v2", event, _check_http) == "2xx"
 
 
+def test_a_profile_no_downscale_can_shrink_stays_out_of_the_drawing(world: World) -> None:
+    """A 64x48 JPEG carrying a 5 MB ICC profile, read from S3 (20 MiB limit): the profile was copied into
+    the drawn PNG, which no downscale could bring under what Lambda returns (a 500 response_too_large)."""
+    from PIL import Image
+
+    profile = random.Random(3).randbytes(5_000_000)
+    key = world.upload(_encoded(Image.new("RGB", (64, 48), "red"), "JPEG", icc_profile=profile))
+    body = json.dumps({"s3": {"bucket": BUCKET, "key": key}})
+    event = _v2("POST", "/detect", body, {"content-type": "application/json"}, {"format": "png"})
+    assert send(world, "metadata", "json-base64", event, _check_http) == "2xx"
+
+
 # ------------------------------------------- request shapes: query, headers, multipart, methods, events
 
 

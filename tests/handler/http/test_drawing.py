@@ -91,3 +91,17 @@ def test_a_strip_too_big_to_draw_shrinks_along_its_length_until_it_fits() -> Non
     drawn = drawn_png(image, [Detection("cat", (0.0, 10.0, 1.0, 1000.0), 0.5)], limit)
     assert len(drawn.png) <= limit
     assert Image.open(io.BytesIO(drawn.png)).size == (1, int(2_000_000 * drawn.scale))
+
+
+def test_the_uploads_colour_profile_is_not_copied_into_the_drawing() -> None:
+    """A JPEG may carry megabytes of ICC profile; copied into the PNG, no downscale could make it fit."""
+    import os
+
+    from handler.http.drawing import drawn_png
+
+    image = Image.new("RGB", (300, 200), "white")
+    image.info["icc_profile"] = os.urandom(600_000)
+    limit = 400_000
+    drawn = drawn_png(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0), 0.9)], limit)
+    assert len(drawn.png) <= limit and b"iCCP" not in drawn.png
+    assert drawn.scale == 1.0 and Image.open(io.BytesIO(drawn.png)).size == (300, 200)
