@@ -17,6 +17,7 @@ class ServiceError(Exception):
     code: str = "internal_error"
 
     def __init__(self, message: str) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
 
@@ -77,16 +78,35 @@ class Misconfigured(ServiceError):
     status, code = 500, "misconfigured"
 
 
+MAX_MESSAGE_CHARS = 8_192
+"""Messages quote what the caller sent (a task name, a bucket); past this they are cut. Room for any S3
+key (1,024 bytes) quoted with repr (4 characters for an escaped byte), so S3 messages stay whole; escaped
+for JSON a character can take 12 bytes, and an uncut echo of a 2 MB field outgrew Lambda's 6 MB response."""
+MAX_LISTED_ERRORS = 10
+"""A validation message names this many bad fields, then counts the rest (a list of a million wrong items)."""
+
+
+def bounded(text: str) -> str:
+    """`text` cut to MAX_MESSAGE_CHARS, saying how much was left out."""
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+
+
 def printable(text: str) -> str:
     """`text` with anything UTF-8 cannot carry (lone surrogates from hostile JSON) escaped, so it serializes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": printable(message)}}
+    """The one error shape, with a message bounded in length and safe to serialize."""
+    return {"error": {"code": code, "message": printable(bounded(message))}}
 
 
 def validation_message(errors: Iterable[Any]) -> str:
-    """pydantic's error list as one line: `field.path: what is wrong; ...`."""
-    parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in errors]
+    """pydantic's error list as one line: `field.path: what is wrong; ...`, the first MAX_LISTED_ERRORS of them."""
+    errors = list(errors)
+    parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in errors[:MAX_LISTED_ERRORS]]
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
     return "; ".join(parts) or "invalid request"

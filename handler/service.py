@@ -122,7 +122,7 @@ def parse_min_score(value: object, default: float | None = None) -> float | None
         return default
     try:
         number = float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else math.nan
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float (JSON allows 10**400)
         number = math.nan
     if not 0.0 <= number <= 1.0:
         raise InvalidRequest(f"min_score must be a number from 0 to 1, not {value!r}")

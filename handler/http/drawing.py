@@ -27,12 +27,17 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def draw_detections(image: Image.Image, detections: list[Detection]) -> Image.Image:
-    """A copy of `image` with each box outlined and tagged `label score`, colours cycling per label."""
+    """A copy of `image` with each box outlined and tagged `label score`, colours cycling per label.
+
+    Lines and text are sized from the image's area (the side of the square with as many pixels), not
+    its longer side: a 1x1,000,000 strip would otherwise get a 25,000 px font whose rendered tag is
+    itself a decompression bomb.
+    """
     canvas = image.convert("RGB").copy()
     draw = ImageDraw.Draw(canvas)
-    scale = max(canvas.width, canvas.height)
-    line = max(1, scale // 300)
-    font = _font(max(10, scale // 40))
+    side = math.isqrt(canvas.width * canvas.height)
+    line = max(1, side // 300)
+    font = _font(max(10, side // 40))
     colours: dict[str, tuple[int, int, int]] = {}
     for det in detections:
         colour = colours.setdefault(det.label, PALETTE[len(colours) % len(PALETTE)])
@@ -47,8 +52,10 @@ def draw_detections(image: Image.Image, detections: list[Detection]) -> Image.Im
 
 
 def to_png(image: Image.Image) -> bytes:
+    """The pixels alone: Pillow would copy the upload's ICC profile (and a tRNS colour) from `image.info`,
+    and a profile can be megabytes that no downscale shrinks, or a CMYK one that no longer describes them."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=3)
+    image.save(buffer, format="PNG", optimize=False, compress_level=3, icc_profile=None, transparency=None)
     return buffer.getvalue()
 
 
@@ -73,10 +80,20 @@ def _scaled(detections: list[Detection], scale: float) -> list[Detection]:
     ]
 
 
+def _scaled_size(image: Image.Image, scale: float) -> tuple[int, int]:
+    """The drawn size at `scale`; neither side goes below one pixel."""
+    return max(1, int(image.width * scale)), max(1, int(image.height * scale))
+
+
+def _raw_png_bytes(size: tuple[int, int]) -> int:
+    """RGB bytes plus PNG's one filter byte per row: what a PNG of this size holds before zlib."""
+    width, height = size
+    return (width * 3 + 1) * height
+
+
 def _draw_at(image: Image.Image, detections: list[Detection], scale: float) -> bytes:
     if scale < 1.0:
-        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        image = image.resize(_scaled_size(image, scale), Image.Resampling.BILINEAR, reducing_gap=2.0)
         detections = _scaled(detections, scale)
     return to_png(draw_detections(image, detections))
 
@@ -90,6 +107,9 @@ def drawn_png(image: Image.Image, detections: list[Detection], max_bytes: int) -
         if len(png) <= max_bytes:
             return DrawnImage(png, scale)
         scale *= math.sqrt(max_bytes / len(png)) * SHRINK_MARGIN
-    # Raw RGB plus one filter byte per row, with 5% to spare for zlib's block headers.
-    scale = min(scale, math.sqrt(max_bytes * 0.95 / (raw_bytes + image.height * 3)))
+    # Raw RGB plus one filter byte per row, with 5% to spare for zlib's block headers. A side kept at
+    # one pixel does not shrink (a 1xN strip), so the size is checked as drawn, not as scaled.
+    budget = max_bytes * 0.95
+    while _raw_png_bytes(size := _scaled_size(image, scale)) > budget and size != (1, 1):
+        scale *= min(0.99, budget / _raw_png_bytes(size))
     return DrawnImage(_draw_at(image, detections, scale), scale)

@@ -103,7 +103,8 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, draft_to: int = 0
     fmt = img.format or "unknown"
     header_width, header_height = img.size
     try:
-        img.seek(0)
+        if img.tell() != 0:  # only ever seek to the first frame: SPIDER refuses any seek on a single image
+            img.seek(0)
         if draft_to and fmt == "JPEG":
             img.draft("RGB", (draft_to, draft_to))
         img.load()

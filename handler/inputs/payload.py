@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
@@ -18,6 +18,9 @@ from handler.config import Settings
 from handler.errors import Forbidden, InvalidRequest, TooLarge, validation_message
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+MAX_TASK_NAMES = 8
+"""More names than any request needs (there are two tasks); a longer list is refused before its items are checked."""
 
 
 class S3Location(BaseModel):
@@ -40,7 +43,9 @@ class DirectInvoke(ImagePayload):
     """A direct Lambda invoke: the JSON body plus the task(s) the HTTP API takes from the path."""
 
     task: Literal["caption", "detect", "analyze"]
-    tasks: StrictStr | list[StrictStr] | None = Field(None, description='with task "analyze": which tasks')
+    tasks: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_TASK_NAMES)] | None = Field(
+        None, description='with task "analyze": which tasks'
+    )
     min_score: StrictFloat | StrictInt | StrictStr | None = Field(None, description="hide boxes scored below, 0..1")
 
 

@@ -276,6 +276,9 @@ def test_an_unexpected_exception_is_the_documented_500_and_logged_as_such(
         {"task": "analyze", "tasks": [1, 2], "image_base64": "aGk="},
         {"task": "caption", "s3": {"bucket": "allowed-bucket", "key": ["k"]}},
         {"task": "caption", "s3": "bucket/key"},
+        {"task": "detect", "min_score": 10**400, "image_base64": "aGk="},  # JSON's integers have no bound; a float has
+        {"task": "detect", "min_score": -(10**400), "image_base64": "aGk="},
+        {"task": "analyze", "tasks": ["caption"] * 9, "image_base64": "aGk="},
     ],
 )
 def test_direct_invoke_fields_of_the_wrong_type_are_422(ctx: Context, event: dict, capsys) -> None:

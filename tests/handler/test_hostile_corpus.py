@@ -4,10 +4,14 @@ Over 1,000 distinct inputs: a deterministic mutation corpus (truncations, byte f
 huge declared sizes, wrong content types) of real images, sent through API Gateway v1 and v2 (raw
 body), multipart, JSON base64, direct invokes and S3 records (objects in moto's S3), plus
 property-based inputs from hypothesis (garbage JSON, bad base64, odd keys, malformed events, odd field
-types). Every send is checked at once:
+types), and fixed classes: images in every mode and format Pillow writes, animations, EXIF orientations,
+extreme aspect ratios, lying headers, unreadable formats; odd query strings, content types, headers,
+multipart bodies, methods, paths and events; million-character fields that errors quote; numbers JSON
+allows but floats do not. Every send is checked at once:
 
 - no 5xx, no exception out of `lambda_handler`, no send over HANG_S;
 - every error is exactly `{"error": {"code", "message"}}`;
+- every synchronous answer is one Lambda can return (6 MB as the runtime serializes it), with no traceback;
 - the request log's status equals the one returned (one line per request, one per S3 record).
 
 The table of inputs x entry point x outcome is written to `<tmp>/hostile_corpus.md` and printed
@@ -18,10 +22,13 @@ corpus runs in well under a minute.
 from __future__ import annotations
 
 import base64
+import copy
+import gzip
 import hashlib
 import io
 import json
 import logging
+import math
 import random
 import signal
 import struct
@@ -39,6 +46,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from handler.app import event_kind, lambda_handler
+from handler.config import LAMBDA_PAYLOAD_BYTES
 from handler.inputs import s3 as s3io
 from handler.logs import logger
 from tests.conftest import REPO_ROOT, image_bytes
@@ -162,8 +170,16 @@ def _error_shape(body: Any) -> None:
     assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str), body
 
 
+def _returnable(response: Any) -> None:
+    """What the Lambda runtime would post: JSON without ASCII escapes (awslambdaric), within 6 MB, no traceback."""
+    wire = json.dumps(response, ensure_ascii=False).encode("utf-8")
+    assert len(wire) <= LAMBDA_PAYLOAD_BYTES, f"a {len(wire)}-byte response: {wire[:300]!r}"
+    assert b"Traceback (most recent call last)" not in wire, wire[:300]
+
+
 def _check_http(response: Any, lines: list[dict[str, Any]]) -> str:
     assert isinstance(response, dict) and isinstance(response.get("statusCode"), int), response
+    _returnable(response)
     status = response["statusCode"]
     assert status < 500, response
     assert [line["status"] for line in lines] == [status], (status, lines)
@@ -176,6 +192,7 @@ def _check_http(response: Any, lines: list[dict[str, Any]]) -> str:
 
 def _check_direct(response: Any, lines: list[dict[str, Any]]) -> str:
     assert isinstance(response, dict), response
+    _returnable(response)
     assert len(lines) == 1, lines
     if "error" in response:
         _error_shape(response)
@@ -346,11 +363,11 @@ def _decodes(data: bytes) -> bool:
     return True
 
 
-def test_mutated_images_through_every_entry_point(world: World) -> None:
-    """Each mutation that fails to decode goes through all six entry points; one that still decodes
+def send_images(world: World, corpus: list[tuple[str, bytes, str]]) -> None:
+    """Each image that fails to decode goes through all six entry points; one that still decodes
     costs an inference per send, so it goes through one, taking turns (the CI budget)."""
     turn = 0
-    for index, (family, data, ctype) in enumerate(mutation_corpus()):
+    for index, (family, data, ctype) in enumerate(corpus):
         path = PATHS[index % len(PATHS)]
         route, _, query = path.partition("?")
         entries = ENTRY_POINTS
@@ -373,6 +390,10 @@ def test_mutated_images_through_every_entry_point(world: World) -> None:
                         k: [v] for k, v in event["queryStringParameters"].items()
                     }
                 send(world, family, entry, event, _check_http)
+
+
+def test_mutated_images_through_every_entry_point(world: World) -> None:
+    send_images(world, mutation_corpus())
 
 
 def test_huge_declared_sizes_and_over_limit_bodies(world: World) -> None:
@@ -398,6 +419,489 @@ def test_huge_declared_sizes_and_over_limit_bodies(world: World) -> None:
             )
             == "4xx"
         )
+
+
+# ------------------------------------------------- image classes Pillow opens, or cannot (deterministic)
+
+
+def _encoded(image: Any, fmt: str, **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def _in_mode(mode: str, size: tuple[int, int] = (40, 30)) -> Any:
+    """A small picture in `mode`: shapes converted down, or grey levels for the high-bit-depth modes."""
+    from PIL import Image, ImageDraw
+
+    if mode in ("I", "I;16", "I;16B", "F"):
+        image = Image.new(mode, size, 0)
+        image.paste(200.5 if mode == "F" else 60_000, (5, 5, 20, 15))
+        return image
+    if mode == "LAB":
+        return Image.new("LAB", size, (50, 20, -20))
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).rectangle((5, 5, size[0] // 2, size[1] // 2), fill=(200, 30, 30))
+    return image.convert(mode)
+
+
+MODES_BY_FORMAT = {
+    "PNG": ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B"],
+    "TIFF": ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "I;16", "F"],
+    "JPEG": ["L", "RGB", "CMYK"],
+    "WEBP": ["L", "RGB", "RGBA"],
+    "BMP": ["1", "L", "P", "RGB", "RGBA"],
+    "GIF": ["1", "L", "P"],
+    "PPM": ["1", "L", "RGB", "I;16"],
+    "TGA": ["L", "LA", "P", "RGBA"],
+    "ICO": ["RGB", "P"],
+    "PCX": ["1", "P", "RGB"],
+    "SGI": ["L", "RGBA"],
+    "JPEG2000": ["L", "RGBA"],
+    "DDS": ["L", "RGBA"],
+    "QOI": ["RGBA"],
+    "SPIDER": ["F"],
+    "XBM": ["1"],
+    "MSP": ["1"],
+    "PALM": ["1", "P"],
+}
+EXIF_ORIENTATIONS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 65535]
+"""1..8 are defined; the rest are what a broken camera or a hostile file writes."""
+EXTREME_SIZES = [(1, 1), (1, 10_000), (10_000, 1), (2, 20_000), (1, 1_000_000)]
+"""`/detect?format=png` on these draws on a 1-pixel-wide strip: lines and tags must not be sized by its length."""
+UNREADABLE = {
+    "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
+    "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100,
+    "avif": b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + b"\x00" * 100,
+    "pdf": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF",
+    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100000 100000\n",
+    "html": b"<html><body>not an image</body></html>",
+}
+
+
+def _with_orientation(fmt: str, orientation: Any) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encoded(_in_mode("RGB", (60, 20)), fmt, exif=exif.tobytes())
+
+
+def _lying_png(data: bytes, width: int, height: int) -> bytes:
+    """A real PNG whose IHDR (CRC fixed) claims another size than its pixel data holds."""
+    at = data.index(b"IHDR")
+    header = struct.pack(">II", width, height) + data[at + 12 : at + 17]
+    return data[: at - 4] + _png_chunk(b"IHDR", header) + data[at + 21 :]
+
+
+def _lying_bmp(data: bytes, width: int, height: int) -> bytes:
+    """A real BMP whose info header claims another size (a negative height means rows top-down)."""
+    return data[:18] + struct.pack("<ii", width, height) + data[26:]
+
+
+def image_class_corpus() -> list[tuple[str, bytes, str]]:
+    """(family, bytes, content type) for each class of image: modes x formats, transparency, animation,
+    EXIF orientations, extreme aspect ratios, headers that lie about the size, formats Pillow cannot open."""
+    from PIL import Image
+
+    corpus = [
+        ("mode x format", _encoded(_in_mode(mode), fmt), "image/x-anything")
+        for fmt, modes in MODES_BY_FORMAT.items()
+        for mode in modes
+    ]
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "blue", "green")]
+    big_frame = Image.new("RGB", (3000, 3000))  # over the pixel limit, but not the first frame
+    corpus += [
+        ("transparency", _encoded(_in_mode("L"), "PNG", transparency=255), "image/png"),
+        ("transparency", _encoded(_in_mode("RGB"), "PNG", transparency=(255, 255, 255)), "image/png"),
+        ("transparency", _encoded(_in_mode("P"), "GIF", transparency=0), "image/gif"),
+        ("progressive JPEG", _encoded(_in_mode("RGB", (800, 600)), "JPEG", progressive=True), "image/jpeg"),
+        ("progressive JPEG", _encoded(_in_mode("CMYK", (1600, 1200)), "JPEG", progressive=True), "image/jpeg"),
+        ("multi-frame", _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]), "image/gif"),
+        ("multi-frame", _encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:]), "image/tiff"),
+        ("multi-frame", _encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:]), "image/webp"),
+        ("multi-frame", _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:]), "image/apng"),
+        (
+            "multi-frame",
+            _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:], default_image=True),
+            "image/png",
+        ),
+        (
+            "multi-frame",
+            _encoded(frames[0], "TIFF", save_all=True, append_images=[big_frame], compression="tiff_adobe_deflate"),
+            "image/tiff",
+        ),
+        (
+            "multi-frame",
+            _encoded(_in_mode("RGBA", (256, 256)), "ICO", sizes=[(16, 16), (32, 32), (256, 256)]),
+            "image/x-icon",
+        ),
+    ]
+    corpus += [
+        ("EXIF orientation", _with_orientation(fmt, orientation), f"image/{fmt.lower()}")
+        for fmt in ("JPEG", "PNG", "WEBP")
+        for orientation in EXIF_ORIENTATIONS
+    ]
+    corpus.append(("EXIF orientation", _with_orientation("JPEG", (6, 6)), "image/jpeg"))
+    garbage_exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff" + b"\x00" * 20
+    corpus.append(("EXIF orientation", _encoded(_in_mode("RGB"), "JPEG", exif=garbage_exif), "image/jpeg"))
+    corpus += [
+        ("extreme aspect", _encoded(Image.new("RGB", size, "red"), "PNG"), "image/png") for size in EXTREME_SIZES
+    ]
+    corpus += [
+        ("extreme aspect", _encoded(Image.new("RGB", (1, 10_000), "red"), "JPEG"), "image/jpeg"),
+        ("extreme aspect", _encoded(Image.new("P", (1, 10_000)), "GIF"), "image/gif"),
+        ("extreme aspect", _encoded(Image.new("RGB", (16_383, 1)), "WEBP"), "image/webp"),
+    ]
+    png, bmp = _encoded(_in_mode("RGB", (16, 12)), "PNG"), _encoded(_in_mode("RGB", (16, 12)), "BMP")
+    gif = _encoded(_in_mode("P", (16, 12)), "GIF")
+    corpus += [
+        ("header lies", _lying_png(png, w, h), "image/png") for w, h in [(8, 6), (16, 13), (2000, 1500), (1, 3_999_999)]
+    ]
+    corpus += [("header lies", _lying_bmp(bmp, w, h), "image/bmp") for w, h in [(16, -12), (-16, 12), (2000, -1500)]]
+    corpus += [
+        ("header lies", gif[:6] + struct.pack("<HH", w, h) + gif[10:], "image/gif") for w, h in [(2000, 1500), (1, 1)]
+    ]
+    corpus += [("header lies", _jpeg_with_size(BASES["jpeg"], w, h), "image/jpeg") for w, h in [(1, 60_000), (8, 6)]]
+    corpus += [("unreadable format", data, f"image/{name}") for name, data in UNREADABLE.items()]
+    return corpus
+
+
+def test_image_classes_through_every_entry_point(world: World) -> None:
+    """An extreme aspect ratio is also drawn (`/detect?format=png`), where a 1xN strip once got an N/40 px font."""
+    corpus = image_class_corpus()
+    send_images(world, corpus)
+    for family, data, ctype in corpus:
+        if family == "extreme aspect":
+            event = _v2("POST", "/detect", data, {"content-type": ctype}, {"format": "png"})
+            assert send(world, family, "apigw-v2", event, _check_http) == "2xx"
+
+
+def test_a_profile_no_downscale_can_shrink_stays_out_of_the_drawing(world: World) -> None:
+    """A 64x48 JPEG carrying a 5 MB ICC profile, read from S3 (20 MiB limit): the profile was copied into
+    the drawn PNG, which no downscale could bring under what Lambda returns (a 500 response_too_large)."""
+    from PIL import Image
+
+    profile = random.Random(3).randbytes(5_000_000)
+    key = world.upload(_encoded(Image.new("RGB", (64, 48), "red"), "JPEG", icc_profile=profile))
+    body = json.dumps({"s3": {"bucket": BUCKET, "key": key}})
+    event = _v2("POST", "/detect", body, {"content-type": "application/json"}, {"format": "png"})
+    assert send(world, "metadata", "json-base64", event, _check_http) == "2xx"
+
+
+# ------------------------------------------- request shapes: query, headers, multipart, methods, events
+
+
+def _multipart_raw(*parts: bytes, boundary: str = "b") -> tuple[bytes, str]:
+    """A hand-written multipart body, for shapes httpx will not produce."""
+    body = (
+        b"".join(b"--" + boundary.encode() + b"\r\n" + part + b"\r\n" for part in parts)
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _file_part(name: bytes = b"file", extra: bytes = b"", data: bytes = b"") -> bytes:
+    return b'Content-Disposition: form-data; name="' + name + b'"; filename="a.png"\r\n' + extra + b"\r\n" + data
+
+
+QUERY_VALUES = {
+    "format": ["png", "PNG", "jpeg", "", "png\x00", "ｐｎｇ", "x" * 9000],
+    "min_score": ["nan", "inf", "-inf", "1e400", "1e-400", "-0", "0x1", " 0.5 ", "１", "", "9" * 5000, "true"],
+    "tasks": [
+        "",
+        ",",
+        "caption,caption",
+        "CAPTION",
+        "<OD>",
+        " caption ",
+        "caption,",
+        "x" * 9000,
+        "é" * 3000,
+        "caption," * 2000,
+    ],
+    "unknown": ["1"],
+}
+REPEATED_QUERIES = [{"format": ["png", "json"]}, {"min_score": ["0.5", "2"]}, {"tasks": ["bogus", "caption"]}]
+RAW_QUERIES = [
+    "format=%ZZ",
+    "format=%00",
+    "format=png&format",
+    "&&&",
+    "=",
+    "min_score=%F0%9F%98%80",
+    "tasks=%ED%A0%80",
+    "a=" + "%" * 3000,
+]
+CONTENT_TYPES = [
+    "image/png; charset=utf-8",
+    "IMAGE/PNG",
+    " image/png ",
+    "image/",
+    "image",
+    "application/json; charset=utf-16",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "multipart/form-data; boundary=",
+    'multipart/form-data; boundary=""',
+    "multipart/form-data; boundary=" + "b" * 5000,
+    "multipart/mixed; boundary=x",
+    "",
+    ";",
+    "*/*",
+    "image/svg+xml",
+    "application/vnd.api+json",
+    "\x00",
+    "é/é",
+]
+HEADERS = [
+    {"content-encoding": "gzip"},
+    {"transfer-encoding": "chunked"},
+    {"transfer-encoding": "chunked", "content-length": "10"},
+    {"content-length": "1"},
+    {"content-length": "1e3"},
+    {"expect": "100-continue"},
+    {"host": "x" * 5000},
+    {"x-forwarded-proto": "gopher"},
+    {"x-forwarded-port": "abc"},
+    {"cookie": "a=b; " * 500},
+    {"": "empty name"},
+    {"x-é": "é"},
+]
+
+
+MULTIPART_NAMES = [b"image", b"\xff\xfe"]
+"""File parts under a name other than `file`."""
+JSON_BODIES = [
+    "NaN",
+    "1e999",
+    "9" * 4301,
+    "null",
+    '"str"',
+    '{"image_base64": NaN}',
+    '{"s3": {"bucket": Infinity, "key": null}}',
+    '{"s3": "bucket/key"}',
+    "[" * 100_000 + "]" * 100_000,
+]
+METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE", "TRACE", "FOO", "get", ""]
+ROUTES = ["/", "/health", "/caption", "/detect", "/analyze", "/docs", "/openapi.json"]
+ODD_PATHS = [
+    "//caption",
+    "/caption%2F",
+    "/%63aption",
+    "/cap%00tion",
+    "/caption/../caption",
+    "/CAPTION",
+    "/caption;x=1",
+    "/é",
+    "/\ud800",
+    "/" + "a" * 100_000,
+    "/caption/" + "/" * 5000,
+    "",
+    "caption",
+    "*",
+    "/\x00",
+    "/caption\r\nX: y",
+]
+V1_CHANGES: list[dict[str, Any]] = [
+    {"headers": None},
+    {"multiValueHeaders": None},
+    {"headers": None, "multiValueHeaders": None},
+    {"headers": None, "multiValueHeaders": {"content-type": ["image/png", "application/json"]}},
+    {"headers": None, "multiValueHeaders": {"content-type": []}},
+    {"multiValueQueryStringParameters": {"format": []}},
+]
+V2_CHANGES: list[dict[str, Any]] = [
+    {"cookies": ["a=b", "c", "", "=", "é=é"]},
+    {"cookies": ["x" * 100_000]},
+    {"version": "1.0"},
+    {"headers": {"Content-Type": "image/png", "content-type": "application/json"}},
+    {"rawQueryString": None},
+]
+MINIMAL_EVENTS: list[dict[str, Any]] = [
+    {"requestContext": {}, "httpMethod": "POST"},
+    {"requestContext": {"http": {}}},
+    {"requestContext": {"http": {"method": "GET"}}, "rawPath": "/health"},
+    {"requestContext": {"httpMethod": "GET"}, "httpMethod": "GET", "path": "/health"},
+    {"requestContext": {"elb": {"targetGroupArn": "arn"}}, "httpMethod": "POST", "path": "/caption", "body": ""},
+]
+BOTH = [("apigw-v1", _v1), ("apigw-v2", _v2)]
+Shape = tuple[str, str, dict]
+"""(family, entry point, API Gateway event)."""
+
+
+def _with_query(path: str, query: dict[str, str]) -> list[Shape]:
+    """The test PNG posted to `path?query` through v1 and v2."""
+    headers = {"content-type": "image/png"}
+    return [("query parameter", entry, make("POST", path, BASES["png"], headers, query)) for entry, make in BOTH]
+
+
+def query_shapes() -> list[Shape]:
+    """Odd values of every parameter, repeated keys, and raw query strings that do not percent-decode."""
+    shapes = [
+        shape for name, values in QUERY_VALUES.items() for v in values for shape in _with_query("/detect", {name: v})
+    ]
+    for repeated in REPEATED_QUERIES:  # v1 lists every value; v2 has only the raw string
+        (_, _, v1), (_, _, v2) = _with_query("/analyze", {k: v[-1] for k, v in repeated.items()})
+        v1["multiValueQueryStringParameters"] = repeated
+        v2["rawQueryString"] = "&".join(f"{k}={v}" for k, values in repeated.items() for v in values)
+        shapes += [("query parameter", "apigw-v1", v1), ("query parameter", "apigw-v2", v2)]
+    for raw in RAW_QUERIES:
+        event = _v2("POST", "/detect", BASES["png"], {"content-type": "image/png"})
+        event["rawQueryString"] = raw
+        shapes.append(("query parameter", "apigw-v2", event))
+    return shapes
+
+
+def body_shapes() -> list[Shape]:
+    """Content types, headers, multipart bodies, base64 flags and JSON bodies."""
+    png = BASES["png"]
+    json_png = json.dumps({"image_base64": base64.b64encode(png).decode()}).encode()
+    sends = [
+        ("content type", "/caption", body, {"content-type": ctype})
+        for ctype in CONTENT_TYPES
+        for body in (png, json_png, b"")
+    ]
+    sends += [
+        ("header", "/analyze", body, {"content-type": "image/png", **headers})
+        for headers in HEADERS
+        for body in (png, gzip.compress(png))
+    ]
+    multipart = [
+        _multipart_raw(_file_part(data=png), _file_part(data=png)),
+        _multipart_raw(_file_part(data=png), _file_part(b"other", data=png)),
+        _multipart_raw(b'Content-Disposition: form-data; name="file"\r\n\r\nnot a file'),
+        _multipart_raw(b'Content-Disposition: form-data; name="file"\r\n\r\n' + png),
+        _multipart_raw(_file_part(data=b"")),
+        *[_multipart_raw(_file_part(name, data=png)) for name in MULTIPART_NAMES],
+        _multipart_raw(_file_part(extra=b"Content-Transfer-Encoding: base64\r\n", data=base64.b64encode(png))),
+        _multipart_raw(b"Content-Type: image/png\r\n\r\n" + png),
+        _multipart_raw(b"X-A: b\r\n" * 5000 + _file_part(data=png)),
+        _multipart_raw(_file_part(data=png), boundary="b b"),
+        (_multipart_raw(_file_part(data=png))[0], "multipart/form-data; boundary=zzz"),
+        (_multipart_raw(_file_part(data=png))[0][:-8], "multipart/form-data; boundary=b"),
+        _multipart_raw(
+            *[b'Content-Disposition: form-data; name="f%d"\r\n\r\nx' % i for i in range(100)], _file_part(data=png)
+        ),
+    ]
+    sends += [("multipart shape", "/analyze", body, {"content-type": ctype}) for body, ctype in multipart]
+    shapes = [
+        (family, entry, make("POST", path, body, headers))
+        for family, path, body, headers in sends
+        for entry, make in BOTH
+    ]
+    for body, encoded in [
+        ("!!!notbase64", True),
+        ("aGk", True),
+        ("===", True),
+        (png.decode("latin-1"), False),
+        ("\ud800", False),
+    ]:
+        for entry, make in BOTH:
+            event = make("POST", "/caption", b"", {"content-type": "image/png"})
+            event.update(body=body, isBase64Encoded=encoded)
+            shapes.append(("base64 flag", entry, event))
+    json_bodies = [*JSON_BODIES, "\ufeff" + json_png.decode(), json_png.decode() + " trailing"]
+    json_bodies.append('{"image_base64": "a", "image_base64": ' + json.dumps(base64.b64encode(png).decode()) + "}")
+    shapes += [
+        ("JSON body", "apigw-v2", _v2("POST", "/caption", body, {"content-type": "application/json"}))
+        for body in json_bodies
+    ]
+    return shapes
+
+
+def route_shapes() -> list[Shape]:
+    """Every method on every route, and odd paths (`path` in v1, `rawPath` in v2)."""
+    png, headers = BASES["png"], {"content-type": "image/png"}
+    shapes = [
+        ("method", entry, make(method, path, png, headers))
+        for method in METHODS
+        for path in ROUTES
+        for entry, make in BOTH
+    ]
+    for path in ODD_PATHS:
+        for entry, make in BOTH:
+            event = make("POST", "/caption", png, headers)
+            event["rawPath" if entry == "apigw-v2" else "path"] = path
+            shapes.append(("path", entry, event))
+    return shapes
+
+
+def event_shapes() -> list[Shape]:
+    """API Gateway events with fields missing, null or doubled, and the smallest events that still look like HTTP."""
+    v1 = _v1("POST", "/caption", BASES["png"], {"content-type": "image/png"})
+    v2 = _v2("POST", "/caption", BASES["png"], {"content-type": "image/png"})
+    events = [{**copy.deepcopy(v1), **changes} for changes in V1_CHANGES]
+    events += [{**copy.deepcopy(v2), **changes} for changes in V2_CHANGES]
+    return [("event fields", "apigw-event", event) for event in [*events, *MINIMAL_EVENTS]]
+
+
+def test_request_shapes_through_api_gateway(world: World) -> None:
+    for family, entry, event in [*query_shapes(), *body_shapes(), *route_shapes(), *event_shapes()]:
+        send(world, family, entry, event, _check_http)
+
+
+# ------------------------------------------- values that errors quote, and numbers JSON allows but floats do not
+
+ECHO_CHARACTERS = ["\\", "'\"", "\u0378", "\ue000", "\U0010fffe"]
+"""What repr and JSON escaping grow: 1 byte in, 2 bytes out (`\\`); 2 bytes of UTF-8 in, 8 bytes out (U+0378)."""
+
+
+def test_quoted_values_cannot_grow_a_response_past_lambdas_limit(world: World) -> None:
+    """An error message quotes the task, min_score, bucket or unknown keys it refuses: a field of a
+    million characters that repr escapes once made a 10 MB answer, which Lambda would have refused."""
+    png = base64.b64encode(BASES["png"]).decode()
+    for char in ECHO_CHARACTERS:
+        text = char * (1_000_000 // len(char))
+        for event in [
+            {"task": "analyze", "tasks": text, "image_base64": png},
+            {"task": "analyze", "tasks": [text], "image_base64": png},
+            {"task": "detect", "min_score": text, "image_base64": png},
+            {"task": "caption", "s3": {"bucket": text, "key": "k"}},
+            {"task": text, "image_base64": png},
+        ]:
+            assert send(world, "quoted value", "direct", event, _check_direct) == "4xx"
+        unknown_event = {text: 1}  # not an event this function serves: its keys are listed in the error
+        assert send(world, "quoted value", "direct", unknown_event, _check_direct) == "4xx"
+        body = json.dumps({"s3": {"bucket": text, "key": "k"}}, ensure_ascii=False)
+        event = _v2("POST", "/caption", body, {"content-type": "application/json"})
+        assert send(world, "quoted value", "json-base64", event, _check_http) == "4xx"
+    # a million list items that are all wrong: one line each once made a 56 MB message
+    event = {"task": "analyze", "tasks": [1] * 1_000_000, "image_base64": png}
+    assert send(world, "quoted value", "direct", event, _check_direct) == "4xx"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**400, -(10**400), 2**64, math.nan, math.inf, -math.inf, -0.0, 5e-324, True, "1e400"],
+    ids=[
+        "int-1e400",
+        "int-minus-1e400",
+        "2**64",
+        "nan",
+        "inf",
+        "minus-inf",
+        "minus-zero",
+        "denormal",
+        "true",
+        "string-1e400",
+    ],
+)
+def test_numbers_json_allows_in_every_numeric_field(world: World, value: Any) -> None:
+    """The runtime's JSON parser gives Python ints of any size and NaN/Infinity; float(10**400) raises."""
+    png = base64.b64encode(BASES["png"]).decode()
+    for event in [
+        {"task": "detect", "min_score": value, "image_base64": png},
+        {"task": "analyze", "tasks": value, "image_base64": png},
+        {"task": value, "image_base64": png},
+        {"task": "caption", "image_base64": value},
+        {"task": "caption", "s3": {"bucket": BUCKET, "key": value}},
+    ]:
+        send(world, "odd number", "direct", event, _check_direct)
+    query = _v2("POST", "/detect", BASES["png"], {"content-type": "image/png"}, {"min_score": str(value)})
+    send(world, "odd number", "apigw-v2", query, _check_http)
 
 
 # ---------------------------------------------------------------- property-based inputs (hypothesis)

@@ -64,3 +64,44 @@ def test_each_box_is_tagged_with_its_score() -> None:
     band = (50, 0, 150, 60)  # the tag above the box: same label, different score text
     assert sure.crop(band).tobytes() != unsure.crop(band).tobytes()
     assert sure.crop((0, 60, 300, 200)).tobytes() == unsure.crop((0, 60, 300, 200)).tobytes()  # same box
+
+
+def test_a_long_strip_is_tagged_at_a_size_from_its_area_not_its_length() -> None:
+    """A 1x1,000,000 strip once got a 25,000 px font, whose rendered tag was itself a decompression bomb (a 500)."""
+    from handler.config import MAX_BINARY_BODY_BYTES
+    from handler.http.drawing import drawn_png
+
+    image = Image.new("RGB", (1, 1_000_000), "white")
+    drawn = drawn_png(image, [Detection("cat", (0.0, 1000.0, 1.0, 900_000.0), 0.5)], MAX_BINARY_BODY_BYTES)
+    decoded = Image.open(io.BytesIO(drawn.png)).convert("RGB")
+    assert drawn.scale == 1.0 and decoded.size == (1, 1_000_000)
+    assert decoded.getpixel((0, 500_000)) == PALETTE[0]  # the box's edge runs down the strip
+
+
+def test_a_strip_too_big_to_draw_shrinks_along_its_length_until_it_fits() -> None:
+    """Its one-pixel side cannot shrink, so its PNG falls with the scale, not the scale squared: the last
+    resort must size what is drawn, not the scale, or the PNG it promises to fit does not."""
+    import numpy as np
+
+    from handler.http.drawing import drawn_png
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (2_000_000, 1, 3), dtype=np.uint8))
+    limit = 50_000
+    drawn = drawn_png(image, [Detection("cat", (0.0, 10.0, 1.0, 1000.0), 0.5)], limit)
+    assert len(drawn.png) <= limit
+    assert Image.open(io.BytesIO(drawn.png)).size == (1, int(2_000_000 * drawn.scale))
+
+
+def test_the_uploads_colour_profile_is_not_copied_into_the_drawing() -> None:
+    """A JPEG may carry megabytes of ICC profile; copied into the PNG, no downscale could make it fit."""
+    import os
+
+    from handler.http.drawing import drawn_png
+
+    image = Image.new("RGB", (300, 200), "white")
+    image.info["icc_profile"] = os.urandom(600_000)
+    limit = 400_000
+    drawn = drawn_png(image, [Detection("cat", (50.0, 60.0, 150.0, 180.0), 0.9)], limit)
+    assert len(drawn.png) <= limit and b"iCCP" not in drawn.png
+    assert drawn.scale == 1.0 and Image.open(io.BytesIO(drawn.png)).size == (300, 200)

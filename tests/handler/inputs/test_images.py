@@ -167,3 +167,14 @@ def test_normalize_gives_the_processors_floats_for_every_uint8_value() -> None:
     rescaled = (values.astype(np.float64) * (1 / 255)).astype(np.float32)
     expected = (rescaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     assert torch.equal(normalize(torch.from_numpy(values), mean, std), torch.from_numpy(expected).permute(0, 3, 1, 2))
+
+
+def test_a_single_image_format_that_refuses_seek_decodes() -> None:
+    """SPIDER raises on any seek in a one-image file; decoding once sought frame 0 anyway and answered 400."""
+    img = Image.new("F", (20, 30), 0.0)
+    img.paste(900.5, (10, 0, 20, 30))
+    buffer = io.BytesIO()
+    img.save(buffer, format="SPIDER")
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    assert (decoded.width, decoded.height, decoded.format) == (20, 30, "SPIDER")
+    assert decoded.image.getpixel((15, 5))[0] > 240 and decoded.image.getpixel((5, 5))[0] < 15
