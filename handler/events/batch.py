@@ -47,7 +47,14 @@ class ResultCode(str, Enum):
 
 
 def is_batch_event(event: Any) -> bool:
-    return isinstance(event, dict) and "invocationSchemaVersion" in event and "tasks" in event
+    """Batch Operations' shape: a schema version, a list of tasks, and its job or invocation id (a direct
+    invoke that happens to carry `invocationSchemaVersion` and `tasks` is not answered as a batch)."""
+    return (
+        isinstance(event, dict)
+        and "invocationSchemaVersion" in event
+        and isinstance(event.get("tasks"), list)
+        and ("job" in event or "invocationId" in event)
+    )
 
 
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no", ""})
@@ -218,6 +225,9 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
     except InvalidRequest as exc:
         options = exc
     results = []
+    if not tasks:  # Batch sends one task per invocation; an empty list still gets a log line
+        with request_log(request_id, "batch", settings.log_level):
+            annotate(job_id=job.get("id"), schema=schema, status=400, error="invalid_request", tasks=0)
     for index, raw in enumerate(tasks):
         task_id = _task_id(raw, index)
         with request_log(f"{request_id}#{index}", "batch", settings.log_level):

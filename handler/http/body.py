@@ -77,6 +77,12 @@ async def _json_image(request: Request, settings: Settings) -> bytes:
 
 async def image_bytes(request: Request, settings: Settings) -> bytes:
     """The image bytes of a request, whatever of the accepted content types it used."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):  # else a gzipped image reads as "not an image"
+        raise UnsupportedMediaType(
+            f"content encoding {encoding[:100]!r} is not accepted; send the body uncompressed"
+            " (JPEG, PNG and WebP are compressed already)"
+        )
     kind = media_type(request)
     if kind.startswith("image/") or kind in RAW_TYPES:
         return await read_limited(request, settings.max_image_bytes)

@@ -70,7 +70,7 @@ async def _serve(
     return await run_in_threadpool(service.analyze, data, tasks, config, full_resolution, min_score)
 
 
-@router.get("/health", response_model=HealthResponse)
+@router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse)  # HEAD: uptime monitors
 def health() -> dict:
     """Liveness and model state; never loads the model."""
     from handler.service import runtime_for

@@ -273,3 +273,17 @@ def test_an_output_bucket_s3_cannot_use_fails_tasks_for_good_before_any_work(
         "resultCode": "PermanentFailure",
         "resultString": "misconfigured: OUTPUT_BUCKET: 's3://out-bucket' is not a valid S3 bucket name",
     }
+
+
+def test_a_direct_invoke_that_carries_batch_field_names_is_not_answered_as_a_batch(capsys) -> None:
+    """Batch Operations always sends a task list with its job and invocation id; without them the event
+    is a malformed direct invoke, answered and logged as one, not an empty batch answer with no log."""
+    assert event_kind({"invocationSchemaVersion": "2.0", "tasks": "caption", "image_base64": "x"}) != "batch"
+    assert event_kind({"invocationSchemaVersion": "1.0", "tasks": []}) != "batch"
+    capsys.readouterr()
+    empty = lambda_handler(
+        {"invocationSchemaVersion": "1.0", "invocationId": "i", "job": {"id": "j"}, "tasks": []}, Context()
+    )
+    assert empty["results"] == []
+    log = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(line["status"], line["error"]) for line in log] == [(400, "invalid_request")]

@@ -39,6 +39,24 @@ def _raw(client: TestClient, path: str, data: bytes, content_type: str = "image/
 def test_health_answers(client: TestClient) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok" and isinstance(body["load_count"], int)
+    head = client.head("/health")  # what uptime monitors send
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_a_compressed_body_is_a_clear_415_not_a_bad_image(client: TestClient, png_bytes: bytes) -> None:
+    import gzip
+
+    for encoding in ("gzip", "br", "deflate, gzip"):
+        response = client.post(
+            "/caption",
+            content=gzip.compress(png_bytes),
+            headers={"content-type": "image/png", "content-encoding": encoding},
+        )
+        assert response.status_code == 415 and "uncompressed" in response.json()["error"]["message"], response.text
+    plain = client.post(
+        "/caption", content=png_bytes, headers={"content-type": "image/png", "content-encoding": "identity"}
+    )
+    assert plain.status_code == 200 and plain.json()["caption"]
 
 
 def test_caption_detect_analyze_shapes(client: TestClient, png_bytes: bytes, tiny_artifact: Path) -> None:
