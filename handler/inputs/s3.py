@@ -10,7 +10,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from handler.errors import BadRequest, Forbidden, NotFound, TooLarge, UpstreamError, UpstreamUnavailable
+from handler.errors import (
+    BadRequest,
+    Forbidden,
+    Misconfigured,
+    NotFound,
+    TooLarge,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 
 MAX_KEY_BYTES = 1024
 """S3's limit on an object key, in UTF-8 bytes."""
@@ -79,9 +87,15 @@ def _is_connection_error(exc: Exception) -> bool:
 def translate_error(exc: Exception, bucket: str, key: str) -> Exception:
     """Class a botocore failure: the caller's (4xx, never retried), S3's (502/503, retried) or ours.
 
-    Anything unrecognised passes through untouched and is ours: the entry point answers 500.
+    Missing credentials are ours too, named (`misconfigured`); anything unrecognised passes
+    through untouched and is ours: the entry point answers 500.
     """
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
     where = f"s3://{bucket}/{key!r}"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        # The function has no role to sign with: the deployment's fault, which no retry fixes.
+        return Misconfigured(f"cannot call S3 for {where}: {exc}")
     error = _client_error_code(exc)
     if error is None:
         if _is_connection_error(exc):

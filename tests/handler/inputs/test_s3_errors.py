@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.stub import Stubber
 
 from handler.config import ENVELOPE_MARGIN_BYTES, LAMBDA_PAYLOAD_BYTES, MAX_BINARY_BODY_BYTES, Settings
-from handler.errors import BadRequest, Forbidden, NotFound, UpstreamError, UpstreamUnavailable
+from handler.errors import BadRequest, Forbidden, Misconfigured, NotFound, UpstreamError, UpstreamUnavailable
 from handler.inputs import s3 as s3io
 
 
@@ -71,6 +71,24 @@ def test_an_unreachable_s3_is_a_502(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(s3io, "s3_client", lambda: unreachable)
     with pytest.raises(UpstreamError, match="S3 unreachable"):
         s3io.fetch("bucket", "key.png", 1000)
+
+
+def test_a_function_without_credentials_is_misconfigured_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The deployment's fault (no role): a 500 that says so, not an unclassified botocore error."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata to ask here
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # the default session keeps credentials it found before
+    s3io.s3_client.cache_clear()
+    try:
+        with pytest.raises(Misconfigured, match=r"cannot call S3.*credentials") as raised:
+            s3io.fetch("bucket", "key.png", 1000)
+    finally:
+        s3io.s3_client.cache_clear()
+    assert raised.value.status == 500
 
 
 @pytest.mark.parametrize("key", ["\ud800", "a\udfffb", "k" * 1025, "é" * 513, ""])
