@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from handler.config import Settings, settings
+from handler.config import SettingError, Settings, settings
 from handler.errors import Misconfigured, error_body
 from handler.logs import request_id_from, request_log
 
@@ -178,8 +178,8 @@ def lambda_handler(event: Any, context: Any) -> Any:
     request_id = request_id_from(context)
     try:
         config = settings()
-    except Misconfigured as exc:
-        return _misconfigured(event, kind, request_id, exc)
+    except SettingError as exc:
+        return _misconfigured(event, kind, request_id, Misconfigured(str(exc)))
     if kind == "s3":
         from handler.events import s3 as s3_events
 

@@ -32,8 +32,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from handler.errors import Misconfigured
-
 
 def available_cpus() -> int:
     """CPUs this process may use: Lambda grants vCPUs in proportion to memory."""
@@ -70,12 +68,16 @@ def default_torch_threads(env: dict[str, str]) -> int:
     return cpus
 
 
+class SettingError(ValueError):
+    """A setting that does not parse: the entry points answer it as `errors.Misconfigured` (500)."""
+
+
 def _number(env: dict[str, str], name: str, default: float, kind: type, low: float, high: float = math.inf) -> Any:
     """`env[name]` as `kind` within [low, high], or `default` when unset or blank.
 
     A value that does not parse is the deployment's fault, not the caller's: every invoke answers
-    Misconfigured (500, naming the setting) until it is fixed, instead of raising a bare ValueError
-    at the Lambda boundary with no per-task answer for S3 Batch Operations.
+    `misconfigured` (500, naming the setting) until it is fixed, instead of a bare ValueError at the
+    Lambda boundary with no per-task answer for S3 Batch Operations.
     """
     raw = env.get(name, "").strip()
     if not raw:
@@ -87,7 +89,7 @@ def _number(env: dict[str, str], name: str, default: float, kind: type, low: flo
     if value is None or not low <= value <= high:  # NaN fails both comparisons
         what = "an integer" if kind is int else "a number"
         bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-        raise Misconfigured(f"setting {name}={raw[:100]!r} is not {what} {bounds}")
+        raise SettingError(f"setting {name}={raw[:100]!r} is not {what} {bounds}")
     return value
 
 
@@ -95,7 +97,7 @@ def _log_level(env: dict[str, str], default: str) -> str:
     raw = env.get("LOG_LEVEL", "").strip()
     level = raw.upper() or default
     if not isinstance(logging.getLevelName(level), int):
-        raise Misconfigured(f"setting LOG_LEVEL={raw[:100]!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        raise SettingError(f"setting LOG_LEVEL={raw[:100]!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     return level
 
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from handler.config import MAX_BINARY_BODY_BYTES, Settings, settings
+from handler.config import MAX_BINARY_BODY_BYTES, SettingError, Settings, settings
 from handler.errors import Misconfigured, ServiceError, error_body, validation_message
 from handler.http.demo import router as demo_router
 from handler.http.routes import router
@@ -75,7 +75,8 @@ class RequestLogMiddleware:
 
         try:
             log_level = settings().log_level
-        except Misconfigured as exc:  # a setting that does not parse: every route answers it, logged as sent
+        except SettingError as error:  # a setting that does not parse: every route answers it, logged as sent
+            exc = Misconfigured(str(error))
             with request_log(request_id, "http", Settings.log_level) as record:
                 record.update(method=scope.get("method"), path=scope.get("path"), status=exc.status, error=exc.code)
                 await JSONResponse(exc.body(), status_code=exc.status)(scope, receive, send)
