@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model_build.commands.synth", "write a synthetic COCO-format dataset"),
@@ -47,4 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    from model_build.data.coco import DataError
+
+    try:
+        return int(args.run(args) or 0)
+    except DataError as exc:  # bad input data is the user's to fix: one line naming the file, no traceback
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 2

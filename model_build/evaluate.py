@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from handler.florence.engine import Prediction, predict_batch
 from handler.florence.tasks import IMAGE_SIZE, Task
+from model_build.data.coco import ImageFrame, ImageId, ImageRecord, id_order, task_files
 from model_build.settings import setting
 
 
@@ -77,28 +77,40 @@ def load_model(source: str | Path | None, base: str | None = None, image_size: i
     return model.eval(), processor, {"kind": "base", "base": base}
 
 
-def split_images(data_dir: Path, split: str, max_images: int | None) -> list[dict]:
-    """Image records of a split, by id (from the instances file, else the captions file)."""
-    for name in (f"instances_{split}.json", f"captions_{split}.json"):
-        path = data_dir / "annotations" / name
+def split_records(data_dir: Path, split: str, max_images: int | None) -> list[ImageRecord]:
+    """The usable images of a split, by id (from the instances file, else the captions file)."""
+    from model_build.data.coco import DataError, captions_file, read_annotation_file, usable_images
+
+    for path in (data_dir / "annotations" / f"instances_{split}.json", captions_file(data_dir, split)):
         if path.is_file():
-            records = sorted(json.loads(path.read_text())["images"], key=lambda img: img["id"])
+            images = usable_images(data_dir, split, path, read_annotation_file(path))
+            records = [images[i] for i in sorted(images, key=id_order)]
             return records[:max_images] if max_images else records
-    raise FileNotFoundError(f"no instances_{split}.json or captions_{split}.json in {data_dir / 'annotations'}")
+    raise DataError(f"{data_dir / 'annotations'}: no instances_{split}.json or captions_{split}.json")
 
 
-def predict_split(model, processor, config: EvalConfig, records: list[dict]) -> dict[Task, dict[int, Prediction]]:
-    """Greedy predictions for every image and task, batched, with a progress bar."""
+def split_images(data_dir: Path, split: str, max_images: int | None) -> list[dict]:
+    """The JSON records of a split's usable images, by id (`file_name` is relative to `data_dir/split`)."""
+    return [record.json for record in split_records(data_dir, split, max_images)]
+
+
+def predict_split(
+    model, processor, config: EvalConfig, records: list[ImageRecord]
+) -> dict[Task, dict[ImageId, Prediction]]:
+    """Greedy predictions for every image and task, batched, with a progress bar.
+
+    Images are decoded as serving decodes them (upright); boxes come back in upright pixels.
+    """
     from model_build.data.coco import open_rgb
 
-    predictions: dict[Task, dict[int, Prediction]] = {task: {} for task in config.tasks}
+    predictions: dict[Task, dict[ImageId, Prediction]] = {task: {} for task in config.tasks}
     batches = [records[i : i + config.batch_size] for i in range(0, len(records), config.batch_size)]
     with tqdm(total=len(records) * len(config.tasks), desc="eval predictions", unit="img") as progress:
         for batch in batches:
-            images = [open_rgb(config.data_dir / config.split / r["file_name"]) for r in batch]
+            images = [open_rgb(r.path) for r in batch]
             for task in config.tasks:
                 for record, prediction in zip(batch, predict_batch(model, processor, images, task), strict=False):
-                    predictions[task][record["id"]] = prediction
+                    predictions[task][record.id] = prediction
                 progress.update(len(batch))
     return predictions
 
@@ -136,25 +148,33 @@ def caption_metrics(predicted: dict[int, str], references: dict[int, list[str]])
     }
 
 
-def read_references(data_dir: Path, split: str, style: str) -> dict[int, list[str]]:
-    name = f"captions_{style + '_' if style else ''}{split}.json"
-    data = json.loads((data_dir / "annotations" / name).read_text())
-    references: dict[int, list[str]] = {}
-    for ann in data["annotations"]:
-        references.setdefault(ann["image_id"], []).append(ann["caption"].strip())
-    return references
+def read_references(data_dir: Path, split: str, style: str) -> dict[ImageId, list[str]]:
+    """Reference captions per image, read by the same rules as training (blank ones skipped)."""
+    from model_build.data.coco import read_captions
+
+    return read_captions(data_dir, split, style)[1]
 
 
 CORRECT_IOU = 0.5
 """A box is correct when it overlaps a ground-truth box of its label by at least this IoU."""
 
 
-def _coco_results(predicted: dict[int, Prediction], category: dict[str, int], constant_score: bool) -> list[dict]:
+def _xywh(box: tuple[float, float, float, float]) -> list[float]:
+    return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+
+
+def _coco_results(
+    predicted: dict[ImageId, Prediction],
+    category: dict[str, ImageId],
+    frames: dict[ImageId, ImageFrame],
+    constant_score: bool,
+) -> list[dict]:
+    """Predictions as pycocotools results, boxes mapped from the upright image to the annotation frame."""
     return [
         {
             "image_id": image_id,
             "category_id": category[det.label],
-            "bbox": [det.box[0], det.box[1], det.box[2] - det.box[0], det.box[3] - det.box[1]],
+            "bbox": _xywh(frames[image_id].to_annotation(det.box)),
             "score": 1.0 if constant_score else det.score,
         }
         for image_id, prediction in predicted.items()
@@ -163,7 +183,7 @@ def _coco_results(predicted: dict[int, Prediction], category: dict[str, int], co
     ]
 
 
-def _coco_map(truth, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+def _coco_map(truth, results: list[dict], image_ids: list[ImageId]) -> dict[str, float]:
     from pycocotools.cocoeval import COCOeval
 
     if not results:
@@ -180,7 +200,7 @@ def _coco_map(truth, results: list[dict], image_ids: list[int]) -> dict[str, flo
     }
 
 
-def score_separation(predicted: dict[int, Prediction], truth) -> dict:
+def score_separation(predicted: dict[ImageId, Prediction], truth, frames: dict[ImageId, ImageFrame]) -> dict:
     """Mean score of correct boxes (IoU >= 0.5 with a same-label ground-truth box) and of the others."""
     from pycocotools import mask
 
@@ -190,7 +210,7 @@ def score_separation(predicted: dict[int, Prediction], truth) -> dict:
         annotations = truth.loadAnns(truth.getAnnIds(imgIds=[image_id]))
         for det in prediction.detections:
             same_label = [a["bbox"] for a in annotations if names[a["category_id"]] == det.label]
-            box = [det.box[0], det.box[1], det.box[2] - det.box[0], det.box[3] - det.box[1]]
+            box = _xywh(frames[image_id].to_annotation(det.box))
             ious = mask.iou([box], same_label, [0] * len(same_label)) if same_label else []
             scores[bool(len(ious) and ious.max() >= CORRECT_IOU)].append(det.score)
 
@@ -205,28 +225,42 @@ def score_separation(predicted: dict[int, Prediction], truth) -> dict:
     }
 
 
-def detection_metrics(predicted: dict[int, Prediction], instances_file: Path) -> dict:
-    """mAP@[.5:.95] and mAP@.5 ranked by score and with a constant score, on the evaluated images only."""
+def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, split: str) -> dict:
+    """mAP@[.5:.95] and mAP@.5 ranked by score and with a constant score, on the evaluated images only.
+
+    The truth is the instances file as training reads it (`read_instances`: boxes clipped, bad ones
+    skipped, categories of one name merged), in its own pixel frame; predictions are mapped into it.
+    """
     from pycocotools.coco import COCO
 
+    from model_build.data.coco import read_instances
+
+    instances = read_instances(data_dir, split)
+    predicted = {i: p for i, p in predicted.items() if i in instances.images}
+    frames = {i: instances.images[i].frame for i in predicted}
     with contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO(str(instances_file))
+        truth = COCO()
+        truth.dataset = instances.coco_dataset()
+        truth.createIndex()
     category = {c["name"]: c["id"] for c in truth.loadCats(truth.getCatIds())}
-    scored = _coco_results(predicted, category, constant_score=False)
+    scored = _coco_results(predicted, category, frames, constant_score=False)
+    constant = _coco_results(predicted, category, frames, constant_score=True)
+    image_ids = sorted(predicted, key=id_order)
     detections = sum(len(p.detections) for p in predicted.values())
     return {
         "images": len(predicted),
         "detections": len(scored),
         "unknown_labels": detections - len(scored),
-        **_coco_map(truth, scored, sorted(predicted)),
-        "constant_score": _coco_map(truth, _coco_results(predicted, category, constant_score=True), sorted(predicted)),
-        "scores": score_separation(predicted, truth),
+        **_coco_map(truth, scored, image_ids),
+        "constant_score": _coco_map(truth, constant, image_ids),
+        "scores": score_separation(predicted, truth, frames),
     }
 
 
 def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict:
     """Predict a split and score it; include a few example outputs so a reader sees the style."""
-    records = split_images(config.data_dir, config.split, config.max_images)
+    task_files(config.data_dir, config.split, config.tasks, config.caption_style)
+    records = split_records(config.data_dir, config.split, config.max_images)
     predictions = predict_split(model, processor, config, records)
     report: dict = {"data": str(config.data_dir), "split": config.split, "images": len(records)}
     if Task.CAPTION in config.tasks:
@@ -241,6 +275,5 @@ def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict
             ],
         }
     if Task.DETECT in config.tasks:
-        instances = config.data_dir / "annotations" / f"instances_{config.split}.json"
-        report["detect"] = detection_metrics(predictions[Task.DETECT], instances)
+        report["detect"] = detection_metrics(predictions[Task.DETECT], config.data_dir, config.split)
     return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import random
 import time
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from model_build.settings import setting
 
 CHECKPOINT_FILE = "checkpoint.pt"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,7 +54,16 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def _batches(samples: Sequence, batch_size: int, seed: int):
-    """Endless shuffled batches; the order depends only on the seed and the epoch."""
+    """Endless shuffled batches; the order depends only on the seed and the epoch.
+
+    Fewer samples than a batch (a small `--max-images`) make every batch all of them: with whole
+    batches only, the loop would never yield and training would hang.
+    """
+    if not samples:
+        raise ValueError("no training samples")
+    if len(samples) < batch_size:
+        log.warning("only %d training samples: batches of %d instead of %d", len(samples), len(samples), batch_size)
+        batch_size = len(samples)
     epoch = 0
     while True:
         order = list(range(len(samples)))

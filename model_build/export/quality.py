@@ -128,7 +128,7 @@ def split_quality(
     for name in engines:
         captions = {i: p.caption or "" for i, p in answers[name][Task.CAPTION].items()}
         caption = caption_metrics(captions, references)
-        boxes = detection_metrics(answers[name][Task.DETECT], root / "annotations" / f"instances_{split}.json")
+        boxes = detection_metrics(answers[name][Task.DETECT], root, split)
         scores.append(SplitScores(name, float(caption["cider"]), float(caption["exact_match"]), float(boxes["map50"])))
     baseline, served_scores = scores[1], scores[2]
     checks = [

@@ -180,10 +180,11 @@ def finetune(config: FinetuneConfig) -> AdapterInfo:
     torch.manual_seed(config.train.seed)  # LoRA A-matrix init, so a resume rebuilds identical names and shapes
     peft_model = apply_lora(model, config.lora)
     samples = training_samples(config)
+    positions = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
     train(
         peft_model,
         samples,
-        InputEncoder(processor).collate,
+        InputEncoder(processor, max_target_tokens=positions).collate,
         config.train,
         config.run_dir,
         resume=config.resume,

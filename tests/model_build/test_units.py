@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from handler.florence.engine import Prediction
 from handler.florence.tasks import LOC_BINS, Detection, Task, parse_detections, serialize_detections
-from model_build.data.coco import caption_samples, detection_samples, detections_by_image, load_samples
+from model_build.data.coco import DataError, caption_samples, detection_samples, detections_by_image, load_samples
 from model_build.data.synth import synthesize
 from model_build.evaluate import caption_metrics, detection_metrics, read_references
 from model_build.export.parity import box_iou, match_boxes
@@ -61,7 +61,7 @@ def test_coco_reading_matches_the_annotation_files(small_coco: Path) -> None:
 
     mixed = load_samples(small_coco, "val2017", [Task.CAPTION, Task.DETECT])
     assert {s.task for s in mixed} == {Task.CAPTION, Task.DETECT}
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="captions_test2017.json: file not found"):
         load_samples(small_coco, "test2017", [Task.CAPTION])
 
 
@@ -86,14 +86,13 @@ def test_metrics_score_ground_truth_perfectly_and_base_style_poorly(small_coco: 
     assert terse["exact_match"] == 0.0 and terse["cider"] < perfect["cider"]
 
     _, boxes = detections_by_image(small_coco, "val2017")
-    instances = small_coco / "annotations" / "instances_val2017.json"
     truth = {i: Prediction(Task.DETECT, "", detections=d) for i, d in boxes.items()}
-    assert detection_metrics(truth, instances)["map"] == pytest.approx(1.0)
+    assert detection_metrics(truth, small_coco, "val2017")["map"] == pytest.approx(1.0)
     moved = {
         i: Prediction(Task.DETECT, "", detections=[Detection(x.label, (0, 0, 5, 5)) for x in d])
         for i, d in boxes.items()
     }
-    assert detection_metrics(moved, instances)["map50"] == 0.0
+    assert detection_metrics(moved, small_coco, "val2017")["map50"] == 0.0
 
 
 def test_synth_is_a_pure_function_of_the_seed(tmp_path: Path) -> None:
