@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from handler.florence.engine import Prediction, predict_batch
 from handler.florence.tasks import IMAGE_SIZE, Task
-from model_build.data.coco import ImageFrame, ImageId, ImageRecord, id_order, task_files
+from model_build.data.coco import ImageFrame, ImageId, ImageRecord, task_files
 from model_build.settings import setting
 
 
@@ -79,7 +79,7 @@ def load_model(source: str | Path | None, base: str | None = None, image_size: i
 
 def split_records(data_dir: Path, split: str, max_images: int | None) -> list[ImageRecord]:
     """The usable images of a split, by id (from the instances file, else the captions file)."""
-    from model_build.data.coco import DataError, captions_file, read_annotation_file, usable_images
+    from model_build.data.coco import DataError, captions_file, id_order, read_annotation_file, usable_images
 
     for path in (data_dir / "annotations" / f"instances_{split}.json", captions_file(data_dir, split)):
         if path.is_file():
@@ -236,16 +236,17 @@ def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, spli
     from model_build.data.coco import read_instances
 
     instances = read_instances(data_dir, split)
-    predicted = {i: p for i, p in predicted.items() if i in instances.images}
-    frames = {i: instances.images[i].frame for i in predicted}
+    dataset, number = instances.coco_dataset()
+    predicted = {number[i]: p for i, p in predicted.items() if i in number}
+    frames = {number[i]: record.frame for i, record in instances.images.items()}
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
-        truth.dataset = instances.coco_dataset()
+        truth.dataset = dataset
         truth.createIndex()
     category = {c["name"]: c["id"] for c in truth.loadCats(truth.getCatIds())}
     scored = _coco_results(predicted, category, frames, constant_score=False)
     constant = _coco_results(predicted, category, frames, constant_score=True)
-    image_ids = sorted(predicted, key=id_order)
+    image_ids = sorted(predicted)
     detections = sum(len(p.detections) for p in predicted.values())
     return {
         "images": len(predicted),

@@ -292,17 +292,23 @@ class Instances:
     categories: dict[ImageId, str]
     annotations: list[dict]
 
-    def coco_dataset(self) -> dict:
-        """The cleaned file as a COCO dataset dict (for pycocotools' `COCO`)."""
+    def coco_dataset(self) -> tuple[dict, dict[ImageId, int]]:
+        """The cleaned file as a COCO dataset dict for pycocotools, and each image id's number in it.
+
+        Images are numbered 1..N in id order: pycocotools sorts ids, which fails on a file mixing
+        integer and string ids.
+        """
+        number = {image_id: n for n, image_id in enumerate(sorted(self.images, key=id_order), start=1)}
         merged = {name: category_id for category_id, name in reversed(self.categories.items())}
-        return {
+        dataset = {
             "images": [
-                {"id": i, "width": r.frame.width, "height": r.frame.height, "file_name": str(r.path)}
+                {"id": number[i], "width": r.frame.width, "height": r.frame.height, "file_name": str(r.path)}
                 for i, r in self.images.items()
             ],
             "categories": [{"id": category_id, "name": name} for name, category_id in merged.items()],
-            "annotations": self.annotations,
+            "annotations": [{**ann, "image_id": number[ann["image_id"]]} for ann in self.annotations],
         }
+        return dataset, number
 
 
 def read_instances(root: str | Path, split: str) -> Instances:

@@ -176,10 +176,10 @@ def finetune(config: FinetuneConfig) -> AdapterInfo:
     from model_build.data.coco import InputEncoder
     from model_build.training import train
 
+    samples = training_samples(config)  # first: bad data stops the run before minutes of model loading
     model, processor = load_base(config.base, config.image_size)
     torch.manual_seed(config.train.seed)  # LoRA A-matrix init, so a resume rebuilds identical names and shapes
     peft_model = apply_lora(model, config.lora)
-    samples = training_samples(config)
     positions = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)
     train(
         peft_model,

@@ -61,7 +61,7 @@ def test_coco_reading_matches_the_annotation_files(small_coco: Path) -> None:
 
     mixed = load_samples(small_coco, "val2017", [Task.CAPTION, Task.DETECT])
     assert {s.task for s in mixed} == {Task.CAPTION, Task.DETECT}
-    with pytest.raises(DataError, match="captions_test2017.json: file not found"):
+    with pytest.raises(DataError, match=r"captions_test2017\.json: file not found"):
         load_samples(small_coco, "test2017", [Task.CAPTION])
 
 

@@ -1,0 +1,314 @@
+"""COCO-format inputs as labelling tools export them: what is read, what is skipped, what stops a command.
+
+Each dataset here is written from scratch (a few small PNGs and hand-made JSON), so a test states the
+exact input it is about; nothing trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handler.florence.engine import Prediction
+from handler.florence.tasks import Detection, Task, parse_detections
+from model_build.base.tiny import build_processor, build_tokenizer
+from model_build.cli import main as cli
+from model_build.data.coco import (
+    DataError,
+    ImageFrame,
+    InputEncoder,
+    caption_samples,
+    detection_samples,
+    detections_by_image,
+    load_samples,
+    open_rgb,
+)
+from model_build.data.synth import caption_corpus
+from model_build.evaluate import detection_metrics, read_references, split_images
+from model_build.export.parity import box_iou
+from model_build.training import _batches
+
+SPLIT = "train2017"
+RED = (220, 30, 30)
+
+
+def red_box(image: Image.Image) -> tuple[float, float, float, float]:
+    """The pixel box (x0, y0, x1, y1) of the reddish pixels of a decoded image."""
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    ys, xs = np.nonzero((pixels[..., 0] > 150) & (pixels[..., 1] < 100))
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def write_image(path: Path, size: tuple[int, int], box: tuple[int, int, int, int], orientation: int = 1) -> None:
+    """A grey PNG with one red rectangle at `box` in its stored pixel grid, and an EXIF orientation tag."""
+    image = Image.new("RGB", size, (128, 128, 128))
+    image.paste(RED, box)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes())
+
+
+def write_coco(root: Path, images: list[dict], annotations: list[dict], categories: list[dict] | None = None) -> Path:
+    """instances_ and captions_ files for SPLIT; captions are the annotations that carry a 'caption'."""
+    folder = root / "annotations"
+    folder.mkdir(parents=True, exist_ok=True)
+    cats = categories if categories is not None else [{"id": 1, "name": "block"}]
+    boxes = [a for a in annotations if "caption" not in a]
+    captions = [a for a in annotations if "caption" in a]
+    (folder / f"instances_{SPLIT}.json").write_text(
+        json.dumps({"images": images, "annotations": boxes, "categories": cats})
+    )
+    (folder / f"captions_{SPLIT}.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    return root
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_frame_maps_boxes_like_exif_rotation_maps_pixels(tmp_path: Path, orientation: int) -> None:
+    stored, box = (60, 40), (5, 8, 20, 30)
+    write_image(tmp_path / "a.png", stored, box, orientation)
+    upright = open_rgb(tmp_path / "a.png")  # decoded as serving decodes: EXIF applied
+    frame = ImageFrame(stored[0], stored[1], upright.size, orientation, raw_grid=True)
+    assert frame.to_upright(box) == pytest.approx(red_box(upright))
+    assert frame.to_annotation(frame.to_upright(box)) == pytest.approx(box)
+
+
+@pytest.mark.parametrize("json_size", ["stored", "upright", "half upright", "missing"])
+def test_boxes_follow_an_exif_rotated_file_whatever_size_the_json_gives(tmp_path: Path, json_size: str) -> None:
+    """A phone photo (orientation 6) labelled by a tool that honoured EXIF or one that did not."""
+    stored, box = (80, 50), (10, 5, 30, 45)
+    write_image(tmp_path / SPLIT / "p.png", stored, box, orientation=6)
+    upright = open_rgb(tmp_path / SPLIT / "p.png")
+    assert upright.size == (50, 80)
+    truth = red_box(upright)
+    sizes = {"stored": stored, "upright": (50, 80), "half upright": (25, 40), "missing": None}
+    if json_size == "stored":
+        bbox = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+    else:  # the tool saw the upright picture (possibly resized): the box is where the red is there
+        scale = 1.0 if json_size != "half upright" else 0.5
+        bbox = [truth[0] * scale, truth[1] * scale, (truth[2] - truth[0]) * scale, (truth[3] - truth[1]) * scale]
+    record: dict = {"id": 1, "file_name": "p.png"}
+    if sizes[json_size]:
+        record["width"], record["height"] = sizes[json_size]
+    root = write_coco(tmp_path, [record], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox}])
+    [sample] = detection_samples(root, SPLIT)
+    assert (sample.width, sample.height) == upright.size
+    [parsed] = parse_detections(sample.target, sample.width, sample.height)
+    assert box_iou(parsed.box, truth) > 0.9
+    # eval maps a prediction on the upright image back into the JSON's frame: a perfect one scores 1
+    _, boxes = detections_by_image(root, SPLIT)
+    assert detection_metrics({1: Prediction(Task.DETECT, "", detections=boxes[1])}, root, SPLIT)["map50"] == 1.0
+
+
+def test_a_json_size_of_another_shape_than_the_file_skips_the_image(tmp_path: Path, caplog) -> None:
+    write_image(tmp_path / SPLIT / "a.png", (60, 40), (5, 5, 20, 20))
+    write_image(tmp_path / SPLIT / "b.png", (60, 40), (5, 5, 20, 20))
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 60, "height": 40},
+        {"id": 2, "file_name": "b.png", "width": 40, "height": 60},  # no EXIF rotation explains it
+    ]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 15, 15]} for i in (1, 2)]
+    root = write_coco(tmp_path, images, anns)
+    with caplog.at_level(logging.WARNING):
+        assert [s.image_id for s in detection_samples(root, SPLIT)] == [1]
+    assert "skipped 1 images whose width/height in the JSON have another shape than the file" in caplog.text
+
+
+def test_bad_annotations_are_skipped_counted_or_clipped(tmp_path: Path, caplog) -> None:
+    write_image(tmp_path / SPLIT / "sub" / "a.png", (100, 50), (0, 0, 1, 1))
+    write_image(tmp_path / "elsewhere" / "b.png", (100, 50), (0, 0, 1, 1))
+    images = [
+        {"id": 1, "file_name": "sub/a.png", "width": 100, "height": 50},
+        {"id": "b", "file_name": str(tmp_path / "elsewhere" / "b.png"), "width": 100, "height": 50},
+        {"id": 3, "file_name": "missing.png", "width": 100, "height": 50},
+        {"id": 4.0, "file_name": "sub/a.png", "width": 100, "height": 50},  # no annotations: no <OD> sample
+    ]
+    categories = [{"id": 1, "name": "  Red\tCar "}, {"id": 2, "name": "Red  Car"}, {"id": 7, "name": "Ünïcode 象"}]
+    boxes: list = [
+        [10, 10, 20, 20],  # kept as is
+        [-10, 40, 30, 30],  # clipped to x 0..20, y 40..50
+        [10.5, 5.25, 0, 10],  # no width
+        [10, 10, -5, 5],  # negative width
+        [200, 10, 5, 5],  # outside
+        [1, 2, 3],  # not 4 numbers
+        [1, 2, float("nan"), 4],  # not finite (json writes NaN)
+        None,  # an RLE-only crowd region without a bbox
+    ]
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)]
+    anns += [
+        {"id": 20, "image_id": "b", "category_id": 7, "bbox": [0, 0, 50, 25]},
+        {"id": 21, "image_id": "b", "category_id": 2, "bbox": [50, 25, 50, 25]},  # same name as 1: one label
+        {"id": 22, "image_id": "b", "category_id": 1, "bbox": [0, 0, 99, 49], "iscrowd": 1, "segmentation": {}},
+        {"id": 23, "image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5]},
+        {"id": 24, "image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5]},
+        {"id": 25, "image_id": 1, "category_id": 42, "bbox": [0, 0, 5, 5]},
+        {"id": 30, "image_id": 1, "caption": "  A red\n car.  "},
+        {"id": 31, "image_id": 1, "caption": " \t "},
+        {"id": 32, "image_id": "b", "caption": None},
+    ]
+    root = write_coco(tmp_path, images, anns, categories)
+    with caplog.at_level(logging.WARNING):
+        samples = {s.image_id: s for s in detection_samples(root, SPLIT)}
+        captions = caption_samples(root, SPLIT)
+    assert set(samples) == {1, "b"}
+    assert samples[1].image_path == tmp_path / SPLIT / "sub" / "a.png"
+    assert parse_detections(samples[1].target, 100, 50) == [
+        Detection("Red Car", (0.05, 40.025, 20.05, 49.975)),
+        Detection("Red Car", (10.05, 10.025, 30.05, 30.025)),
+    ]
+    assert [d.label for d in parse_detections(samples["b"].target, 100, 50)] == ["Ünïcode 象", "Red Car"]
+    assert [(c.image_id, c.target) for c in captions] == [(1, "A red car.")]
+    for expected in (
+        "skipped 2 boxes with zero or negative width or height",
+        "skipped 1 boxes entirely outside their image",
+        "skipped 3 annotations without a 'bbox' of 4 finite numbers",
+        "skipped 2 annotations whose image_id is not a usable image",
+        "skipped 1 annotations with an unknown category_id",
+        "skipped 1 images whose file is missing",
+        "skipped 2 captions that are missing, blank or not text",
+    ):
+        assert expected in caplog.text
+    # eval scores against the same cleaned truth: categories of one name merged, crowd ignored
+    _, truth = detections_by_image(root, SPLIT)
+    perfect = {i: Prediction(Task.DETECT, "", detections=d) for i, d in truth.items()}
+    assert detection_metrics(perfect, root, SPLIT)["map"] == pytest.approx(1.0)
+    assert read_references(root, SPLIT, "") == {1: ["A red car."]}
+    assert [r["id"] for r in split_images(root, SPLIT, None)] == [1, 4.0, "b"]
+
+
+def broken(name: str, root: Path) -> tuple[Path, str]:
+    """A dataset broken in one way, and the file its error must name."""
+    write_image(root / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    image = {"id": 1, "file_name": "a.png", "width": 40, "height": 30}
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}
+    instances = root / "annotations" / f"instances_{SPLIT}.json"
+    cases: dict[str, tuple] = {
+        "not json": ([image], [ann], None, '{"images": [', "not valid JSON"),
+        "a list": ([image], [ann], None, "[]", "expected a JSON object"),
+        "no images": ([], [ann], None, None, "the 'images' list is empty"),
+        "images not a list": ([image], [ann], None, '{"images": {}, "annotations": []}', "no 'images' list"),
+        "no annotations": ([image], [ann], None, '{"images": [{"id": 1, "file_name": "a.png"}]}', "no 'annotations'"),
+        "duplicate image": ([image, image], [ann], None, None, "image id 1 is listed twice"),
+        "bad image id": ([{**image, "id": [1]}], [ann], None, None, "images[0] has no usable 'id'"),
+        "no file_name": ([{"id": 1}], [ann], None, None, "image 1 has no 'file_name'"),
+        "task token name": ([image], [ann], [{"id": 1, "name": "<OD>"}], None, "'<' and '>' delimit"),
+        "loc token name": ([image], [ann], [{"id": 1, "name": "x<loc_5>"}], None, "'<' and '>' delimit"),
+        "blank name": ([image], [ann], [{"id": 1, "name": "  "}], None, "category 1 has no name"),
+        "no categories": ([image], [ann], [], None, "no 'categories' list"),
+        "duplicate category": ([image], [ann], [{"id": 1, "name": "a"}] * 2, None, "category id 1 is listed twice"),
+        "no split folder": ([{**image, "file_name": "gone.png"}], [ann], None, None, "none of its 1 images"),
+    }
+    images, anns, categories, raw, message = cases[name]
+    write_coco(root, images, anns, categories)
+    if raw is not None:
+        instances.write_text(raw)
+    if name == "no split folder":
+        (root / SPLIT / "a.png").unlink()
+        (root / SPLIT).rmdir()
+        message += f" can be read; there is no folder {root / SPLIT}"
+    return instances, message
+
+
+BROKEN = [
+    "not json",
+    "a list",
+    "no images",
+    "images not a list",
+    "no annotations",
+    "duplicate image",
+    "bad image id",
+    "no file_name",
+    "task token name",
+    "loc token name",
+    "blank name",
+    "no categories",
+    "duplicate category",
+    "no split folder",
+]
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_an_unusable_file_stops_with_an_error_naming_it(tmp_path: Path, name: str) -> None:
+    instances, message = broken(name, tmp_path)
+    with pytest.raises(DataError) as caught:
+        load_samples(tmp_path, SPLIT, [Task.DETECT])
+    assert str(caught.value).startswith(f"{instances}: ") and message in str(caught.value)
+
+
+def test_the_cli_prints_a_data_error_as_one_line_before_loading_any_model(tmp_path: Path, capsys) -> None:
+    instances, message = broken("not json", tmp_path)
+    assert cli(["finetune", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--tasks", "detect"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"finetune: {instances}: not valid JSON (Expecting value at line 1, column 13)"
+    assert "Traceback" not in err and message in err
+
+
+def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> None:
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    root = write_coco(
+        tmp_path, [{"id": 1, "file_name": "a.png"}], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}]
+    )
+    (root / "annotations" / f"captions_{SPLIT}.json").unlink()
+    with pytest.raises(DataError, match=r"captions_train2017\.json: file not found .* pass --tasks detect$"):
+        load_samples(root, SPLIT, [Task.CAPTION, Task.DETECT])
+    assert [s.task for s in load_samples(root, SPLIT, [Task.DETECT])] == [Task.DETECT]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK", "1"])
+def test_training_decodes_every_image_mode_as_serving_does(tmp_path: Path, mode: str) -> None:
+    from handler.inputs.images import decode_image
+
+    gradient = np.linspace(0, 1, 32 * 24).reshape(24, 32)
+    if mode == "I;16":
+        image = Image.fromarray((gradient * 4000).astype(np.uint16))  # 12-bit data in 16 bits
+    else:
+        image = Image.fromarray((gradient * 255).astype(np.uint8)).convert(mode)
+    if mode in ("RGBA", "LA"):
+        image.putalpha(0)  # fully transparent: serving shows it on white
+    path = tmp_path / ("a.jpg" if mode == "CMYK" else "a.png")
+    image.save(path)
+    decoded = open_rgb(path)
+    assert decoded.mode == "RGB" and decoded.size == (32, 24)
+    assert np.array_equal(np.asarray(decoded), np.asarray(decode_image(path.read_bytes(), 10**9, 10**8).image))
+    if mode in ("RGBA", "LA"):
+        assert np.asarray(decoded).min() == 255
+    if mode == "I;16":
+        assert np.asarray(decoded).max() == 255 and np.asarray(decoded).min() == 0  # scaled, not clipped white
+
+
+def test_an_unreadable_image_file_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match=r"a\.png: "):
+        open_rgb(tmp_path / "a.png")
+
+
+def test_long_targets_are_cut_to_the_decoder_positions_at_a_box_boundary() -> None:
+    processor = build_processor(build_tokenizer(caption_corpus()))
+    encoder = InputEncoder(processor, max_target_tokens=40)
+    many = "".join(f"circle<loc_{i}><loc_{i}><loc_{i + 5}><loc_{i + 5}>" for i in range(20))
+    caption = "A photo of " + "a red circle, " * 50
+    labels = encoder.encode(torch_pixels(2), [Task.DETECT, Task.CAPTION], [many, caption])["labels"]
+    assert labels.shape[1] <= 40
+    tokenizer = processor.tokenizer
+    detect = tokenizer.decode([t for t in labels[0].tolist() if t >= 0], skip_special_tokens=False)
+    boxes = parse_detections(detect, 1000, 1000)
+    assert detect.endswith(">" + "</s>") and detect.count("<loc_") == 4 * len(boxes) > 0
+    assert labels[1].tolist()[-1] == tokenizer.eos_token_id  # the caption fills the room and still ends
+
+
+def torch_pixels(count: int):
+    import torch
+
+    return torch.zeros((count, 384, 384, 3), dtype=torch.uint8)
+
+
+def test_fewer_samples_than_a_batch_still_train() -> None:
+    batches = _batches(["a", "b", "c"], batch_size=8, seed=0)
+    assert [sorted(next(batches)) for _ in range(2)] == [["a", "b", "c"]] * 2
+    with pytest.raises(ValueError, match="no training samples"):
+        next(_batches([], batch_size=8, seed=0))
