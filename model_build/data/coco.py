@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -159,6 +159,13 @@ class ImageFrame:
     orientation: int = 1
     raw_grid: bool = False
 
+    @property
+    def ambiguous(self) -> bool:
+        """The JSON size fits both the stored grid and the upright picture (mirror, 180 degrees, square)."""
+        stored = (self.upright[1], self.upright[0]) if self.orientation in _SWAPS_AXES else self.upright
+        size = (self.width, self.height)
+        return _same_shape(size, self.upright) and _same_shape(size, stored)
+
     def to_upright(self, box: Box) -> Box:
         """A box in annotation pixels -> upright decoded image pixels."""
         mapping = _RAW_TO_UPRIGHT[self.orientation if self.raw_grid else 1]
@@ -242,6 +249,34 @@ def usable_images(root: Path, split: str, path: Path, data: dict) -> dict[ImageI
     if not records:
         hint = "" if (root / split).is_dir() else f"; there is no folder {root / split}"
         raise DataError(f"{path}: none of its {len(data['images'])} images can be read{hint}")
+    return _settle_ambiguous_frames(path, records)
+
+
+def _settle_ambiguous_frames(path: Path, records: dict[ImageId, ImageRecord]) -> dict[ImageId, ImageRecord]:
+    """Decide the frame of EXIF-oriented images whose shape cannot tell, from the file's other images.
+
+    A file is written by one tool, which either honoured EXIF or did not. Its 90-degree-rotated,
+    non-square images show which: if all of those that tell were labelled on the stored grid, so were
+    the mirrored, 180-degree and square ones; otherwise upright is kept (the default of `image_frame`).
+    """
+    ambiguous = [r for r in records.values() if r.frame.orientation != 1 and r.frame.ambiguous]
+    telling = [
+        r.frame.raw_grid for r in records.values() if r.frame.orientation in _SWAPS_AXES and not r.frame.ambiguous
+    ]
+    if not ambiguous:
+        return records
+    raw = bool(telling) and all(telling)
+    log.warning(
+        "%s: %d images have an EXIF orientation whose boxes could be on either grid; taken as drawn on the %s "
+        "(%d rotated images tell)",
+        path,
+        len(ambiguous),
+        "stored grid, like the rotated ones" if raw else "upright picture",
+        len(telling),
+    )
+    if raw:
+        for record in ambiguous:
+            record.frame = replace(record.frame, raw_grid=True)
     return records
 
 

@@ -105,6 +105,27 @@ def test_boxes_follow_an_exif_rotated_file_whatever_size_the_json_gives(tmp_path
     assert detection_metrics({1: Prediction(Task.DETECT, "", detections=boxes[1])}, root, SPLIT)["map50"] == 1.0
 
 
+@pytest.mark.parametrize("tool", ["ignored EXIF", "honoured EXIF"])
+def test_a_180_degree_photo_takes_its_frame_from_the_rotated_photos_of_the_same_file(tmp_path: Path, tool: str) -> None:
+    """Orientation 3 keeps the shape, so only the file's 90-degree photos say which grid its tool used."""
+    write_image(tmp_path / SPLIT / "r.png", (80, 50), (10, 5, 30, 45), orientation=6)
+    write_image(tmp_path / SPLIT / "u.png", (80, 50), (10, 5, 30, 45), orientation=3)
+    stored_box = [10, 5, 20, 40]
+    if tool == "ignored EXIF":
+        images = [{"id": 1, "file_name": "r.png", "width": 80, "height": 50}]
+        boxes = {1: stored_box, 2: stored_box}
+    else:
+        up_r, up_u = red_box(open_rgb(tmp_path / SPLIT / "r.png")), red_box(open_rgb(tmp_path / SPLIT / "u.png"))
+        images = [{"id": 1, "file_name": "r.png", "width": 50, "height": 80}]
+        boxes = {i: [b[0], b[1], b[2] - b[0], b[3] - b[1]] for i, b in ((1, up_r), (2, up_u))}
+    images.append({"id": 2, "file_name": "u.png", "width": 80, "height": 50})
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": boxes[i]} for i in (1, 2)]
+    root = write_coco(tmp_path, images, anns)
+    for sample in detection_samples(root, SPLIT):
+        [parsed] = parse_detections(sample.target, sample.width, sample.height)
+        assert box_iou(parsed.box, red_box(open_rgb(sample.image_path))) > 0.9
+
+
 def test_a_json_size_of_another_shape_than_the_file_skips_the_image(tmp_path: Path, caplog) -> None:
     write_image(tmp_path / SPLIT / "a.png", (60, 40), (5, 5, 20, 20))
     write_image(tmp_path / SPLIT / "b.png", (60, 40), (5, 5, 20, 20))
