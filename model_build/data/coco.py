@@ -305,13 +305,43 @@ def _category_names(path: Path, data: dict) -> dict[ImageId, str]:
     return names
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _box_xywh(value: object) -> tuple[float, float, float, float] | None:
     if not isinstance(value, list | tuple) or len(value) != 4:
         return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+    if not all(_finite(v) for v in value):
         return None
     x, y, w, h = (float(v) for v in value)
     return x, y, w, h
+
+
+def _segmentation_box(segmentation: object) -> tuple[float, float, float, float] | None:
+    """x, y, w, h around a polygon list or an RLE mask, for exports that give a region but no `bbox`."""
+    if isinstance(segmentation, list) and segmentation:
+        points = [v for polygon in segmentation if isinstance(polygon, list) for v in polygon]
+        if len(points) < 4 or len(points) % 2 or not all(_finite(v) for v in points):
+            return None
+        xs, ys = points[0::2], points[1::2]
+        return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        from pycocotools import mask
+
+        try:
+            height, width = (int(v) for v in segmentation["size"])
+            counts = segmentation["counts"]
+            rle = (
+                mask.frPyObjects(segmentation, height, width)
+                if isinstance(counts, list)
+                else {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+            )
+            x, y, w, h = (float(v) for v in mask.toBbox(rle))
+        except Exception:  # a malformed mask is skipped like a malformed bbox
+            return None
+        return (x, y, w, h) if w > 0 and h > 0 else None
+    return None
 
 
 @dataclass
@@ -355,7 +385,7 @@ def read_instances(root: str | Path, split: str) -> Instances:
     images = usable_images(root, split, path, data)
     skipped = Skipped(path)
     annotations: list[dict] = []
-    clipped = 0
+    clipped = from_segmentation = 0
     for index, ann in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
         if not isinstance(ann, dict):
@@ -370,8 +400,14 @@ def read_instances(root: str | Path, split: str) -> Instances:
             skipped.add("annotations with an unknown category_id", f"{where} category_id {ann.get('category_id')!r}")
             continue
         box = _box_xywh(ann.get("bbox"))
+        if box is None and ann.get("bbox") is None:
+            box = _segmentation_box(ann.get("segmentation"))
+            from_segmentation += box is not None
         if box is None:
-            skipped.add("annotations without a 'bbox' of 4 finite numbers", f"{where} bbox {ann.get('bbox')!r}")
+            skipped.add(
+                "annotations without a 'bbox' of 4 finite numbers or a readable segmentation",
+                f"{where} bbox {ann.get('bbox')!r}",
+            )
             continue
         x, y, w, h = box
         if w <= 0 or h <= 0:
@@ -397,6 +433,8 @@ def read_instances(root: str | Path, split: str) -> Instances:
     skipped.log()
     if clipped:
         log.info("%s: clipped %d boxes to their image", path, clipped)
+    if from_segmentation:
+        log.info("%s: %d boxes without 'bbox' were taken around their segmentation", path, from_segmentation)
     return Instances(path, images, names, annotations)
 
 

@@ -158,7 +158,7 @@ def test_bad_annotations_are_skipped_counted_or_clipped(tmp_path: Path, caplog) 
         [200, 10, 5, 5],  # outside
         [1, 2, 3],  # not 4 numbers
         [1, 2, float("nan"), 4],  # not finite (json writes NaN)
-        None,  # an RLE-only crowd region without a bbox
+        None,  # no bbox and no segmentation
     ]
     anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)]
     anns += [
@@ -187,7 +187,7 @@ def test_bad_annotations_are_skipped_counted_or_clipped(tmp_path: Path, caplog) 
     for expected in (
         "skipped 2 boxes with zero or negative width or height",
         "skipped 1 boxes entirely outside their image",
-        "skipped 3 annotations without a 'bbox' of 4 finite numbers",
+        "skipped 3 annotations without a 'bbox' of 4 finite numbers or a readable segmentation",
         "skipped 2 annotations whose image_id is not a usable image",
         "skipped 1 annotations with an unknown category_id",
         "skipped 1 images whose file is missing",
@@ -333,3 +333,35 @@ def test_fewer_samples_than_a_batch_still_train() -> None:
     assert [sorted(next(batches)) for _ in range(2)] == [["a", "b", "c"]] * 2
     with pytest.raises(ValueError, match="no training samples"):
         next(_batches([], batch_size=8, seed=0))
+
+
+def test_a_region_without_a_bbox_is_boxed_from_its_polygon_or_rle(tmp_path: Path) -> None:
+    from pycocotools import mask
+
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (0, 0, 1, 1))
+    pixels = np.zeros((30, 40), dtype=np.uint8, order="F")
+    pixels[10:20, 5:25] = 1  # x 5..25, y 10..20
+    compressed = mask.encode(pixels)
+    compressed["counts"] = compressed["counts"].decode()  # as JSON carries it
+    flat = pixels.flatten(order="F").tolist()
+    runs, value, count = [], 0, 0
+    for bit in flat:  # uncompressed RLE: alternating run lengths starting with zeros, column-major
+        if bit != value:
+            runs.append(count)
+            value, count = bit, 0
+        count += 1
+    runs.append(count)
+    segmentations = [
+        [[5, 10, 25, 10, 25, 20, 5, 20]],
+        compressed,
+        {"size": [30, 40], "counts": runs},
+        {"size": [30, 40], "counts": "not an rle"},
+        [[5, 10, 25]],
+    ]
+    anns = [
+        {"id": i, "image_id": 1, "category_id": 1, "bbox": None, "segmentation": seg}
+        for i, seg in enumerate(segmentations)
+    ]
+    root = write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], anns)
+    _, boxes = detections_by_image(root, SPLIT)
+    assert [d.box for d in boxes[1]] == [(5.0, 10.0, 25.0, 20.0)] * 3
