@@ -106,10 +106,13 @@ def id_order(image_id: ImageId) -> tuple[bool, int | str]:
     return (isinstance(image_id, str), image_id)
 
 
+def _finite(value: object) -> bool:
+    """A JSON number (true/false are not), and not NaN or infinity (Python's json reads those)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-        return float(value)
-    return None
+    return float(value) if _finite(value) and value > 0 else None  # type: ignore[operator,arg-type]
 
 
 Box = tuple[float, float, float, float]
@@ -303,10 +306,6 @@ def _category_names(path: Path, data: dict) -> dict[ImageId, str]:
             )
         names[category_id] = name
     return names
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _box_xywh(value: object) -> tuple[float, float, float, float] | None:
