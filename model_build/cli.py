@@ -1,6 +1,10 @@
 """`python -m model_build <command>`: a thin layer over the Python API, one module per command.
 
-Each command module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`. A wrong invocation ends
+with one line naming the problem, never a traceback: bad flags are argparse's usage errors (exit 2,
+most of them caught by the config dataclass's `setting(minimum=..., check=...)` before any work),
+inputs found wrong once the work starts (a base that will not load, a corrupt artifact, a missing
+file) exit 1, and Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -8,6 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sys
+
+from handler.florence.artifact import ArtifactError
+from model_build.base.loading import BaseModelError
+from model_build.settings import UsageError
+
+INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C, as shells report SIGINT."""
+INPUT_ERRORS = (BaseModelError, ArtifactError, OSError)
+"""Raised once the work has started, by inputs the flags could not vet up front; each names what is wrong."""
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model_build.commands.synth", "write a synthetic COCO-format dataset"),
@@ -40,11 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(run=module.run, command_parser=command)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    command_parser: argparse.ArgumentParser = args.command_parser
+    try:
+        return int(args.run(args) or 0)
+    except UsageError as exc:
+        command_parser.error(_one_line(exc))  # exits 2 with the usage line, as a bad flag does
+    except INPUT_ERRORS as exc:
+        print(f"{command_parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{command_parser.prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT

@@ -18,20 +18,25 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from model_build.settings import setting
+from model_build.base.loading import check_base
+from model_build.settings import output_folder, setting
 
 
 @dataclass
 class DemoConfig:
     """`python -m model_build demo`: where the main job writes, and how long it fine-tunes."""
 
-    base: str = setting("tiny", help="base model (tiny: the embedded one)")
-    data_dir: Path = setting(Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data")
-    run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs")
-    artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out")
-    steps: int | None = setting(None, help="fine-tuning steps (default: finetune's own)")
+    base: str = setting("tiny", help="base model (tiny: the embedded one)", check=check_base)
+    data_dir: Path = setting(
+        Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data", check=output_folder
+    )
+    run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs", check=output_folder)
+    artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out", check=output_folder)
+    steps: int | None = setting(None, help="fine-tuning steps (default: finetune's own)", minimum=1)
     serve: bool = setting(False, help="keep the API and the demo page running after the sample request (Ctrl-C)")
-    port: int = setting(0, help="port for the API and the demo page on 127.0.0.1 (0: any free port)")
+    port: int = setting(
+        0, help="port for the API and the demo page on 127.0.0.1 (0: any free port)", minimum=0, maximum=65535
+    )
 
 
 def _free_port() -> int:

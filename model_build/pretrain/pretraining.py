@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler.florence.tasks import IMAGE_SIZE, Task
-from model_build.settings import setting
+from model_build.settings import output_folder, setting
 from model_build.training import TrainConfig
 
 
@@ -30,18 +30,27 @@ class PretrainConfig:
     """`python -m model_build pretrain-tiny`: every default of training the embedded tiny model, in one place."""
 
     out_dir: Path | None = setting(
-        None, help="where the HF-layout model is written (default: the embedded model folder)", flag="--out"
+        None,
+        help="where the HF-layout model is written (default: the embedded model folder)",
+        flag="--out",
+        check=output_folder,
     )
-    run_dir: Path = setting(Path("runs/pretrain-tiny"), help="metrics, loss plot, checkpoint, eval.json")
+    run_dir: Path = setting(
+        Path("runs/pretrain-tiny"), help="metrics, loss plot, checkpoint, eval.json", check=output_folder
+    )
     val_dir: Path = setting(
-        Path("data/synth-pretrain"), help="held-out val2017 split (same as `synth --seed S`'s), scored after training"
+        Path("data/synth-pretrain"),
+        help="held-out val2017 split (same as `synth --seed S`'s), scored after training",
+        check=output_folder,
     )
-    full_scenes: int = setting(3000, help="scenes like the val split: one or two shapes on a noisy gradient")
-    easy_scenes: int = setting(1000, help="scenes of one large shape on a flat background")
-    easy_share: float = setting(0.5, help="share of samples drawn from the easy scenes")
-    dense_weight: float = setting(1.0, help="weight of the per-cell grid loss next to the text loss; 0 = off")
-    val_images: int = setting(100, help="held-out images scored after training")
-    workers: int = setting(2, help="processes drawing the scenes")
+    full_scenes: int = setting(3000, help="scenes like the val split: one or two shapes on a noisy gradient", minimum=1)
+    easy_scenes: int = setting(1000, help="scenes of one large shape on a flat background", minimum=0)
+    easy_share: float = setting(0.5, help="share of samples drawn from the easy scenes", minimum=0, maximum=1)
+    dense_weight: float = setting(
+        1.0, help="weight of the per-cell grid loss next to the text loss; 0 = off", minimum=0
+    )
+    val_images: int = setting(100, help="held-out images scored after training", minimum=1)
+    workers: int = setting(2, help="processes drawing the scenes", minimum=1)
     train: TrainConfig = setting(factory=_pretrain_training, help="optimisation (its --seed also seeds the scenes)")
     resume: bool = setting(False, help="continue from the run folder's checkpoint")
 

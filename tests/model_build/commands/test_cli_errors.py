@@ -1,0 +1,223 @@
+"""Every wrong invocation of `python -m model_build` ends with one line naming the problem and a non-zero exit.
+
+Flags are vetted before any work (argparse's exit 2, naming the flag); inputs that only loading can judge
+exit 1 with one line; Ctrl-C exits 130. None of them may print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from model_build.base.tiny import EMBEDDED_DIR
+from model_build.cli import COMMANDS, INTERRUPTED_EXIT, build_parser, main
+from model_build.finetune.lora import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS
+from tests.conftest import REPO_ROOT
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """(exit status, stderr) of `main(argv)`, which must not raise anything but SystemExit."""
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return status, err
+
+
+def _adapter(folder: Path, *, config: str | None = None, info: str | None = None, weights: bytes | None = None) -> Path:
+    """An adapter folder in the layout `finetune` writes, each file replaceable by damaged bytes."""
+    folder.mkdir(parents=True)
+    save_file({"lora_A": np.zeros((2, 2), dtype=np.float32)}, str(folder / ADAPTER_WEIGHTS))
+    info_fields = {"base": "tiny", "image_size": 384, "tasks": ["caption"], "lora": {}, "adapter_sha256": "0"}
+    (folder / ADAPTER_CONFIG).write_text(config if config is not None else json.dumps({"r": 8}))
+    (folder / ADAPTER_INFO).write_text(info if info is not None else json.dumps(info_fields))
+    if weights is not None:
+        (folder / ADAPTER_WEIGHTS).write_bytes(weights)
+    return folder
+
+
+@pytest.fixture
+def places(tmp_path: Path) -> dict[str, Path]:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    shutil.copy(EMBEDDED_DIR / "config.json", config_only / "config.json")
+    good = _adapter(tmp_path / "adapter-ok")
+    truncated = (good / ADAPTER_WEIGHTS).read_bytes()[:-8]
+    bad_manifest = tmp_path / "bad-manifest"
+    bad_manifest.mkdir()
+    (bad_manifest / "manifest.json").write_text('{"model_sha256": ')
+    (tmp_path / "empty").mkdir()
+    return {
+        "file": a_file,
+        "empty": tmp_path / "empty",
+        "config-only": config_only,
+        "missing": tmp_path / "no" / "such" / "folder",
+        "bad-config": _adapter(tmp_path / "bad-config", config='{"r": 8,'),
+        "bad-info": _adapter(tmp_path / "bad-info", info="[]"),
+        "bad-weights": _adapter(tmp_path / "bad-weights", weights=b"\x10\x00\x00\x00\x00\x00\x00\x00{"),
+        "truncated-weights": _adapter(tmp_path / "truncated-weights", weights=truncated),
+        "bad-manifest": bad_manifest,
+        "under-file": a_file / "out",
+        "adapter-ok": good,
+    }
+
+
+USAGE_ERRORS = [
+    # (argv with {place} names, the flag argparse names, what the message must say)
+    ("finetune --base {empty}", "--base", "has no config.json"),
+    ("finetune --base {file}", "--base", "has no config.json"),
+    ("finetune --base {config-only}", "--base", "has a config.json but no weights"),
+    ("finetune --base {missing}", "--base", "no such folder"),
+    ("finetune --base microsoft/Florence-2-base", "--base", "remote-code Florence-2 checkpoint"),
+    ("finetune --run-dir {under-file}", "--run-dir", "is a file, not a folder"),
+    ("finetune --run-dir {file}", "--run-dir", "is a file; give a folder"),
+    ("finetune --steps -1", "--steps", "must be at least 1, not -1"),
+    ("finetune --steps 0", "--steps", "must be at least 1, not 0"),
+    ("finetune --max-images 0", "--max-images", "must be at least 1"),
+    ("finetune --batch-size 0", "--batch-size", "must be at least 1"),
+    ("finetune --image-size 100", "--image-size", "multiple of 32"),
+    ("finetune --lora-r 0", "--lora-r", "must be at least 1"),
+    ("finetune --steps abc", "--steps", "invalid int value: 'abc'"),
+    ("finetune --tasks caption,segment", "--tasks", "unknown task 'segment'"),
+    ("fuse --adapter {empty}", "--adapter", "no adapter_model.safetensors"),
+    ("fuse --adapter {missing}", "--adapter", "no adapter_model.safetensors"),
+    ("fuse --adapter {bad-config}", "--adapter", "adapter_config.json is not valid JSON"),
+    ("fuse --adapter {bad-info}", "--adapter", "build_info.json is not a JSON object"),
+    ("fuse --adapter {bad-weights}", "--adapter", "not a readable safetensors file"),
+    ("fuse --adapter {truncated-weights}", "--adapter", "not a readable safetensors file"),
+    ("fuse --adapter {adapter-ok} --out {under-file}", "--out", "is a file, not a folder"),
+    ("fuse --base tiny --parity-images 0", "--parity-images", "must be at least 1"),
+    ("fuse --base tiny --min-box-iou 1.5", "--min-box-iou", "must be at most 1"),
+    ("fuse --base {config-only}", "--base", "no weights"),
+    ("fuse", None, "give --adapter (a finetune run folder) or --base"),
+    ("eval {empty}", "MODEL", "no adapter_model.safetensors"),
+    ("eval {file}", "MODEL", "is not a folder"),
+    ("eval {bad-manifest}", "MODEL", "manifest.json"),
+    ("eval", None, "give a model folder"),
+    ("eval --base tiny --max-images 0", "--max-images", "must be at least 1"),
+    ("eval --base tiny --batch-size 0", "--batch-size", "must be at least 1"),
+    ("eval --base tiny --out {under-file}/report.json", "--out", "is a file, not a folder"),
+    ("eval --base tiny --out {empty}", "--out", "is a folder; give a file name"),
+    ("eval --base tiny --caption-style fancy", "--caption-style", "invalid choice: 'fancy'"),
+    ("eval --base tiny --tasks segment", "--tasks", "unknown task 'segment'"),
+    ("quality --images 0", "--images", "must be at least 1"),
+    ("quality --base-images 0", "--base-images", "must be at least 1"),
+    ("quality --data {file}", "--data", "is a file"),
+    ("synth --out {under-file}", "--out", "is a file, not a folder"),
+    ("synth --train -1", "--train", "must be at least 1"),
+    ("synth --val 0", "--val", "must be at least 1"),
+    ("bench --quick --runs 0", "--runs", "must be at least 1"),
+    ("bench --quick --threads 0", "--threads", "must be at least 1"),
+    ("bench --quick --warmup -1", "--warmup", "must be at least 0"),
+    ("bench --quick --caption-tokens 0", "--caption-tokens", "must be at least 1"),
+    ("bench --quick --out {under-file}", "--out", "is a file, not a folder"),
+    ("bench-scores --quick --runs 0", "--runs", "must be at least 1"),
+    ("bench-scores --quick --threads 0", "--threads", "must be at least 1"),
+    ("rehearse --steps 0", "--steps", "must be at least 1"),
+    ("rehearse --threads -1", "--threads", "must be at least 0"),
+    ("rehearse --batch-size 0", "--batch-size", "must be at least 1"),
+    ("rehearse --out {file}", "--out", "is a file; give a folder"),
+    ("cost", None, "the following arguments are required: --measured"),
+    ("cost --measured abc", None, "expected MEMORY_MB=path/to/benchmarks.json"),
+    ("cost --measured 1769={file}", None, "is not a bench run's benchmarks.json"),
+    ("cost --measured 1769={file} --out {empty}", "--out", "is a folder; give a file name"),
+    ("pretrain-tiny --steps 0", "--steps", "must be at least 1"),
+    ("pretrain-tiny --workers 0", "--workers", "must be at least 1"),
+    ("pretrain-tiny --easy-share 2", "--easy-share", "must be at most 1"),
+    ("demo --steps 0", "--steps", "must be at least 1"),
+    ("demo --port 70000", "--port", "must be at most 65535"),
+    ("demo --base {empty}", "--base", "has no config.json"),
+    ("nosuchcommand", None, "invalid choice: 'nosuchcommand'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "message"), USAGE_ERRORS, ids=[case[0] for case in USAGE_ERRORS])
+def test_a_wrong_invocation_is_a_usage_error_naming_the_problem(
+    argv: str, flag: str | None, message: str, places: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = _fails([part.format_map(places) for part in argv.split()], capsys)
+    assert status == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "error: " in last and message in last, err
+    if flag is not None:
+        assert f"argument {flag}" in last, err
+
+
+def test_a_tampered_artifact_is_one_line_and_exit_1(
+    tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tampered = shutil.copytree(tiny_artifact, tmp_path / "tampered")
+    with (tampered / "model.pt").open("ab") as handle:
+        handle.write(b"x")
+    status, err = _fails(["eval", str(tampered), "--max-images", "1"], capsys)
+    assert status == 1
+    assert err.strip().splitlines() == [
+        f"python -m model_build eval: error: model.pt is {(tampered / 'model.pt').stat().st_size} bytes, "
+        f"manifest says {(tiny_artifact / 'model.pt').stat().st_size}"
+    ]
+
+
+def test_a_hub_id_while_offline_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    status, err = _fails(["eval", "--base", "florence-community/Florence-2-base"], capsys)
+    assert status == 1
+    [line] = err.strip().splitlines()
+    assert line.startswith("python -m model_build eval: error: could not load 'florence-community/Florence-2-base'")
+    assert "Offline?" in line
+
+
+def test_fewer_samples_than_a_batch_is_a_usage_error_not_a_hang(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_build.data.synth import synthesize
+
+    data = synthesize(tmp_path / "data", train=1, val=1, seed=3)
+    argv = ["finetune", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--tasks", "detect"]
+    status, err = _fails([*argv, "--batch-size", "4", "--steps", "1"], capsys)
+    assert status == 2
+    assert "1 training samples cannot fill one batch of 4" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_names_every_default(command: str) -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if not isinstance(action, argparse._HelpAction) and not action.required:
+            assert "default" in (action.help or ""), (command, action.option_strings or action.dest)
+
+
+def test_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_build", "synth", "--out", str(out), "--train", "100000", "--val", "1"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any((out / "train2017").glob("*.jpg")) and time.monotonic() < deadline:  # the work has started
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED_EXIT
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "python -m model_build synth: interrupted"
