@@ -39,11 +39,11 @@ def _invocations() -> list[tuple[str, str, list[str]]]:
     """(doc, program, argv) for every `python -m model_build ...` or `python -m handler.backfill ...` in the docs."""
     found = []
     for doc in DOCS:
-        for program, rest in INVOCATION.findall(_text(doc)):
-            rest = re.sub(r"\[[^\]]*\]", " ", rest)  # [--optional flags] in a usage line
-            rest = re.sub(r'"?\$\{?\w+\}?"?|<[^>]*>', PLACEHOLDER, rest)
+        for program, written in INVOCATION.findall(_text(doc)):
+            without_options = re.sub(r"\[[^\]]*\]", " ", written)  # [--optional flags] in a usage line
+            filled = re.sub(r'"?\$\{?\w+\}?"?|<[^>]*>', PLACEHOLDER, without_options)
             argv = []
-            for token in shlex.split(rest):
+            for token in shlex.split(filled):
                 if not token.isascii() or token == "...":  # a diagram's arrow or an elision ends the command
                     break
                 argv.append(token)
@@ -119,9 +119,9 @@ def test_every_setting_read_is_in_the_table_and_in_serving_md() -> None:
 
 def test_the_tables_defaults_are_the_settings_defaults() -> None:
     defaults = config.Settings()
-    for name, shown in _settings_table().items():
+    for name, column in _settings_table().items():
         value = getattr(defaults, name.lower())
-        shown = shown.strip()
+        shown = column.strip()
         if shown == "(empty)":
             assert not value, name
         elif re.fullmatch(r"[\d_,.]+", shown):
