@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -156,6 +157,17 @@ def test_a_wrong_invocation_is_a_usage_error_naming_the_problem(
     assert "error: " in last and message in last, err
     if flag is not None:
         assert f"argument {flag}" in last, err
+
+
+def test_a_taken_port_stops_the_demo_before_it_builds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, err = _fails(["demo", "--port", str(port), "--data", str(tmp_path / "data")], capsys)
+    assert status == 2
+    assert f"argument --port: cannot serve on 127.0.0.1:{port}: Address already in use" in err
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_tampered_artifact_is_one_line_and_exit_1(
