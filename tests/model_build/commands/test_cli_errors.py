@@ -195,7 +195,7 @@ def test_a_hub_id_while_offline_is_one_line_and_exit_1(
     assert "Offline?" in line
 
 
-def test_fewer_samples_than_a_batch_is_a_usage_error_not_a_hang(
+def test_what_only_the_loaded_base_and_data_can_judge_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from model_build.data.synth import synthesize
@@ -205,6 +205,9 @@ def test_fewer_samples_than_a_batch_is_a_usage_error_not_a_hang(
     status, err = _fails([*argv, "--batch-size", "4", "--steps", "1"], capsys)
     assert status == 2
     assert "1 training samples cannot fill one batch of 4" in err.strip().splitlines()[-1]
+    status, err = _fails([*argv, "--batch-size", "1", "--steps", "1", "--target-modules", "no_such_proj"], capsys)
+    assert status == 2
+    assert "--target-modules: Target modules {'no_such_proj'} not found" in err.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
