@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from model_build.base.loading import check_base
-from model_build.settings import output_folder, setting
+from model_build.settings import output_folder, reusable_folder, setting
 
 
 def check_port_free(port: int) -> None:
@@ -40,7 +40,7 @@ class DemoConfig:
 
     base: str = setting("tiny", help="base model (tiny: the embedded one)", check=check_base)
     data_dir: Path = setting(
-        Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data", check=output_folder
+        Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data", check=reusable_folder
     )
     run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs", check=output_folder)
     artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out", check=output_folder)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from handler.florence.tasks import Task
 from model_build.export.quality import QualityReport, split_quality, teacher_forced_fidelity
-from model_build.settings import output_folder, setting
+from model_build.settings import reusable_folder, setting
 
 
 @dataclass
@@ -19,7 +19,7 @@ class QualityConfig:
     """`python -m model_build quality`: the quality-parity rule on the tiny model's held-out split and at base size."""
 
     data_dir: Path = setting(
-        Path("data/quality-val"), help="held-out split root (written if missing)", flag="--data", check=output_folder
+        Path("data/quality-val"), help="held-out split root (written if missing)", flag="--data", check=reusable_folder
     )
     images: int = setting(200, help="held-out images scored by fp32, the seed recipe and the served runtime", minimum=1)
     seed: int = setting(11, help="seed of the synthetic held-out split")
