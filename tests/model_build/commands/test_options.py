@@ -71,9 +71,9 @@ def test_flags_reach_nested_fields_and_parse_their_types() -> None:
     assert config.resume is True and config.max_images == 3
 
 
-def test_eval_takes_the_model_folder_positionally() -> None:
-    config = config_from(_parse("eval", "artifacts/x", "--tasks", "caption"), EvalConfig())
-    assert config.model == Path("artifacts/x") and config.tasks == (Task.CAPTION,)
+def test_eval_takes_the_model_folder_positionally(tiny_artifact: Path) -> None:
+    config = config_from(_parse("eval", str(tiny_artifact), "--tasks", "caption"), EvalConfig())
+    assert config.model == tiny_artifact and config.tasks == (Task.CAPTION,)
 
 
 def test_a_bad_task_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
