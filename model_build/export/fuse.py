@@ -38,10 +38,10 @@ class FuseConfig:
     val_split: str = setting("val2017", help="held-out split the parity gate reads")
     parity_images: int = setting(20, help="held-out images the parity gate compares on", minimum=1)
     min_caption_agreement: float = setting(
-        0.9, help="parity gate: fraction of identical captions, int8 vs fp32", minimum=0, maximum=1
+        0.9, help="parity gate: fraction of identical captions, int8 vs fp32", minimum=0
     )
     min_box_iou: float = setting(
-        0.8, help="parity gate: mean IoU of label-matched boxes (unmatched count as 0)", minimum=0, maximum=1
+        0.8, help="parity gate: mean IoU of label-matched boxes (unmatched count as 0)", minimum=0
     )
     baseline_slack: float = setting(
         BASELINE_SLACK,

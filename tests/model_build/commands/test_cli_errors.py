@@ -103,7 +103,7 @@ USAGE_ERRORS = [
     ("fuse --adapter {truncated-weights}", "--adapter", "not a readable safetensors file"),
     ("fuse --adapter {adapter-ok} --out {under-file}", "--out", "is a file, not a folder"),
     ("fuse --base tiny --parity-images 0", "--parity-images", "must be at least 1"),
-    ("fuse --base tiny --min-box-iou 1.5", "--min-box-iou", "must be at most 1"),
+    ("fuse --base tiny --min-box-iou -0.1", "--min-box-iou", "must be at least 0"),
     ("fuse --base {config-only}", "--base", "no weights"),
     ("fuse", None, "give --adapter (a finetune run folder) or --base"),
     ("eval {empty}", "MODEL", "no adapter_model.safetensors"),
