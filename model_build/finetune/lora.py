@@ -15,7 +15,7 @@ from pathlib import Path
 from handler.florence.artifact import sha256_file
 from handler.florence.tasks import IMAGE_SIZE, Task
 from model_build.base.loading import check_base, check_image_size
-from model_build.settings import output_folder, setting
+from model_build.settings import UsageError, output_folder, setting
 from model_build.training import TrainConfig
 
 ADAPTER_DIR = "adapter"
@@ -145,8 +145,8 @@ def load_adapter(path: str | Path, base: str | None = None, image_size: int | No
     peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(folder)))
     result = set_peft_model_state_dict(peft_model, load_file(str(folder / ADAPTER_WEIGHTS)))
     missing_lora = [k for k in result.missing_keys if "lora_" in k]
-    if missing_lora or result.unexpected_keys:
-        raise ValueError(
+    if missing_lora or result.unexpected_keys:  # the flags paired an adapter with a base it was not made for
+        raise UsageError(
             f"adapter in {folder} does not fit base {base or info.base!r}: "
             f"missing {missing_lora[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
         )

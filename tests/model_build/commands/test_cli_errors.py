@@ -217,6 +217,28 @@ def test_what_only_the_loaded_base_and_data_can_judge_is_a_usage_error(
     assert "--target-modules: Target modules {'no_such_proj'} not found" in err.strip().splitlines()[-1]
 
 
+def test_an_adapter_that_does_not_fit_its_base_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.numpy import load_file
+
+    from model_build.data.synth import synthesize
+
+    data = synthesize(tmp_path / "data", train=1, val=1, seed=3)
+    run = tmp_path / "run"
+    argv = ["finetune", "--data", str(data), "--run-dir", str(run), "--steps", "1", "--batch-size", "1"]
+    assert main([*argv, "--tasks", "detect", "--checkpoint-every", "1"]) == 0
+    weights = run / "adapter" / ADAPTER_WEIGHTS
+    tensors = load_file(str(weights))
+    first = sorted(tensors)[0]
+    tensors[first.replace("q_proj", "k_proj")] = tensors.pop(first)  # trained for another layer than the base has
+    save_file(tensors, str(weights))
+    capsys.readouterr()
+    status, err = _fails(["eval", str(run), "--data", str(data)], capsys)
+    assert status == 2
+    assert f"adapter in {run / 'adapter'} does not fit base 'tiny': missing [" in err.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_help_names_every_default(command: str) -> None:
     parser = build_parser()
