@@ -25,6 +25,12 @@ def _pretrain_training() -> TrainConfig:
     return TrainConfig(steps=2500, batch_size=24, lr=3e-4, warmup_steps=50, log_every=10, checkpoint_every=100)
 
 
+def _a_share_below_one(share: float) -> None:
+    """`check` for --easy-share: the full scenes are repeated share / (1 - share) times, so 1 has no meaning."""
+    if not 0 <= share < 1:
+        raise ValueError(f"must be at least 0 and below 1, not {share:g}")
+
+
 @dataclass
 class PretrainConfig:
     """`python -m model_build pretrain-tiny`: every default of training the embedded tiny model, in one place."""
@@ -45,7 +51,9 @@ class PretrainConfig:
     )
     full_scenes: int = setting(3000, help="scenes like the val split: one or two shapes on a noisy gradient", minimum=1)
     easy_scenes: int = setting(1000, help="scenes of one large shape on a flat background", minimum=0)
-    easy_share: float = setting(0.5, help="share of samples drawn from the easy scenes", minimum=0, maximum=1)
+    easy_share: float = setting(
+        0.5, help="share of samples drawn from the easy scenes, below 1", check=_a_share_below_one
+    )
     dense_weight: float = setting(
         1.0, help="weight of the per-cell grid loss next to the text loss; 0 = off", minimum=0
     )

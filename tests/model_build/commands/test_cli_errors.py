@@ -7,6 +7,7 @@ exit 1 with one line; Ctrl-C exits 130. None of them may print a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -139,7 +140,7 @@ USAGE_ERRORS = [
     ("cost --measured 1769={file} --out {empty}", "--out", "is a folder; give a file name"),
     ("pretrain-tiny --steps 0", "--steps", "must be at least 1"),
     ("pretrain-tiny --workers 0", "--workers", "must be at least 1"),
-    ("pretrain-tiny --easy-share 2", "--easy-share", "must be at most 1"),
+    ("pretrain-tiny --easy-share 1", "--easy-share", "must be at least 0 and below 1, not 1"),
     ("demo --steps 0", "--steps", "must be at least 1"),
     ("demo --port 70000", "--port", "must be at most 65535"),
     ("demo --base {empty}", "--base", "has no config.json"),
@@ -248,20 +249,49 @@ def test_help_names_every_default(command: str) -> None:
             assert "default" in (action.help or ""), (command, action.option_strings or action.dest)
 
 
-def test_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
-    out = tmp_path / "synth"
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+CTRL_C_RUNS = {
+    # command -> (argv after it, given its output folder; whether its work has started, given folder and pid)
+    "synth": (
+        lambda out: ["--out", str(out), "--train", "100000", "--val", "1"],
+        lambda out, pid: any((out / "train2017").glob("*.jpg")),
+    ),
+    "pretrain-tiny": (  # Ctrl-C reaches the scene-drawing workers too: none may print a traceback
+        lambda out: (
+            ["--out", str(out / "model"), "--run-dir", str(out / "run"), "--val-dir", str(out / "val")]
+            + ["--full-scenes", "100000", "--workers", "2"]
+        ),
+        lambda out, pid: len(_children(pid)) >= 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("command", sorted(CTRL_C_RUNS))
+def test_ctrl_c_exits_130_without_a_traceback(command: str, tmp_path: Path) -> None:
+    arguments, started = CTRL_C_RUNS[command]
+    out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "model_build", "synth", "--out", str(out), "--train", "100000", "--val", "1"],
+        [sys.executable, "-m", "model_build", command, *arguments(out)],
         cwd=REPO_ROOT,
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job is
     )
     deadline = time.monotonic() + 120
-    while not any((out / "train2017").glob("*.jpg")) and time.monotonic() < deadline:  # the work has started
+    while not started(out, process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
     _, err = process.communicate(timeout=60)
     assert process.returncode == INTERRUPTED_EXIT
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "python -m model_build synth: interrupted"
+    assert err.strip().splitlines()[-1] == f"python -m model_build {command}: interrupted"
+    assert "Traceback" not in err and "Process " not in err, err
