@@ -64,7 +64,11 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports every command's config: seconds Ctrl-C may land in
+    except KeyboardInterrupt:
+        print("python -m model_build: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
     command_parser: argparse.ArgumentParser = args.command_parser
     try:
         return int(args.run(args) or 0)

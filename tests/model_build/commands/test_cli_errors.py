@@ -272,6 +272,10 @@ CTRL_C_RUNS = {
         ),
         lambda out, pid: len(_children(pid)) >= 2,
     ),
+    "rehearse": (  # ... and the stage's child interpreter
+        lambda out: ["--out", str(out), "--no-full-size"],
+        lambda out, pid: (out / "stages" / "base.json").is_file() and bool(_children(pid)),
+    ),
 }
 
 
