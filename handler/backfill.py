@@ -322,16 +322,32 @@ def _matching(pattern: re.Pattern[str], what: str) -> Any:
     return check
 
 
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (S3 Batch Operations' range), not {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | None]:
     defaults = BackfillConfig(bucket="")
     parser = argparse.ArgumentParser(prog="python -m handler.backfill", description=__doc__.splitlines()[0])
     parser.add_argument("--bucket", required=True, type=_bucket, help="bucket holding the images")
     parser.add_argument("--prefix", default=defaults.prefix, help="only keys under this prefix (default: all)")
     parser.add_argument("--tasks", type=_tasks, default=defaults.tasks, help="caption,detect (default: both)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute objects that already have a result")
-    parser.add_argument("--dry-run", action="store_true", help="count and size the work; write nothing")
-    parser.add_argument("--local", action="store_true", help="process in this process instead of a Batch job")
-    parser.add_argument("--stack", help="deployed stack whose outputs give the ARNs, bucket and prefix")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="recompute objects that already have a result (default: off)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count and size the work; write nothing (default: off)")
+    parser.add_argument(
+        "--local", action="store_true", help="process in this process instead of a Batch job (default: off)"
+    )
+    parser.add_argument(
+        "--stack", help="deployed stack whose outputs give the ARNs, bucket and prefix (default: none; give the ARNs)"
+    )
     parser.add_argument(
         "--function-arn",
         type=_matching(FUNCTION_ARN, "a Lambda function ARN"),
@@ -347,13 +363,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
         type=_bucket,
         help="bucket for manifest and report (default: the stack's, else --bucket)",
     )
-    parser.add_argument("--batch-prefix", default=defaults.batch_prefix, help="manifests/ and reports/ go under it")
+    parser.add_argument(
+        "--batch-prefix",
+        default=defaults.batch_prefix,
+        help=f"manifests/ and reports/ go under it (default: {defaults.batch_prefix})",
+    )
     parser.add_argument(
         "--suffixes",
         default=",".join(IMAGE_SUFFIXES),
-        help="key endings to process, comma-separated; '' = every key",
+        help=f"key endings to process, comma-separated; '' = every key (default: {','.join(IMAGE_SUFFIXES)})",
     )
-    parser.add_argument("--priority", type=int, default=defaults.priority, help="Batch Operations job priority")
+    parser.add_argument(
+        "--priority",
+        type=_priority,
+        default=defaults.priority,
+        help=f"Batch Operations job priority, 0 or more (default: {defaults.priority})",
+    )
     parser.add_argument("--region", help="AWS region (default: your AWS configuration's)")
     args = parser.parse_args(argv)
     config = BackfillConfig(

@@ -1,6 +1,10 @@
 """`python -m model_build <command>`: a thin layer over the Python API, one module per command.
 
-Each command module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`. A wrong invocation ends
+with one line naming the problem, never a traceback: bad flags are argparse's usage errors (exit 2,
+most of them caught by the config dataclass's `setting(minimum=..., check=...)` before any work),
+inputs found wrong once the work starts (a base that will not load, a corrupt artifact, a missing
+file) exit 1, and Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -9,6 +13,15 @@ import argparse
 import importlib
 import logging
 import sys
+
+from handler.florence.artifact import ArtifactError
+from model_build.base.loading import BaseModelError
+from model_build.settings import UsageError
+
+INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C, as shells report SIGINT."""
+INPUT_ERRORS = (BaseModelError, ArtifactError, OSError)
+"""Raised once the work has started, by inputs the flags could not vet up front; each names what is wrong."""
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("model_build.commands.synth", "write a synthetic COCO-format dataset"),
@@ -41,17 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(run=module.run, command_parser=command)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports every command's config: seconds Ctrl-C may land in
+    except KeyboardInterrupt:
+        print("python -m model_build: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    command_parser: argparse.ArgumentParser = args.command_parser
     from model_build.data.coco import DataError
 
     try:
         return int(args.run(args) or 0)
-    except DataError as exc:  # bad input data is the user's to fix: one line naming the file, no traceback
-        print(f"{args.command}: {exc}", file=sys.stderr)
+    except UsageError as exc:
+        command_parser.error(_one_line(exc))  # exits 2 with the usage line, as a bad flag does
+    except DataError as exc:  # bad input data is the user's to fix: one line naming the file, exit 2 like a bad flag
+        print(f"{command_parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except INPUT_ERRORS as exc:
+        print(f"{command_parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{command_parser.prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT

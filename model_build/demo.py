@@ -18,20 +18,41 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from model_build.settings import setting
+from model_build.base.loading import check_base
+from model_build.settings import output_folder, reusable_folder, setting
+
+
+def check_port_free(port: int) -> None:
+    """`check` for --port: a taken port fails at the flag, before the build's minutes, not as 'API server
+    exited' after uvicorn's own traceback. 0 asks for any free port."""
+    if not port:
+        return
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise OSError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from exc
 
 
 @dataclass
 class DemoConfig:
     """`python -m model_build demo`: where the main job writes, and how long it fine-tunes."""
 
-    base: str = setting("tiny", help="base model (tiny: the embedded one)")
-    data_dir: Path = setting(Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data")
-    run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs")
-    artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out")
-    steps: int | None = setting(None, help="fine-tuning steps (default: finetune's own)")
+    base: str = setting("tiny", help="base model (tiny: the embedded one)", check=check_base)
+    data_dir: Path = setting(
+        Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data", check=reusable_folder
+    )
+    run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs", check=output_folder)
+    artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out", check=output_folder)
+    steps: int | None = setting(None, help="fine-tuning steps (default: finetune's own)", minimum=1)
     serve: bool = setting(False, help="keep the API and the demo page running after the sample request (Ctrl-C)")
-    port: int = setting(0, help="port for the API and the demo page on 127.0.0.1 (0: any free port)")
+    port: int = setting(
+        0,
+        help="port for the API and the demo page on 127.0.0.1 (0: any free port)",
+        minimum=0,
+        maximum=65535,
+        check=check_port_free,
+    )
 
 
 def _free_port() -> int:
@@ -87,6 +108,7 @@ def build(config: DemoConfig) -> Path:
 
 def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: bool, port: int = 0) -> dict:
     """Start uvicorn on the artifact, POST one image to /analyze and /detect?format=png, print the answers."""
+    check_port_free(port)
     port = port or _free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ARTIFACT_DIR": str(artifact_dir.resolve())}
@@ -125,7 +147,10 @@ def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: 
         print(f"      demo page:  {base_url}/ (pick or drop an image; scores, slider, timings)")
         if keep_serving:
             print(f"serving the API and the demo page at {base_url}/ until Ctrl-C")
-            server.wait()
+            try:
+                server.wait()
+            except KeyboardInterrupt:  # how --serve is meant to end: not an interrupted run
+                print("stopped")
         return result
     finally:
         if server.poll() is None:

@@ -21,8 +21,25 @@ from tqdm import tqdm
 
 from handler.florence.engine import Prediction, predict_batch
 from handler.florence.tasks import IMAGE_SIZE, Task
+from model_build.base.loading import check_base, check_image_size
 from model_build.data.coco import ImageFrame, ImageId, ImageRecord, task_files
-from model_build.settings import setting
+from model_build.finetune.lora import check_adapter
+from model_build.settings import output_file, setting
+
+
+def check_model_folder(path: Path) -> None:
+    """`check` for the model argument: an artifact whose manifest reads, or a readable adapter folder."""
+    from handler.florence.artifact import MANIFEST_FILE, ArtifactError, Manifest
+
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder; give an artifact folder or a finetune run folder")
+    if (path / MANIFEST_FILE).is_file():
+        try:
+            Manifest.read(path)
+        except ArtifactError as exc:
+            raise ValueError(str(exc)) from exc
+        return
+    check_adapter(path)
 
 
 @dataclass
@@ -33,9 +50,12 @@ class EvalConfig:
         None,
         help="artifact folder (has manifest.json) or finetune run/adapter folder; omit with --base",
         positional=True,
+        check=check_model_folder,
     )
-    base: str | None = setting(None, help="score this base alone, or override an adapter's base")
-    image_size: int | None = setting(None, help="for --base or an adapter (default: 384, or the adapter's)")
+    base: str | None = setting(None, help="score this base alone, or override an adapter's base", check=check_base)
+    image_size: int | None = setting(
+        None, help="for --base or an adapter (default: 384, or the adapter's)", check=check_image_size
+    )
     data_dir: Path = setting(Path("data/synth"), help="COCO-format root", flag="--data")
     split: str = setting("val2017", help="images folder / annotation suffix")
     tasks: tuple[Task, ...] = setting((Task.CAPTION, Task.DETECT), help="comma-separated: caption,detect")
@@ -44,9 +64,9 @@ class EvalConfig:
         help="references: '' = captions_{split}.json (COCO style), 'base' = captions_base_{split}.json",
         choices=("", "base"),
     )
-    max_images: int | None = setting(None, help="score only the first N images (default: all)")
-    batch_size: int = setting(8, help="images per generate call for a plain model")
-    out: Path | None = setting(None, help="also write the JSON report here")
+    max_images: int | None = setting(None, help="score only the first N images (default: all)", minimum=1)
+    batch_size: int = setting(8, help="images per generate call for a plain model", minimum=1)
+    out: Path | None = setting(None, help="also write the JSON report here", check=output_file)
 
 
 def load_model(source: str | Path | None, base: str | None = None, image_size: int | None = None):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model_build.settings import setting
+from model_build.settings import UsageError, setting
 
 CHECKPOINT_FILE = "checkpoint.pt"
 log = logging.getLogger(__name__)
@@ -30,15 +30,15 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """The optimisation settings of one training run; each command sets its own defaults (one place each)."""
 
-    steps: int = setting(200, help="optimizer steps")
-    batch_size: int = setting(8, help="samples per micro-batch")
-    grad_accum: int = setting(1, help="micro-batches per optimizer step")
-    lr: float = setting(1e-3, help="peak learning rate")
-    weight_decay: float = setting(0.0, help="AdamW weight decay")
-    warmup_steps: int = setting(20, help="linear warm-up steps before the cosine decay")
+    steps: int = setting(200, help="optimizer steps", minimum=1)
+    batch_size: int = setting(8, help="samples per micro-batch", minimum=1)
+    grad_accum: int = setting(1, help="micro-batches per optimizer step", minimum=1)
+    lr: float = setting(1e-3, help="peak learning rate", minimum=0)
+    weight_decay: float = setting(0.0, help="AdamW weight decay", minimum=0)
+    warmup_steps: int = setting(20, help="linear warm-up steps before the cosine decay", minimum=0)
     seed: int = setting(0, help="random seed (batch order, LoRA init, the tiny model's init)")
-    log_every: int = setting(10, help="steps between logged figures")
-    checkpoint_every: int = setting(100, help="steps between resumable checkpoints")
+    log_every: int = setting(10, help="steps between logged figures", minimum=1)
+    checkpoint_every: int = setting(100, help="steps between resumable checkpoints", minimum=1)
 
 
 def pick_device() -> torch.device:
@@ -122,6 +122,11 @@ def train(
     `samples` are whatever `collate` turns into a batch of model inputs with `labels`: COCO samples read
     from disk for fine-tuning, in-memory scenes for pretraining.
     """
+    if len(samples) < config.batch_size:  # no full batch would ever be drawn: the loop would wait forever
+        raise UsageError(
+            f"{len(samples)} training samples cannot fill one batch of {config.batch_size}: "
+            "give more data (--data, --max-images) or a smaller --batch-size"
+        )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device()

@@ -70,7 +70,8 @@ async def _serve(
     return await run_in_threadpool(service.analyze, data, tasks, config, full_resolution, min_score)
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse)  # HEAD: uptime monitors
+@router.get("/health", response_model=HealthResponse)
+@router.head("/health", include_in_schema=False)  # uptime monitors; one schema entry, no duplicate operation id
 def health() -> dict:
     """Liveness and model state; never loads the model."""
     from handler.service import runtime_for

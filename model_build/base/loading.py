@@ -9,10 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from handler.florence.tasks import IMAGE_SIZE, num_image_tokens
+from handler.florence.tasks import IMAGE_SIZE, VISION_STRIDE, num_image_tokens
 from model_build.base.tiny import EMBEDDED_DIR, TINY_BASE_ID
 
 NATIVE_BASE_ID = "florence-community/Florence-2-base"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+"""What `from_pretrained` reads weights from in a local folder: one of these must be there."""
 
 
 class BaseModelError(ValueError):
@@ -41,13 +48,38 @@ def resolve_base(base: str) -> str:
         config_file = path / "config.json"
         if not config_file.is_file():
             raise BaseModelError(f"{base} has no config.json; expected a native Florence-2 folder")
-        config = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BaseModelError(f"{config_file} is not valid JSON: {exc}") from exc
+        if not isinstance(config, dict):
+            raise BaseModelError(f"{config_file} is not a JSON object")
         _reject_remote_code(base, config)
         if config.get("model_type") != "florence2":
             raise BaseModelError(f"{base} holds model_type {config.get('model_type')!r}, not 'florence2'")
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise BaseModelError(f"{base} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
         return str(path)
     _reject_remote_code(base, None)
+    if _looks_like_a_path(base):
+        raise BaseModelError(f"no such folder {base}; give `tiny`, a native Florence-2 folder or a hub id")
     return base
+
+
+def _looks_like_a_path(base: str) -> bool:
+    """A hub id is `namespace/name`; anything else that names no local folder was meant as one."""
+    return base.startswith((".", "/", "~")) or base.count("/") > 1 or "\\" in base
+
+
+def check_base(base: str) -> None:
+    """`check` for a `--base` flag: what `resolve_base` refuses stops at the flag, before anything loads."""
+    resolve_base(base)
+
+
+def check_image_size(image_size: int) -> None:
+    """`check` for an `--image-size` flag: the vision tower's grid needs whole cells of VISION_STRIDE pixels."""
+    if image_size < VISION_STRIDE or image_size % VISION_STRIDE:
+        raise ValueError(f"must be a positive multiple of {VISION_STRIDE}, not {image_size}")
 
 
 def set_image_size(processor, image_size: int = IMAGE_SIZE):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.config import MB_PER_LAMBDA_CPU
-from model_build.settings import setting
+from model_build.settings import output_file, setting
 
 PRICE_PER_GB_SECOND = {"x86_64": 0.0000166667, "arm64": 0.0000133334}
 """US East (N. Virginia) public on-demand prices, first pricing tier."""
@@ -39,12 +39,13 @@ class CostConfig:
     measured: list[str] = setting(
         factory=list,
         help="MEMORY_MB=path/to/benchmarks.json pairs, comma-separated: a bench run under that size's CPU share",
+        required=True,
     )
     estimate: list[str] = setting(
         factory=list,
         help="memory sizes (MB) to estimate from the measured 1-thread and 2-thread runs, comma-separated",
     )
-    out: Path | None = setting(None, help="also write the markdown table to this file")
+    out: Path | None = setting(None, help="also write the markdown table to this file", check=output_file)
 
 
 def cpu_share(memory_mb: int) -> float:
@@ -94,7 +95,14 @@ def row_from_bench(memory_mb: int, bench: dict[str, Any], source: str) -> Row:
 
 
 def rows_from(measured: dict[int, Path]) -> list[Row]:
-    return [row_from_bench(m, json.loads(measured[m].read_text()), str(measured[m])) for m in sorted(measured)]
+    rows = []
+    for memory_mb in sorted(measured):
+        path = measured[memory_mb]
+        try:
+            rows.append(row_from_bench(memory_mb, json.loads(path.read_text()), str(path)))
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON, or JSON without a bench run's fields
+            raise ValueError(f"{path} is not a bench run's benchmarks.json ({type(exc).__name__}: {exc})") from exc
+    return rows
 
 
 def estimate(memory_mb: int, one_thread: Row, two_threads: Row) -> Row:

@@ -11,20 +11,22 @@ from pathlib import Path
 
 from handler.florence.tasks import Task
 from model_build.export.quality import QualityReport, split_quality, teacher_forced_fidelity
-from model_build.settings import setting
+from model_build.settings import reusable_folder, setting
 
 
 @dataclass
 class QualityConfig:
     """`python -m model_build quality`: the quality-parity rule on the tiny model's held-out split and at base size."""
 
-    data_dir: Path = setting(Path("data/quality-val"), help="held-out split root (written if missing)", flag="--data")
-    images: int = setting(200, help="held-out images scored by fp32, the seed recipe and the served runtime")
+    data_dir: Path = setting(
+        Path("data/quality-val"), help="held-out split root (written if missing)", flag="--data", check=reusable_folder
+    )
+    images: int = setting(200, help="held-out images scored by fp32, the seed recipe and the served runtime", minimum=1)
     seed: int = setting(11, help="seed of the synthetic held-out split")
     base_size: bool = setting(True, help="also teacher-force both int8 paths along fp32 at Florence-2-base size")
-    caption_tokens: int = setting(20, help="pinned caption length at base size")
-    detect_tokens: int = setting(60, help="pinned <OD> length at base size")
-    base_images: int = setting(4, help="random images the base-size teacher-forced steps are pooled over")
+    caption_tokens: int = setting(20, help="pinned caption length at base size", minimum=1)
+    detect_tokens: int = setting(60, help="pinned <OD> length at base size", minimum=1)
+    base_images: int = setting(4, help="random images the base-size teacher-forced steps are pooled over", minimum=1)
 
 
 def check_quality(config: QualityConfig) -> QualityReport:

@@ -35,7 +35,7 @@ from model_build.bench.baseline import (
 )
 from model_build.bench.peer import peer_rows, streaming_floor
 from model_build.bench.results import BenchResult, ColdStart, DecodeFloor, Hardware, LatencyRow, Stats
-from model_build.settings import setting
+from model_build.settings import output_file, output_folder, setting
 
 
 @dataclass
@@ -43,16 +43,22 @@ class BenchConfig:
     """`python -m model_build bench`: run counts, threads, token counts and where the report goes."""
 
     quick: bool = setting(False, help="tiny model, few runs: a smoke test of the code paths (timings mean nothing)")
-    runs: int | None = setting(None, help="timed runs per figure (default: 9, quick 2)")
-    warmup: int | None = setting(None, help="untimed runs first (default: 2, quick 1)")
-    threads: int = setting(factory=available_cpus, help="torch threads (default: CPUs available to this process)")
-    caption_tokens: int = setting(20, help="new tokens per caption, pinned on both paths")
-    detect_tokens: int = setting(60, help="new tokens per <OD>, pinned on both paths")
-    cold_runs: int | None = setting(None, help="fresh-process cold starts, best kept (default: 3, quick 1)")
-    profile: Path | None = setting(None, help="also write a stage breakdown and torch.profiler tables to this file")
-    out: Path | None = setting(None, help="folder for benchmarks.{md,json,png} (default: docs/, none with --quick)")
+    runs: int | None = setting(None, help="timed runs per figure (default: 9, quick 2)", minimum=1)
+    warmup: int | None = setting(None, help="untimed runs first (default: 2, quick 1)", minimum=0)
+    threads: int = setting(
+        factory=available_cpus, help="torch threads (default: CPUs available to this process)", minimum=1
+    )
+    caption_tokens: int = setting(20, help="new tokens per caption, pinned on both paths", minimum=1)
+    detect_tokens: int = setting(60, help="new tokens per <OD>, pinned on both paths", minimum=1)
+    cold_runs: int | None = setting(None, help="fresh-process cold starts, best kept (default: 3, quick 1)", minimum=1)
+    profile: Path | None = setting(
+        None, help="also write a stage breakdown and torch.profiler tables to this file", check=output_file
+    )
+    out: Path | None = setting(
+        None, help="folder for benchmarks.{md,json,png} (default: docs/, none with --quick)", check=output_folder
+    )
     fidelity_images: int | None = setting(
-        None, help="random images the teacher-forced quality rows pool (default 4, quick 2)"
+        None, help="random images the teacher-forced quality rows pool (default 4, quick 2)", minimum=1
     )
     ort: bool = setting(True, help="time ONNX Runtime int8 as a peer (needs onnx, onnxscript, onnxruntime: dev extra)")
 

@@ -28,10 +28,14 @@ class ScoresBenchConfig:
     """`python -m model_build bench-scores`: size, decode lengths, runs and threads."""
 
     quick: bool = setting(False, help="the tiny model: a smoke test of the code paths (timings mean nothing)")
-    runs: int = setting(7, help="timed runs of each path per task (interleaved)")
-    threads: int = setting(factory=available_cpus, help="torch threads (default: CPUs available to this process)")
-    caption_tokens: int = setting(MAX_NEW_TOKENS[Task.CAPTION], help="pinned caption length (the served maximum)")
-    detect_tokens: int = setting(MAX_NEW_TOKENS[Task.DETECT], help="pinned <OD> length (the served maximum)")
+    runs: int = setting(7, help="timed runs of each path per task (interleaved)", minimum=1)
+    threads: int = setting(
+        factory=available_cpus, help="torch threads (default: CPUs available to this process)", minimum=1
+    )
+    caption_tokens: int = setting(
+        MAX_NEW_TOKENS[Task.CAPTION], help="pinned caption length (the served maximum)", minimum=1
+    )
+    detect_tokens: int = setting(MAX_NEW_TOKENS[Task.DETECT], help="pinned <OD> length (the served maximum)", minimum=1)
 
 
 def _served_model(quick: bool) -> tuple[Any, str]:

@@ -6,6 +6,7 @@ import argparse
 
 from model_build.bench.cost import CostConfig
 from model_build.commands.options import add_config_arguments, config_from
+from model_build.settings import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,11 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from model_build.bench.cost import run_cost
 
-    config = config_from(args, CostConfig())
-    if not config.measured:
-        raise SystemExit("cost: give --measured MEMORY_MB=benchmarks.json[,...]")
     try:
-        print(run_cost(config), end="")
+        print(run_cost(config_from(args, CostConfig())), end="")
     except ValueError as exc:
-        raise SystemExit(f"cost: {exc}") from exc
+        raise UsageError(str(exc)) from exc
     return 0

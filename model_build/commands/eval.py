@@ -7,6 +7,7 @@ import json
 
 from model_build.commands.options import add_config_arguments, config_from
 from model_build.evaluate import EvalConfig
+from model_build.settings import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from(args, EvalConfig())
     if config.model is None and config.base is None:
-        raise SystemExit("eval: give a model folder or --base")
+        raise UsageError("give a model folder (an artifact or a finetune run) or --base")
     model, processor, source = load_model(config.model, base=config.base, image_size=config.image_size)
     report = {"model": source, **evaluate(model, processor, config)}
     text = json.dumps(report, indent=2)

@@ -7,6 +7,7 @@ import json
 
 from model_build.commands.options import add_config_arguments, config_from
 from model_build.finetune.lora import FinetuneConfig
+from model_build.settings import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,9 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from peft.utils.error import NoMatchingPeftModuleError
+
     from model_build.finetune.lora import ADAPTER_DIR, finetune
 
     config = config_from(args, FinetuneConfig())
-    info = finetune(config)
+    try:
+        info = finetune(config)
+    except NoMatchingPeftModuleError as exc:  # only the loaded base knows its module names
+        raise UsageError(f"--target-modules: {exc}") from exc
     print(json.dumps({"adapter": str(config.run_dir / ADAPTER_DIR), "adapter_sha256": info.adapter_sha256}, indent=2))
     return 0

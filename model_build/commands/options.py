@@ -49,6 +49,26 @@ def _parser_for(hint: Any) -> tuple[Any, bool]:
     raise TypeError(f"no command-line form for {hint!r}")
 
 
+def _checked(convert: Any, minimum: float | None, maximum: float | None, check: Any) -> Any:
+    """`convert`, then the field's bound and check; a failure is argparse's usage error naming the flag."""
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, not {text}")
+        if check is not None:
+            try:
+                check(value)
+            except (ValueError, OSError) as exc:
+                raise argparse.ArgumentTypeError(" ".join(str(exc).split())) from exc
+        return value
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid int value"
+    return parse
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(v.api_name if isinstance(v, Task) else str(v) for v in value)
@@ -75,15 +95,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: Any, *, pref
                 dest=dest,
                 action=argparse.BooleanOptionalAction,
                 default=value,
-                help=help_text,
+                help=f"{help_text} (default: {'on' if value else 'off'})",
             )
             continue
         convert, _ = _parser_for(hints[field.name])
-        if value is not None:
+        if any(meta.get(key) is not None for key in ("minimum", "maximum", "check")):
+            convert = _checked(convert, meta.get("minimum"), meta.get("maximum"), meta.get("check"))
+        if value is not None and not meta.get("required"):
             help_text += f" (default: {_shown(value)})"
+        elif value is None and "default" not in help_text:
+            help_text += " (default: none)"
         kwargs: dict[str, Any] = {"type": convert, "default": value, "help": help_text, "metavar": field.name.upper()}
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
+        if meta.get("required") and not meta.get("positional"):
+            kwargs["required"] = True
         if meta.get("positional"):
             parser.add_argument(dest, nargs="?", **kwargs)
         else:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from model_build.settings import setting
+from model_build.settings import output_folder, setting
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -196,9 +196,9 @@ def write_split(root: Path, split: str, count: int, seed: int, first_id: int) ->
 class SynthConfig:
     """`python -m model_build synth`: the synthetic dataset's size and seed."""
 
-    out_dir: Path = setting(Path("data/synth"), help="dataset folder", flag="--out")
-    train: int = setting(1000, help="train2017 images")
-    val: int = setting(100, help="val2017 images")
+    out_dir: Path = setting(Path("data/synth"), help="dataset folder", flag="--out", check=output_folder)
+    train: int = setting(1000, help="train2017 images", minimum=1)
+    val: int = setting(100, help="val2017 images", minimum=1)
     seed: int = setting(0, help="random seed; same seed, same bytes")
 
 

@@ -15,24 +15,34 @@ from typing import Any
 from handler.florence.artifact import Manifest
 from handler.florence.engine import Engine
 from handler.florence.tasks import Task
+from model_build.base.loading import check_base, check_image_size
 from model_build.export.parity import BASELINE_SLACK, ParityError, ParityReport, compare
-from model_build.settings import setting
+from model_build.finetune.lora import check_adapter
+from model_build.settings import UsageError, output_folder, setting
 
 
 @dataclass
 class FuseConfig:
     """`python -m model_build fuse`: every default of building the served artifact, in one place."""
 
-    out_dir: Path = setting(Path("artifacts/florence2"), help="artifact folder", flag="--out")
-    adapter: Path | None = setting(None, help="finetune run folder (or its adapter/); omit to fuse --base alone")
-    base: str | None = setting(None, help="override the base recorded with the adapter; required without one")
-    image_size: int | None = setting(None, help="serving size (default: the adapter's)")
+    out_dir: Path = setting(Path("artifacts/florence2"), help="artifact folder", flag="--out", check=output_folder)
+    adapter: Path | None = setting(
+        None, help="finetune run folder (or its adapter/); omit to fuse --base alone", check=check_adapter
+    )
+    base: str | None = setting(
+        None, help="override the base recorded with the adapter; required without one", check=check_base
+    )
+    image_size: int | None = setting(None, help="serving size (default: the adapter's)", check=check_image_size)
     tasks: list[Task] | None = setting(None, help="served tasks (default: caption,detect)")
     data_dir: Path = setting(Path("data/synth"), help="COCO-format root of the parity gate's images", flag="--data")
     val_split: str = setting("val2017", help="held-out split the parity gate reads")
-    parity_images: int = setting(20, help="held-out images the parity gate compares on")
-    min_caption_agreement: float = setting(0.9, help="parity gate: fraction of identical captions, int8 vs fp32")
-    min_box_iou: float = setting(0.8, help="parity gate: mean IoU of label-matched boxes (unmatched count as 0)")
+    parity_images: int = setting(20, help="held-out images the parity gate compares on", minimum=1)
+    min_caption_agreement: float = setting(
+        0.9, help="parity gate: fraction of identical captions, int8 vs fp32", minimum=0
+    )
+    min_box_iou: float = setting(
+        0.8, help="parity gate: mean IoU of label-matched boxes (unmatched count as 0)", minimum=0
+    )
     baseline_slack: float = setting(
         BASELINE_SLACK,
         help="below a bound, still pass if as faithful to fp32 as the seed recipe less this (negative: bounds only)",
@@ -67,7 +77,7 @@ def merged_model(config: FuseConfig) -> MergedModel:
 
     if config.adapter is None:
         if config.base is None:
-            raise ValueError("fuse needs --adapter or --base")
+            raise UsageError("give --adapter (a finetune run folder) or --base")
         model, processor = load_base(config.base, config.image_size or IMAGE_SIZE)
         return MergedModel(model.eval(), processor, config.base)
     from model_build.finetune.lora import load_adapter

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from handler.florence.artifact import sha256_file
 from handler.florence.tasks import IMAGE_SIZE, Task
-from model_build.settings import setting
+from model_build.base.loading import check_base, check_image_size
+from model_build.settings import UsageError, output_folder, setting
 from model_build.training import TrainConfig
 
 ADAPTER_DIR = "adapter"
@@ -27,9 +28,9 @@ ADAPTER_INFO = "build_info.json"
 class LoraSettings:
     """The product's LoRA: rank 8 on the language model's attention queries and values (see docs/build.md)."""
 
-    r: int = setting(8, help="LoRA rank", flag="--lora-r")
+    r: int = setting(8, help="LoRA rank", flag="--lora-r", minimum=1)
     alpha: int = setting(16, help="LoRA alpha (scale = alpha / r)", flag="--lora-alpha")
-    dropout: float = setting(0.05, help="dropout on the LoRA input", flag="--lora-dropout")
+    dropout: float = setting(0.05, help="dropout on the LoRA input", flag="--lora-dropout", minimum=0, maximum=1)
     target_modules: list[str] = setting(
         factory=lambda: ["q_proj", "v_proj"], help="comma-separated module names (language-model attention)"
     )
@@ -45,15 +46,17 @@ class FinetuneConfig:
     """`python -m model_build finetune`: every default of a fine-tuning run, in one place."""
 
     data_dir: Path = setting(Path("data/synth"), help="COCO-format root", flag="--data")
-    run_dir: Path = setting(Path("runs/finetune"), help="metrics, loss plot, checkpoint and adapter/")
-    base: str = setting("tiny", help="`tiny`, a native Florence-2 folder or a hub id")
+    run_dir: Path = setting(
+        Path("runs/finetune"), help="metrics, loss plot, checkpoint and adapter/", check=output_folder
+    )
+    base: str = setting("tiny", help="`tiny`, a native Florence-2 folder or a hub id", check=check_base)
     train_split: str = setting("train2017", help="images folder / annotation suffix")
     tasks: list[Task] = setting(
         factory=lambda: [Task.CAPTION, Task.DETECT],
         help="comma-separated: caption,detect (both, so neither is forgotten)",
     )
-    image_size: int = setting(IMAGE_SIZE, help="square training size = serving size")
-    max_images: int | None = setting(None, help="use only the first N images per task (default: all)")
+    image_size: int = setting(IMAGE_SIZE, help="square training size = serving size", check=check_image_size)
+    max_images: int | None = setting(None, help="use only the first N images per task (default: all)", minimum=1)
     lora: LoraSettings = setting(factory=LoraSettings, help="LoRA")
     train: TrainConfig = setting(factory=_finetune_training, help="optimisation")
     resume: bool = setting(False, help="continue from the run folder's checkpoint")
@@ -142,8 +145,8 @@ def load_adapter(path: str | Path, base: str | None = None, image_size: int | No
     peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(folder)))
     result = set_peft_model_state_dict(peft_model, load_file(str(folder / ADAPTER_WEIGHTS)))
     missing_lora = [k for k in result.missing_keys if "lora_" in k]
-    if missing_lora or result.unexpected_keys:
-        raise ValueError(
+    if missing_lora or result.unexpected_keys:  # the flags paired an adapter with a base it was not made for
+        raise UsageError(
             f"adapter in {folder} does not fit base {base or info.base!r}: "
             f"missing {missing_lora[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
         )
@@ -197,3 +200,30 @@ def finetune(config: FinetuneConfig) -> AdapterInfo:
         image_size=config.image_size,
         tasks=config.tasks,
     )
+
+
+def check_adapter(path: Path) -> None:
+    """`check` for an adapter flag: the folder's adapter files read, so a missing or corrupt one stops at the
+    flag, naming the file, instead of as a JSON or safetensors error after the base has loaded."""
+    from safetensors import safe_open
+
+    folder = adapter_dir(path)
+    for name in (ADAPTER_CONFIG, ADAPTER_INFO):
+        try:
+            data = json.loads((folder / name).read_text())
+        except FileNotFoundError as exc:
+            raise ValueError(f"{folder} has no {name}; rerun `finetune` to write a complete adapter") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{folder / name} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{folder / name} is not a JSON object")
+        if name == ADAPTER_INFO:
+            try:
+                AdapterInfo(**data)
+            except TypeError as exc:
+                raise ValueError(f"{folder / name} is not an adapter's build info: {exc}") from exc
+    try:
+        with safe_open(str(folder / ADAPTER_WEIGHTS), framework="numpy") as weights:
+            weights.keys()
+    except Exception as exc:  # safetensors raises its own error type for every kind of damage
+        raise ValueError(f"{folder / ADAPTER_WEIGHTS} is not a readable safetensors file: {exc}") from exc

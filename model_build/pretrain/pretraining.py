@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler.florence.tasks import IMAGE_SIZE, Task
-from model_build.settings import setting
+from model_build.settings import output_folder, setting
 from model_build.training import TrainConfig
 
 
@@ -25,23 +25,40 @@ def _pretrain_training() -> TrainConfig:
     return TrainConfig(steps=2500, batch_size=24, lr=3e-4, warmup_steps=50, log_every=10, checkpoint_every=100)
 
 
+def _a_share_below_one(share: float) -> None:
+    """`check` for --easy-share: the full scenes are repeated share / (1 - share) times, so 1 has no meaning."""
+    if not 0 <= share < 1:
+        raise ValueError(f"must be at least 0 and below 1, not {share:g}")
+
+
 @dataclass
 class PretrainConfig:
     """`python -m model_build pretrain-tiny`: every default of training the embedded tiny model, in one place."""
 
     out_dir: Path | None = setting(
-        None, help="where the HF-layout model is written (default: the embedded model folder)", flag="--out"
+        None,
+        help="where the HF-layout model is written (default: the embedded model folder)",
+        flag="--out",
+        check=output_folder,
     )
-    run_dir: Path = setting(Path("runs/pretrain-tiny"), help="metrics, loss plot, checkpoint, eval.json")
+    run_dir: Path = setting(
+        Path("runs/pretrain-tiny"), help="metrics, loss plot, checkpoint, eval.json", check=output_folder
+    )
     val_dir: Path = setting(
-        Path("data/synth-pretrain"), help="held-out val2017 split (same as `synth --seed S`'s), scored after training"
+        Path("data/synth-pretrain"),
+        help="held-out val2017 split (same as `synth --seed S`'s), scored after training",
+        check=output_folder,
     )
-    full_scenes: int = setting(3000, help="scenes like the val split: one or two shapes on a noisy gradient")
-    easy_scenes: int = setting(1000, help="scenes of one large shape on a flat background")
-    easy_share: float = setting(0.5, help="share of samples drawn from the easy scenes")
-    dense_weight: float = setting(1.0, help="weight of the per-cell grid loss next to the text loss; 0 = off")
-    val_images: int = setting(100, help="held-out images scored after training")
-    workers: int = setting(2, help="processes drawing the scenes")
+    full_scenes: int = setting(3000, help="scenes like the val split: one or two shapes on a noisy gradient", minimum=1)
+    easy_scenes: int = setting(1000, help="scenes of one large shape on a flat background", minimum=0)
+    easy_share: float = setting(
+        0.5, help="share of samples drawn from the easy scenes, below 1", check=_a_share_below_one
+    )
+    dense_weight: float = setting(
+        1.0, help="weight of the per-cell grid loss next to the text loss; 0 = off", minimum=0
+    )
+    val_images: int = setting(100, help="held-out images scored after training", minimum=1)
+    workers: int = setting(2, help="processes drawing the scenes", minimum=1)
     train: TrainConfig = setting(factory=_pretrain_training, help="optimisation (its --seed also seeds the scenes)")
     resume: bool = setting(False, help="continue from the run folder's checkpoint")
 

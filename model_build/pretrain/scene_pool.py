@@ -10,8 +10,10 @@ the same whichever process draws it, and it never shares a random stream with th
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.pool import Pool
 
 import numpy as np
 import torch
@@ -42,6 +44,19 @@ def draw_scene(key: tuple[int, str, int]) -> Scene:
     return Scene(pixels, base_caption(objects), boxes, grid_targets(objects, width, height))
 
 
+def _pool_deaf_to_ctrl_c(workers: int) -> Pool:
+    """Ctrl-C reaches the whole process group: the parent stops the pool, and no worker prints its traceback.
+
+    The workers are forked with SIGINT ignored, so none is born able to take it (an initializer would
+    leave each a moment to).
+    """
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return get_context("fork").Pool(workers)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 class ScenePool:
     """`full` + `easy` scenes; items are (scene index, task) pairs, batched by `collate`."""
 
@@ -49,7 +64,7 @@ class ScenePool:
         self.full, self.easy = full, easy
         keys = [(seed, "full", i) for i in range(full)] + [(seed, "easy", i) for i in range(easy)]
         if workers > 1:
-            with get_context("fork").Pool(workers) as pool:
+            with _pool_deaf_to_ctrl_c(workers) as pool:
                 scenes = pool.map(draw_scene, keys, chunksize=64)
         else:
             scenes = [draw_scene(key) for key in keys]

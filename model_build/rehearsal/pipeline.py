@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model_build.settings import setting
+from model_build.settings import output_folder, setting
 
 STAGES = ("base", "synth", "finetune", "fuse", "serve", "decode")
 REPORT_FILE = "report.json"
@@ -47,12 +47,17 @@ class RehearsalConfig:
     """`python -m model_build rehearse`: the full-size rehearsal's knobs; the defaults are what docs/build.md reports."""
 
     out_dir: Path = setting(
-        Path("runs/rehearsal"), help="output folder (report.json, and the rest with --keep)", flag="--out"
+        Path("runs/rehearsal"),
+        help="output folder (report.json, and the rest with --keep)",
+        flag="--out",
+        check=output_folder,
     )
-    steps: int = setting(3, help="fine-tuning steps")
-    batch_size: int = setting(2, help="fine-tuning samples per step")
-    threads: int = setting(0, help="torch threads in each stage (0: torch's default, every core)")
-    parity_images: int = setting(2, help="held-out images the (relaxed) parity gate compares fp32 and int8 on")
+    steps: int = setting(3, help="fine-tuning steps", minimum=1)
+    batch_size: int = setting(2, help="fine-tuning samples per step", minimum=1)
+    threads: int = setting(0, help="torch threads in each stage (0: torch's default, every core)", minimum=0)
+    parity_images: int = setting(
+        2, help="held-out images the (relaxed) parity gate compares fp32 and int8 on", minimum=1
+    )
     full_size: bool = setting(
         True, help="Florence-2-base's sizes; --no-full-size keeps the layout at the tiny model's widths (for tests)"
     )

@@ -8,9 +8,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from model_build.rehearsal.pipeline import STAGES, run_stage
+
+def main(argv: list[str]) -> int:
+    from model_build.rehearsal.pipeline import STAGES, run_stage
+
+    if len(argv) != 2 or argv[0] not in STAGES:
+        raise SystemExit(f"usage: python -m model_build.rehearsal.stage {{{','.join(STAGES)}}} CONFIG_JSON")
+    return run_stage(argv[0], Path(argv[1]))
+
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in STAGES:
-        raise SystemExit(f"usage: python -m model_build.rehearsal.stage {{{','.join(STAGES)}}} CONFIG_JSON")
-    raise SystemExit(run_stage(sys.argv[1], Path(sys.argv[2])))
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, once
+        raise SystemExit(130) from None

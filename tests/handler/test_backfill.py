@@ -12,6 +12,7 @@ import copy
 import csv
 import io
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -260,6 +261,7 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
         (["--bucket", BUCKET, "--function-arn", "florence"], "argument --function-arn: 'florence' is not a Lambda"),
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN, "--role-arn", FUNCTION_ARN], "is not an IAM role ARN"),
         (["--bucket", BUCKET, "--priority", "high"], "argument --priority: invalid int value: 'high'"),
+        (["--bucket", BUCKET, "--priority", "-1"], "argument --priority: must be 0 or more"),
     ],
 )
 def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -267,6 +269,16 @@ def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pyte
     with pytest.raises(SystemExit) as exited:
         backfill.main(flags)
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_help_names_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        backfill.parse_args(["--help"])
+    assert exited.value.code == 0
+    options = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:", 1)[1])[1:]
+    assert len(options) == 15  # --help and the 14 flags
+    for option in options:
+        assert option.startswith(("-h", "--bucket")) or "(default: " in " ".join(option.split()), option
 
 
 def test_aws_refusals_are_one_line_not_a_traceback(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811

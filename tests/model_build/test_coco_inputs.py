@@ -265,7 +265,8 @@ def test_the_cli_prints_a_data_error_as_one_line_before_loading_any_model(tmp_pa
     instances, message = broken("not json", tmp_path)
     assert cli(["finetune", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--tasks", "detect"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"finetune: {instances}: not valid JSON (Expecting value at line 1, column 13)"
+    assert err.endswith(f"finetune: error: {instances}: not valid JSON (Expecting value at line 1, column 13)")
+    assert len(err.splitlines()) == 1
     assert "Traceback" not in err and message in err
 
 

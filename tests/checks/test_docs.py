@@ -1,0 +1,209 @@
+"""The docs name only what the code has: commands and flags parse, settings, error codes and routes exist.
+
+Each check reads the docs' own text (README.md and docs/*.md) and compares it with the code's one source
+for that fact: the CLI parsers, `handler/config.py`'s table and `Settings`, `handler/errors.py`, the
+FastAPI app's routes. Values a reader fills in (`$COCO`, `<bucket>`) are replaced by a placeholder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import re
+import shlex
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handler import config, errors
+from handler.backfill import parse_args as backfill_args
+from model_build.cli import COMMANDS, build_parser
+from model_build.commands import options
+from tests.conftest import REPO_ROOT
+
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+INVOCATION = re.compile(r"python -m (model_build|handler\.backfill)(?=[\s`]|$)([^`#|;&)\n]*)")
+PLACEHOLDER = "placeholder"
+
+
+def _text(doc: Path) -> str:
+    text = doc.read_text().replace("\\\n", " ")  # a shell line continued on the next
+    return re.sub(r"(?<!`)`[^`\n]+\n[^`\n]+`(?!`)", lambda span: span[0].replace("\n", " "), text)  # wrapped span
+
+
+def _invocations() -> list[tuple[str, str, list[str]]]:
+    """(doc, program, argv) for every `python -m model_build ...` or `python -m handler.backfill ...` in the docs."""
+    found = []
+    for doc in DOCS:
+        for program, written in INVOCATION.findall(_text(doc)):
+            without_options = re.sub(r"\[[^\]]*\]", " ", written)  # [--optional flags] in a usage line
+            filled = re.sub(r'"?\$\{?\w+\}?"?|<[^>]*>', PLACEHOLDER, without_options)
+            argv = []
+            for token in shlex.split(filled):
+                if not token.isascii() or token == "...":  # a diagram's arrow or an elision ends the command
+                    break
+                argv.append(token)
+            found.append((doc.name, program, argv))
+    return found
+
+
+INVOCATIONS = _invocations()
+
+
+def _parse(parse: Any, argv: list[str]) -> str:
+    """'' when `argv` parses (or asks for --help), else argparse's error line."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parse(argv)
+    except SystemExit as exc:
+        if exc.code:
+            return err.getvalue().strip().splitlines()[-1]
+    return ""
+
+
+@pytest.fixture
+def unchecked_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep flag types and bounds, drop the `check`s that look at the file system: docs name paths to be made."""
+    bounded = options._checked
+    monkeypatch.setattr(options, "_checked", lambda convert, low, high, check: bounded(convert, low, high, None))
+
+
+def test_the_docs_invoke_every_command() -> None:
+    named = {argv[0] for _, program, argv in INVOCATIONS if program == "model_build" and argv}
+    assert named >= set(COMMANDS) - {"bench-scores"} and len(INVOCATIONS) > 40
+
+
+@pytest.mark.parametrize(("doc", "program", "argv"), INVOCATIONS, ids=[" ".join(i[2]) or i[1] for i in INVOCATIONS])
+def test_every_documented_invocation_parses(doc: str, program: str, argv: list[str], unchecked_paths: None) -> None:
+    if program == "handler.backfill":
+        if argv:  # bare mentions name the program, not an invocation
+            assert _parse(backfill_args, argv) == "", f"{doc}: python -m handler.backfill {shlex.join(argv)}"
+        return
+    if not argv or argv[0] == PLACEHOLDER:  # `python -m model_build <command>`
+        return
+    if len(argv) == 1:  # the README's table names each command alone; its required flags come with --help
+        assert argv[0] in COMMANDS, f"{doc}: no command {argv[0]!r}"
+        return
+    assert _parse(build_parser().parse_args, argv) == "", f"{doc}: python -m model_build {shlex.join(argv)}"
+
+
+def _settings_table() -> dict[str, str]:
+    """handler/config.py's docstring table: variable -> default column."""
+    return dict(re.findall(r"^\| ([A-Z][A-Z0-9_]+) \| ([^|]+) \|", config.__doc__ or "", re.M))
+
+
+def test_every_setting_in_the_table_is_read_from_the_environment() -> None:
+    default = config.Settings.from_env({})
+    for name in _settings_table():
+        try:
+            changed = config.Settings.from_env({name: "7"})
+        except config.SettingError as exc:
+            assert name in str(exc)
+            continue
+        assert changed != default, f"{name} is in the settings table but Settings.from_env does not read it"
+
+
+def test_every_setting_read_is_in_the_table_and_in_serving_md() -> None:
+    read = set(re.findall(r'"([A-Z][A-Z0-9_]+)"', inspect.getsource(config.Settings.from_env)))
+    read |= set(re.findall(r'"([A-Z][A-Z0-9_]+)"', inspect.getsource(config._log_level)))
+    table = set(_settings_table())
+    assert read == table
+    serving = (REPO_ROOT / "docs" / "serving.md").read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
+    assert set(re.findall(r"`([A-Z][A-Z0-9_]+)`", serving)) == table
+
+
+def test_the_tables_defaults_are_the_settings_defaults() -> None:
+    defaults = config.Settings()
+    for name, column in _settings_table().items():
+        value = getattr(defaults, name.lower())
+        shown = column.strip()
+        if shown == "(empty)":
+            assert not value, name
+        elif re.fullmatch(r"[\d_,.]+", shown):
+            assert value == float(shown.replace("_", "").replace(",", "")), name
+        elif name != "TORCH_THREADS":  # computed from the CPUs; the column says how
+            assert str(value) == shown, name
+
+
+def _error_rows() -> list[tuple[int, str]]:
+    errors_section = (REPO_ROOT / "docs" / "serving.md").read_text().split("## Errors", 1)[1].split("\n## ", 1)[0]
+    return [(int(status), code) for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", errors_section, re.M)]
+
+
+def test_every_documented_error_code_exists_with_its_status() -> None:
+    vocabulary = {cls.code: cls.status for cls in _subclasses(errors.ServiceError) if "code" in vars(cls)}
+    handler_source = "\n".join(path.read_text() for path in (REPO_ROOT / "handler").rglob("*.py"))
+    rows = _error_rows()
+    assert len(rows) >= 15
+    for status, code in rows:
+        if code in vocabulary:
+            assert vocabulary[code] == status, code
+        else:  # answered outside the vocabulary: FastAPI's own errors, the catch-alls
+            assert f'"{code}"' in handler_source, code
+    assert set(vocabulary) <= {code for _, code in rows}, "an error code the docs' table does not list"
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+def test_the_endpoints_table_is_the_apps_routes() -> None:
+    from handler.http.api import create_app
+
+    with warnings.catch_warnings():  # FastAPI warns that GET and HEAD /health share an operation id
+        warnings.simplefilter("ignore")
+        paths = create_app().openapi()["paths"]
+    served = {(method.upper(), path) for path, operations in paths.items() for method in operations}
+    endpoints = (REPO_ROOT / "docs" / "serving.md").read_text().split("## Endpoints", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for methods, path in re.findall(r"^\| ([A-Z, ]+) \| `([^`?]+)", endpoints, re.M):
+        documented |= {(method.strip(), path) for method in methods.split(",")}
+    assert documented == served
+
+
+def _names_in_backticks() -> list[tuple[str, str]]:
+    return [(doc.name, span) for doc in DOCS for span in re.findall(r"`([^`\s]+)`", doc.read_text())]
+
+
+def test_every_repository_path_in_backticks_exists() -> None:
+    missing = [
+        (doc, span)
+        for doc, span in _names_in_backticks()
+        if re.fullmatch(r"(handler|model_build|tests|docs|events)/[\w./-]+", span)
+        and not (REPO_ROOT / span.split(":")[0]).exists()
+    ]
+    assert missing == []
+
+
+def test_every_dotted_python_name_in_backticks_exists() -> None:
+    missing = []
+    for doc, span in _names_in_backticks():
+        dotted = re.sub(r"\(.*", "", span).split(":")[0]
+        if re.fullmatch(r"(handler|model_build)(\.\w+)+", dotted) and not _resolves(dotted):
+            missing.append((doc, span))
+    assert missing == []
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            found = getattr(found, attribute, None)
+            if found is None:
+                return False
+        return True
+    return False
+
+
+def test_the_checks_themselves_see_a_wrong_flag_and_a_wrong_setting(unchecked_paths: None) -> None:
+    assert "unrecognized arguments: --no-such-flag" in _parse(build_parser().parse_args, ["fuse", "--no-such-flag"])
+    assert not _resolves("handler.config.NO_SUCH_NAME") and _resolves("handler.config.Settings.from_env")
