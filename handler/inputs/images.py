@@ -17,6 +17,10 @@ from PIL import Image, ImageOps
 from handler.errors import BadImage, TooLarge
 
 WHITE = (255, 255, 255)
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag that says how the stored pixels are turned to show the picture upright (1-8)."""
+SWAPS_AXES = frozenset({5, 6, 7, 8})
+"""Orientations that turn the picture by 90 degrees: the upright picture's width is the stored height."""
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 # Pillow warns (rather than raises) between its limit and twice its limit; a warning would let a
@@ -114,9 +118,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, draft_to: int = 0
         raise BadImage(f"corrupt or truncated image: {exc}") from exc
     original = (header_width, header_height)
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
         img = ImageOps.exif_transpose(img)
-        if orientation in (5, 6, 7, 8):  # these orientations swap width and height
+        if orientation in SWAPS_AXES:
             original = (header_height, header_width)
     except Exception:  # a malformed EXIF block should not cost the user the image
         pass

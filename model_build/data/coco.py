@@ -29,6 +29,7 @@ from pathlib import Path
 
 from handler.florence.preprocess import normalize, squash_resize
 from handler.florence.tasks import LOC_BINS, Detection, Task, loc_token, serialize_detections
+from handler.inputs.images import EXIF_ORIENTATION, SWAPS_AXES
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def _positive(value: object) -> float | None:
 
 Box = tuple[float, float, float, float]
 
-_EXIF_ORIENTATION = 0x0112
-_SWAPS_AXES = frozenset({5, 6, 7, 8})
 _RAW_TO_UPRIGHT = {
     # Where a point (x, y) of the stored pixel grid, as a fraction of its sides, lands in the upright
     # picture after `ImageOps.exif_transpose` (tests/model_build/test_coco_inputs.py checks each against PIL).
@@ -165,7 +164,7 @@ class ImageFrame:
     @property
     def ambiguous(self) -> bool:
         """The JSON size fits both the stored grid and the upright picture (mirror, 180 degrees, square)."""
-        stored = (self.upright[1], self.upright[0]) if self.orientation in _SWAPS_AXES else self.upright
+        stored = (self.upright[1], self.upright[0]) if self.orientation in SWAPS_AXES else self.upright
         size = (self.width, self.height)
         return _same_shape(size, self.upright) and _same_shape(size, stored)
 
@@ -191,7 +190,7 @@ def _probe(path: Path) -> tuple[tuple[int, int], int]:
 
     with Image.open(path) as image:
         try:
-            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+            orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
         except Exception:  # a malformed EXIF block: serving then leaves the image as stored
             orientation = 1
         return image.size, orientation if orientation in _RAW_TO_UPRIGHT else 1
@@ -205,12 +204,12 @@ def image_frame(path: Path, width: float | None, height: float | None) -> ImageF
         stored, orientation = _probe(path)
     except Exception:
         return "images whose file is not a readable image"
-    upright = (stored[1], stored[0]) if orientation in _SWAPS_AXES else stored
+    upright = (stored[1], stored[0]) if orientation in SWAPS_AXES else stored
     if width is None or height is None:
         return ImageFrame(upright[0], upright[1], upright, orientation)
     if _same_shape((width, height), upright):
         return ImageFrame(width, height, upright, orientation)
-    if orientation in _SWAPS_AXES and _same_shape((width, height), stored):
+    if orientation in SWAPS_AXES and _same_shape((width, height), stored):
         return ImageFrame(width, height, upright, orientation, raw_grid=True)
     return "images whose width/height in the JSON have another shape than the file"
 
@@ -264,7 +263,7 @@ def _settle_ambiguous_frames(path: Path, records: dict[ImageId, ImageRecord]) ->
     """
     ambiguous = [r for r in records.values() if r.frame.orientation != 1 and r.frame.ambiguous]
     telling = [
-        r.frame.raw_grid for r in records.values() if r.frame.orientation in _SWAPS_AXES and not r.frame.ambiguous
+        r.frame.raw_grid for r in records.values() if r.frame.orientation in SWAPS_AXES and not r.frame.ambiguous
     ]
     if not ambiguous:
         return records
