@@ -160,8 +160,7 @@ def call_api(artifact_dir: Path, image_path: Path, out_dir: Path, keep_serving: 
 
 def run_demo(config: DemoConfig) -> dict:
     artifact = build(config)
-    from model_build.evaluate import split_images
+    from model_build.evaluate import split_records
 
-    sample = split_images(config.data_dir, "val2017", 1)[0]
-    image = config.data_dir / "val2017" / sample["file_name"]
+    image = split_records(config.data_dir, "val2017", 1)[0].path
     return call_api(artifact, image, config.run_dir, config.serve, config.port)

@@ -109,11 +109,6 @@ def split_records(data_dir: Path, split: str, max_images: int | None) -> list[Im
     raise DataError(f"{data_dir / 'annotations'}: no instances_{split}.json or captions_{split}.json")
 
 
-def split_images(data_dir: Path, split: str, max_images: int | None) -> list[dict]:
-    """The JSON records of a split's usable images, by id (`file_name` is relative to `data_dir/split`)."""
-    return [record.json for record in split_records(data_dir, split, max_images)]
-
-
 def predict_split(
     model, processor, config: EvalConfig, records: list[ImageRecord]
 ) -> dict[Task, dict[ImageId, Prediction]]:

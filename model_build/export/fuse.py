@@ -52,10 +52,9 @@ class FuseConfig:
 def held_out_images(data_dir: str | Path, split: str, count: int) -> list:
     """The first `count` images of a COCO split, by image id, as RGB PIL images."""
     from model_build.data.coco import open_rgb
-    from model_build.evaluate import split_images
+    from model_build.evaluate import split_records
 
-    root = Path(data_dir)
-    return [open_rgb(root / split / img["file_name"]) for img in split_images(root, split, count)]
+    return [open_rgb(record.path) for record in split_records(Path(data_dir), split, count)]
 
 
 @dataclass

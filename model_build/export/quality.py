@@ -106,11 +106,11 @@ def split_quality(
     served runtime runs `Engine.run(image, [caption, detect])`, the `/analyze` path (one batched decode).
     """
     from model_build.data.coco import open_rgb
-    from model_build.evaluate import caption_metrics, detection_metrics, read_references, split_images
+    from model_build.evaluate import caption_metrics, detection_metrics, read_references, split_records
     from model_build.export.quantize import quantize_for_serving
 
     root = Path(data_dir)
-    records = split_images(root, split, count)
+    records = split_records(root, split, count)
     references = read_references(root, split, caption_style)
     engines = {
         "fp32": Engine(model, processor),
@@ -120,10 +120,10 @@ def split_quality(
     tasks = [Task.CAPTION, Task.DETECT]
     answers: dict[str, dict[Task, dict[int, Prediction]]] = {name: {t: {} for t in tasks} for name in engines}
     for record in records:
-        image = open_rgb(root / split / record["file_name"])
+        image = open_rgb(record.path)
         for name, engine in engines.items():
             for task, prediction in engine.run(image, tasks).predictions.items():
-                answers[name][task][record["id"]] = prediction
+                answers[name][task][record.id] = prediction
     scores = []
     for name in engines:
         captions = {i: p.caption or "" for i, p in answers[name][Task.CAPTION].items()}

@@ -91,10 +91,9 @@ def _paths(config: RehearsalConfig) -> dict[str, Path]:
 
 def _sample_image(config: RehearsalConfig) -> Path:
     """The val image after those the parity gate compared on, for `/analyze` and the pinned decode."""
-    from model_build.evaluate import split_images
+    from model_build.evaluate import split_records
 
-    data = _paths(config)["data"]
-    return data / "val2017" / split_images(data, "val2017", config.parity_images + 1)[-1]["file_name"]
+    return split_records(_paths(config)["data"], "val2017", config.parity_images + 1)[-1].path
 
 
 # ---- the stages (each runs in its own child process) ----

@@ -29,7 +29,7 @@ from model_build.data.coco import (
     open_rgb,
 )
 from model_build.data.synth import caption_corpus
-from model_build.evaluate import detection_metrics, read_references, split_images
+from model_build.evaluate import detection_metrics, read_references, split_records
 from model_build.export.parity import box_iou
 from model_build.training import _batches
 
@@ -199,7 +199,7 @@ def test_bad_annotations_are_skipped_counted_or_clipped(tmp_path: Path, caplog) 
     perfect = {i: Prediction(Task.DETECT, "", detections=d) for i, d in truth.items()}
     assert detection_metrics(perfect, root, SPLIT)["map"] == pytest.approx(1.0)
     assert read_references(root, SPLIT, "") == {1: ["A red car."]}
-    assert [r["id"] for r in split_images(root, SPLIT, None)] == [1, 4.0, "b"]
+    assert [r.json["id"] for r in split_records(root, SPLIT, None)] == [1, 4.0, "b"]
 
 
 def broken(name: str, root: Path) -> tuple[Path, str]:

@@ -11,7 +11,7 @@ from handler.florence.engine import predict_batch
 from handler.florence.tasks import Task
 from model_build.data.coco import open_rgb
 from model_build.data.synth import write_val_split
-from model_build.evaluate import EvalConfig, evaluate, split_images
+from model_build.evaluate import EvalConfig, evaluate, split_records
 
 VAL_IMAGES = 40
 
@@ -31,8 +31,8 @@ def report(tiny_artifact: Path, val_split: Path) -> dict:
 
 def test_scores_are_probabilities(tiny_artifact: Path, val_split: Path) -> None:
     model = load_artifact(tiny_artifact).model
-    records = split_images(val_split, "val2017", 8)
-    images = [open_rgb(val_split / "val2017" / r["file_name"]) for r in records]
+    records = split_records(val_split, "val2017", 8)
+    images = [open_rgb(r.path) for r in records]
     boxes = [d for p in predict_batch(model, None, images, Task.DETECT) for d in p.detections]
     captions = predict_batch(model, None, images, Task.CAPTION)
     assert boxes and all(0.0 <= d.score <= 1.0 for d in boxes)
