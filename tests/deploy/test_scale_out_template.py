@@ -27,6 +27,8 @@ ALLOWED_ACTIONS = {
     "s3:GetBucketLocation": ("florence-uploads-${Id}",),
 }
 """Every action the role may have, and what each statement's resource must name."""
+LAMBDA_MAX_EVENT_AGE_S = 21600
+"""How long Lambda may keep an asynchronous event, retrying throttles, before it is discarded (6 h)."""
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -63,6 +65,14 @@ def scale_out_problems(template: dict[str, Any]) -> list[str]:
         problems.append("Function: ReservedConcurrency needs a default cap, and 0 must mean none (a Condition)")
     if parameter.get("MinValue") != 0:
         problems.append("ReservedConcurrency: 0 (no cap) must be allowed")
+    # Throttled asynchronous (S3) invokes wait in Lambda's queue until MaximumEventAgeInSeconds, then
+    # go to the dead-letter queue: under a cap, anything short of the 6 h maximum dead-letters bursts.
+    event_age = function.get("EventInvokeConfig", {}).get("MaximumEventAgeInSeconds", LAMBDA_MAX_EVENT_AGE_S)
+    if parameter.get("Default") and event_age < LAMBDA_MAX_EVENT_AGE_S:
+        problems.append(
+            f"Function: MaximumEventAgeInSeconds {event_age} under a concurrency cap dead-letters throttled uploads"
+            f" older than {event_age} s; keep Lambda's maximum, {LAMBDA_MAX_EVENT_AGE_S}"
+        )
 
     alarms = {k: r["Properties"] for k, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
     watched = {(a.get("Namespace"), a.get("MetricName")) for a in alarms.values()}
@@ -112,6 +122,10 @@ BREAKAGES = {
     "no concurrency cap": (
         lambda t: t["Resources"]["Function"]["Properties"].pop("ReservedConcurrentExecutions"),
         "ReservedConcurrency",
+    ),
+    "throttled uploads age out": (
+        lambda t: t["Resources"]["Function"]["Properties"]["EventInvokeConfig"].update(MaximumEventAgeInSeconds=3600),
+        "MaximumEventAgeInSeconds",
     ),
     "no errors alarm": (lambda t: t["Resources"].pop("FunctionErrorAlarm"), "AWS/Lambda Errors"),
     "no dead-letter alarm": (lambda t: t["Resources"].pop("DeadLetterAlarm"), "AWS/SQS"),
