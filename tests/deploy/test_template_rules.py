@@ -211,6 +211,50 @@ def test_each_rule_catches_its_breakage(breakage: str) -> None:
     assert any(expected in p for p in problems), problems
 
 
+def api_gateway_matches(resource_path: str, request_path: str) -> bool:
+    """API Gateway's REST matching: a literal segment matches itself, `{name}` one segment, and a
+    greedy `{name+}` one or more segments, never none (so `/{proxy+}` does not cover `/`)."""
+    parts = []
+    for segment in resource_path.strip("/").split("/") if resource_path != "/" else []:
+        if re.fullmatch(r"\{\w+\+\}", segment):
+            parts.append(r"[^/]+(?:/[^/]+)*")
+        elif re.fullmatch(r"\{\w+\}", segment):
+            parts.append(r"[^/]+")
+        else:
+            parts.append(re.escape(segment))
+    return re.fullmatch("/" + "/".join(parts), request_path) is not None
+
+
+def _proxied_paths(template: dict[str, Any]) -> list[str]:
+    """The API's resource paths whose every method is a Lambda proxy integration of the function."""
+    paths = template["Resources"]["Api"]["Properties"]["DefinitionBody"]["paths"]
+    return [
+        path
+        for path, methods in paths.items()
+        if (method := methods.get("x-amazon-apigateway-any-method"))
+        and method["x-amazon-apigateway-integration"]["type"] == "aws_proxy"
+        and "${Function.Arn}" in json.dumps(method["x-amazon-apigateway-integration"]["uri"])
+    ]
+
+
+def test_api_gateway_matcher_follows_greedy_path_rules() -> None:
+    assert api_gateway_matches("/{proxy+}", "/caption") and api_gateway_matches("/{proxy+}", "/docs/oauth2-redirect")
+    assert not api_gateway_matches("/{proxy+}", "/") and api_gateway_matches("/", "/")
+    assert api_gateway_matches("/items/{id}", "/items/7") and not api_gateway_matches("/items/{id}", "/items/7/x")
+
+
+def test_every_route_the_app_serves_reaches_the_function_through_the_api() -> None:
+    """Each path FastAPI answers (the demo page at `/` included) must have an API Gateway resource
+    that proxies it to the function; otherwise API Gateway answers 403 before the function runs."""
+    from handler.http.api import create_app
+
+    app = create_app()
+    served = sorted({*app.openapi()["paths"], *(route.path for route in app.routes if hasattr(route, "path"))})
+    proxied = _proxied_paths(load_template())
+    unreachable = [path for path in served if not any(api_gateway_matches(p, path) for p in proxied)]
+    assert "/" in served and unreachable == [], f"API Gateway resources {proxied} never reach {unreachable}"
+
+
 def test_results_in_another_bucket_may_share_the_prefix() -> None:
     template = load_template()
     _set_output_prefix(template, "uploads/")
