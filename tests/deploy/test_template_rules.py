@@ -273,6 +273,39 @@ def test_cloudformation_rule_guards_deploy_time_prefixes() -> None:
     assert '"Ref": "UploadPrefix"' in assertion and '"Ref": "OutputPrefix"' in assertion
 
 
+PREFIX_PARAMETERS = ("UploadPrefix", "OutputPrefix", "BatchPrefix")
+CANDIDATE_PREFIXES = (
+    "uploads/",
+    "results/",
+    "batch/",
+    "uploads/results/",
+    "results/uploads/",
+    "uploads/batch/",
+    "a/b/c/",
+)
+
+
+def test_prefix_parameters_that_differ_never_nest() -> None:
+    """CloudFormation Rules can only compare whole values (`Fn::Equals`), not test a prefix, so the
+    parameter patterns must make "different" imply "disjoint": results under the upload prefix would
+    re-trigger the function for every result, and uploads under the output prefix would all be skipped."""
+    params = load_template()["Parameters"]
+    admitted = {
+        name: [p for p in CANDIDATE_PREFIXES if re.fullmatch(params[name]["AllowedPattern"], p)]
+        for name in PREFIX_PARAMETERS
+    }
+    nested = [
+        (first, a, second, b)
+        for first in PREFIX_PARAMETERS
+        for second in PREFIX_PARAMETERS
+        if first != second
+        for a in admitted[first]
+        for b in admitted[second]
+        if a != b and b.startswith(a)
+    ]
+    assert all(admitted.values()) and nested == [], nested
+
+
 def test_s3_policy_is_limited_to_the_two_prefixes() -> None:
     template = load_template()
     statements = [s for p in _function(template)["Policies"] for s in p["Statement"]]
