@@ -112,22 +112,26 @@ def _task_bucket(task: dict[str, Any], fields: tuple[str, str]) -> Any:
 
 @dataclass(frozen=True)
 class BatchTask:
-    """One object to process, decoded once: the bucket by name and the key URL-decoded."""
+    """One object to process, decoded once: the bucket by name, the key URL-decoded, and the version a
+    manifest of a versioned bucket names (`s3VersionId`; null otherwise)."""
 
     task_id: str
     bucket: str
     key: str
+    version_id: str | None = None
 
     @classmethod
     def parse(cls, task: Any, schema: str) -> BatchTask:
         if not isinstance(task, dict) or not isinstance(task.get("taskId"), str):
             raise InvalidRequest("a task must be an object with a taskId")
         bucket = _task_bucket(task, BUCKET_FIELDS[schema])
-        key = task.get("s3Key")
+        key, version_id = task.get("s3Key"), task.get("s3VersionId")
         if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
             raise InvalidRequest("a task needs a non-empty bucket and s3Key")
+        if version_id is not None and (not isinstance(version_id, str) or not version_id):
+            raise InvalidRequest("a task's s3VersionId must be a non-empty string or null")
         # Keys arrive URL-encoded, as in S3 event notifications and CSV manifests.
-        return cls(task["taskId"], bucket, unquote_plus(key))
+        return cls(task["taskId"], bucket, unquote_plus(key), version_id)
 
 
 def _result(task_id: str, code: ResultCode, text: str) -> dict[str, str]:
@@ -143,6 +147,13 @@ def _succeeded(task_id: str, result: ObjectResult) -> dict[str, str]:
         return _result(task_id, ResultCode.SUCCEEDED, f"skipped: {result.key} is a result (under OUTPUT_PREFIX)")
     if result.disposition is Disposition.FOLDER_MARKER:  # an inventory lists these too
         return _result(task_id, ResultCode.SUCCEEDED, f"skipped: {result.key} is a folder marker")
+    if result.disposition is Disposition.NOT_CURRENT_VERSION:  # a manifest of every version lists these
+        return _result(
+            task_id,
+            ResultCode.SUCCEEDED,
+            f"skipped: version {result.version_id} of {result.key} is no longer current; "
+            f"{result.result_uri} describes the current version",
+        )
     return _result(task_id, ResultCode.SUCCEEDED, f"{result.disposition.value}: {result.result_uri}")
 
 
@@ -162,7 +173,9 @@ def run_task(task: BatchTask, options: JobOptions, settings: Settings) -> dict[s
     """Process one task and answer for it; never raises."""
     try:
         check_bucket(task.bucket, settings)
-        result = process_object(task.bucket, task.key, settings, options.tasks, options.overwrite, options.min_score)
+        result = process_object(
+            task.bucket, task.key, settings, options.tasks, options.overwrite, options.min_score, task.version_id
+        )
     except Exception as exc:
         code = _failure_code(exc)
         status, error = (exc.status, exc.code) if isinstance(exc, ServiceError) else (500, type(exc).__name__)

@@ -60,6 +60,7 @@ class Disposition(str, Enum):
     WRITTEN = "written"
     ALREADY_PRESENT = "already present"
     UNDER_OUTPUT_PREFIX = "under OUTPUT_PREFIX"
+    NOT_CURRENT_VERSION = "not the current version"
     FOLDER_MARKER = "folder marker (key ends in '/')"
     NOT_AN_UPLOAD = "not an upload event"
     REJECTED = "rejected"
@@ -74,6 +75,8 @@ class ObjectResult:
     result_uri: str | None = None
     error: dict[str, str] | None = None
     """`{"code", "message"}` of a rejected object, or of an error result already present."""
+    version_id: str | None = None
+    """The version the event or task named, when it is not the current one."""
 
 
 @dataclass
@@ -139,15 +142,18 @@ def result_key(bucket: str, key: str, settings: Settings) -> str:
     return f"{prefix}{head}{tail}"
 
 
-def _location(record: Any) -> tuple[str, str]:
-    """Bucket and decoded key of a record, or a 400 for a record S3 would never send."""
+def _location(record: Any) -> tuple[str, str, str | None]:
+    """Bucket, decoded key and version id (versioned buckets only) of a record, or a 400 for a record S3 would never send."""
     try:
         bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
-    except (KeyError, TypeError) as exc:
+        version_id = record["s3"]["object"].get("versionId")
+    except (KeyError, TypeError, AttributeError) as exc:
         raise BadRequest(f"S3 record without s3.bucket.name and s3.object.key: missing {exc}") from exc
     if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
         raise BadRequest("S3 record's bucket name and object key must be non-empty strings")
-    return bucket, unquote_plus(key)
+    if version_id is not None and not isinstance(version_id, str):
+        raise BadRequest("S3 record's s3.object.versionId must be a string")
+    return bucket, unquote_plus(key), version_id
 
 
 def _write(
@@ -181,12 +187,17 @@ def process_object(
     tasks: list[Task] = ALL_TASKS,
     overwrite: bool = False,
     min_score: float | None = None,
+    version_id: str | None = None,
 ) -> ObjectResult:
     """Run `tasks` on one object and write its result document; the work every S3 door shares.
 
     Skips keys under OUTPUT_PREFIX (results never become inputs), folder markers, and objects whose
     result already covers these tasks for the same ETag, unless `overwrite`. Boxes scored below `min_score`
     (default: MIN_SCORE) are left out. Raises for failures a retry may fix.
+
+    A key has one result, and it describes the key's current version: an event or Batch task that
+    names an older `version_id` (overwritten since; its successor's own event writes the result) is
+    skipped, never answered with another version's result nor allowed to overwrite a newer one.
     """
     from handler.inputs import s3 as s3io
 
@@ -214,12 +225,17 @@ def process_object(
     except PERMANENT as exc:
         return _rejected(key, exc)
     etag = head.etag.strip('"')
+    if version_id is not None and head.version_id is not None and version_id != head.version_id:
+        annotate(status="skipped", version_id=printable(version_id), current_version_id=head.version_id)
+        return ObjectResult(key, Disposition.NOT_CURRENT_VERSION, result_uri, version_id=version_id)
     existing = None if overwrite else s3io.head_metadata(out_bucket, out_key)
     if existing is not None and existing.get(ETAG_METADATA) == etag and _covers(existing, tasks):
         annotate(status="skipped")
         error = {"code": existing[ERROR_METADATA]} if ERROR_METADATA in existing else None
         return ObjectResult(key, Disposition.ALREADY_PRESENT, result_uri, error)
     source = {"bucket": bucket, "key": key, "etag": etag}
+    if head.version_id is not None:
+        source["version_id"] = head.version_id
     try:
         data = s3io.download(bucket, key, head, settings.max_s3_image_bytes).body
         payload = analyze(data, tasks, settings, min_score=min_score).payload
@@ -233,7 +249,7 @@ def process_object(
 
 def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome) -> None:
     try:
-        bucket, key = _location(record)
+        bucket, key, version_id = _location(record)
     except BadRequest as exc:
         outcome.add(_rejected("", exc))
         return
@@ -242,7 +258,7 @@ def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome)
         annotate(bucket=bucket, key=key, event_name=printable(str(name)), status="skipped")
         outcome.add(ObjectResult(key, Disposition.NOT_AN_UPLOAD))
         return
-    outcome.add(process_object(bucket, key, settings))
+    outcome.add(process_object(bucket, key, settings, version_id=version_id))
 
 
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:

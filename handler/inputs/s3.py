@@ -122,6 +122,8 @@ class ObjectHead:
     size: int
     etag: str
     """Quoted, exactly as S3 returns it, so it can be passed back in IfMatch."""
+    version_id: str | None = None
+    """The current version's id in a versioned bucket ("null" for one written while versioning was off)."""
 
 
 def head(bucket: str, key: str) -> ObjectHead:
@@ -130,7 +132,7 @@ def head(bucket: str, key: str) -> ObjectHead:
         response = s3_client().head_object(Bucket=bucket, Key=key)
     except Exception as exc:
         raise translate_error(exc, bucket, key) from exc
-    return ObjectHead(int(response["ContentLength"]), response["ETag"])
+    return ObjectHead(int(response["ContentLength"]), response["ETag"], response.get("VersionId"))
 
 
 def download(bucket: str, key: str, object_head: ObjectHead, max_bytes: int) -> S3Object:

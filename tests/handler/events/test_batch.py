@@ -287,3 +287,40 @@ def test_a_direct_invoke_that_carries_batch_field_names_is_not_answered_as_a_bat
     assert empty["results"] == []
     log = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(line["status"], line["error"]) for line in log] == [(400, "invalid_request")]
+
+
+def test_a_task_for_an_overwritten_version_is_skipped_not_answered_with_the_current_one(s3) -> None:  # noqa: F811
+    """A versioned bucket's manifest names versions (`s3VersionId`); the key's one result describes its
+    current version, so a task for an older version must neither claim that result nor overwrite it."""
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    old = s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG", (50, 40)))["VersionId"]
+    current = s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG", (96, 64)))
+    event = batch_event("2.0", [GOOD, GOOD])
+    event["tasks"][0]["s3VersionId"], event["tasks"][1]["s3VersionId"] = old, current["VersionId"]
+
+    response = lambda_handler(event, Context())
+    assert _codes(response) == {"task-0": "Succeeded", "task-1": "Succeeded"}
+    stale, fresh = (r["resultString"] for r in response["results"])
+    assert stale == (
+        f"skipped: version {old} of {GOOD} is no longer current; s3://{BUCKET}/results/{GOOD}.json describes the"
+        " current version"
+    )
+    assert fresh == f"written: s3://{BUCKET}/results/{GOOD}.json"
+    stored = _stored(s3, GOOD)
+    assert stored["source"]["etag"] == current["ETag"].strip('"') and stored["image"]["width"] == 96
+    assert stored["source"]["version_id"] == current["VersionId"]
+
+    # The old version's task alone, run after the current one's result exists, leaves that result alone.
+    written_at = s3.head_object(Bucket=BUCKET, Key=f"results/{GOOD}.json")["LastModified"]
+    alone = batch_event("1.0", [GOOD])
+    alone["tasks"][0]["s3VersionId"] = old
+    assert lambda_handler(alone, Context())["results"][0]["resultString"].startswith(f"skipped: version {old}")
+    assert s3.head_object(Bucket=BUCKET, Key=f"results/{GOOD}.json")["LastModified"] == written_at
+
+
+@pytest.mark.parametrize("version", [7, "", ["v1"]])
+def test_a_malformed_version_id_fails_the_task_permanently(s3, version) -> None:  # noqa: F811
+    event = batch_event("2.0", [GOOD])
+    event["tasks"][0]["s3VersionId"] = version
+    result = lambda_handler(event, Context())["results"][0]
+    assert result["resultCode"] == "PermanentFailure" and "s3VersionId" in result["resultString"]

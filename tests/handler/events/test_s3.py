@@ -112,6 +112,28 @@ def test_redelivery_is_idempotent_and_new_versions_recompute(s3) -> None:
     assert len(third["written"]) == 1 and _result(s3, key)["image"]["width"] == 50
 
 
+def test_an_event_for_an_overwritten_version_leaves_the_current_result(s3) -> None:
+    """S3 events of a versioned bucket carry `versionId`; a late or retried event for a version that was
+    overwritten since is skipped: its successor's own event writes the key's one result."""
+    key = KEYS[0]
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    old = s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG", (50, 40)))["VersionId"]
+    current = s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))["VersionId"]
+    event = s3_event(key, key)
+    event["Records"][0]["s3"]["object"]["versionId"] = old
+    event["Records"][1]["s3"]["object"]["versionId"] = current
+
+    summary = lambda_handler(event, Context())
+    assert summary["skipped"] == [{"key": key, "reason": "not the current version"}]
+    assert len(summary["written"]) == 1 and not summary["failed"]
+    assert _result(s3, key)["source"]["version_id"] == current and _result(s3, key)["image"]["width"] == 96
+
+    late = s3_event(key)
+    late["Records"][0]["s3"]["object"]["versionId"] = old
+    assert lambda_handler(late, Context())["skipped"] == [{"key": key, "reason": "not the current version"}]
+    assert _result(s3, key)["source"]["version_id"] == current
+
+
 def test_results_never_trigger_work(s3) -> None:
     s3.put_object(Bucket=BUCKET, Key="results/x.png.json", Body=b"{}")
     summary = lambda_handler(s3_event("results/x.png.json"), Context())
