@@ -26,7 +26,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -52,6 +52,9 @@ STACK_OUTPUTS = {
     "batch_prefix": "BatchPrefix",
 }
 """Which output of the deployed stack (template.yaml) fills which setting."""
+STACK_PREFIX_OUTPUTS = ("UploadPrefix", "OutputPrefix")
+"""The stack's trigger and result prefixes: its function reads only `<UploadPrefix>*` of its uploads bucket
+and writes `<OutputPrefix>`, which the plan must use (not this machine's OUTPUT_PREFIX) to find results."""
 FUNCTION_ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[\w-]{1,64}(:[\w$-]+)?")
 ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 """What `--function-arn` and `--role-arn` must look like: the job request reads partition, region and
@@ -163,16 +166,25 @@ def manifest_csv(bucket: str, candidates: list[Candidate]) -> bytes:
 
 
 def _resolve_stack(config: BackfillConfig, clients: Clients) -> None:
-    """Fill unset ARNs and the report location from the stack's outputs."""
+    """Fill unset ARNs, the report location and the output prefix from the stack's outputs."""
     if config.stack is None:
         return
     stack = clients("cloudformation").describe_stacks(StackName=config.stack)["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    for attribute, output in STACK_OUTPUTS.items():
+    for output in (*STACK_OUTPUTS.values(), *STACK_PREFIX_OUTPUTS):
         if output not in outputs:
             raise SystemExit(f"stack {config.stack} has no output {output}; deploy the current template.yaml")
+    for attribute, output in STACK_OUTPUTS.items():
         if attribute == "batch_prefix" or getattr(config, attribute) is None:
             setattr(config, attribute, outputs[output])
+    config.settings = replace(config.settings, output_prefix=outputs["OutputPrefix"])
+    upload_prefix = outputs["UploadPrefix"]
+    if config.bucket == outputs["UploadsBucketName"] and not config.prefix.startswith(upload_prefix):
+        # Every task outside it would fail with 403 (access denied), and enough of them fail the job.
+        raise SystemExit(
+            f"--prefix {config.prefix!r} reaches beyond the stack's UploadPrefix: its function may read only"
+            f" s3://{config.bucket}/{upload_prefix}*; use --prefix {upload_prefix}"
+        )
 
 
 def job_request(config: BackfillConfig, manifest_key: str, manifest_etag: str, body: bytes) -> dict[str, Any]:

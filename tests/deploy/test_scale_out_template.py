@@ -84,7 +84,7 @@ def scale_out_problems(template: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: does not notify the optional AlarmTopicArn")
 
     outputs = template.get("Outputs", {})
-    for output in backfill.STACK_OUTPUTS.values():
+    for output in (*backfill.STACK_OUTPUTS.values(), *backfill.STACK_PREFIX_OUTPUTS):
         if output not in outputs:
             problems.append(f"output {output} (read by handler.backfill --stack) is missing")
     return problems

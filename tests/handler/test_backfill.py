@@ -142,7 +142,7 @@ class CapturedControl:
         self.client.meta.events.register("before-send.s3-control.CreateJob", answer)
 
 
-def _stack(stack_name: str = "florence") -> None:
+def _stack(stack_name: str = "florence", upload_prefix: str = "photos/", output_prefix: str = "results/") -> None:
     import boto3
 
     outputs = {
@@ -150,6 +150,8 @@ def _stack(stack_name: str = "florence") -> None:
         "BatchOperationsRoleArn": ROLE_ARN,
         "UploadsBucketName": BUCKET,
         "BatchPrefix": "batch/",
+        "UploadPrefix": upload_prefix,
+        "OutputPrefix": output_prefix,
     }
     template = {
         "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
@@ -230,6 +232,27 @@ def test_job_is_created_from_the_stack_outputs_with_a_manifest_the_function_read
     for _, key in rows:
         stored = json.loads(s3.get_object(Bucket=BUCKET, Key=f"results/{unquote(key)}.json")["Body"].read())
         assert "detections" in stored and "caption" not in stored
+
+
+def test_the_stack_s_output_prefix_finds_the_results_not_this_machine_s_setting(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stack deployed with OutputPrefix=captions/ writes results there; planning with this machine's
+    OUTPUT_PREFIX (results/) found none, so every rerun resubmitted every image."""
+    s3.put_object(Bucket=BUCKET, Key="photos/done.png", Body=image_bytes("PNG"))
+    s3.put_object(Bucket=BUCKET, Key="photos/new.png", Body=image_bytes("PNG"))
+    time.sleep(1.1)  # S3 LastModified has one-second resolution
+    s3.put_object(Bucket=BUCKET, Key="captions/photos/done.png.json", Body=b"{}")
+    _stack(output_prefix="captions/")
+    config = _config(prefix="photos/", stack="florence", dry_run=True)
+    assert backfill.run(config, backfill.Clients(s3=s3)) == 0
+    assert config.settings.output_prefix == "captions/"
+    assert "photos/: 1 objects to process" in capsys.readouterr().out
+
+    whole = _config(stack="florence", dry_run=True)  # every key of the bucket, not just the stack's uploads
+    with pytest.raises(SystemExit, match=r"beyond the stack's UploadPrefix.*use --prefix photos/"):
+        backfill.run(whole, backfill.Clients(s3=s3))
 
 
 def test_the_same_plan_makes_the_same_request_token(s3) -> None:  # noqa: F811
