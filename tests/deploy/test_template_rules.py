@@ -88,9 +88,40 @@ def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: r for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
 
 
-def s3_triggers(function: dict[str, Any]) -> list[dict[str, Any]]:
+def sam_s3_events(function: dict[str, Any]) -> list[dict[str, Any]]:
     events = function.get("Properties", {}).get("Events", {})
     return [e["Properties"] for e in events.values() if e.get("Type") == "S3"]
+
+
+def s3_triggers(template: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The S3 notifications that invoke function `name`: SAM S3 events (`Events`, `Filter`) and buckets'
+    `NotificationConfiguration.LambdaConfigurations` naming its ARN (`Event`, `Filter`), as written."""
+    own = {"Fn::GetAtt": [name, "Arn"]}
+    bucket_configs = [
+        config
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::S3::Bucket"
+        for config in resource.get("Properties", {})
+        .get("NotificationConfiguration", {})
+        .get("LambdaConfigurations", [])
+        if config.get("Function") in (own, f"{name}.Arn")
+    ]
+    return sam_s3_events(template["Resources"][name]) + bucket_configs
+
+
+def s3_invoke_problems(template: dict[str, Any], name: str) -> list[str]:
+    """S3 may invoke the function only from the buckets meant to: a permission for `s3.amazonaws.com`
+    without `SourceArn` lets any bucket of the account (any bucket at all without `SourceAccount`) do so."""
+    problems = []
+    if sam_s3_events(template["Resources"][name]):
+        problems.append(f"{name}: a SAM S3 event's generated permission names no bucket (no SourceArn)")
+    for key, resource in template["Resources"].items():
+        props = resource.get("Properties", {})
+        if resource["Type"] != "AWS::Lambda::Permission" or props.get("Principal") != "s3.amazonaws.com":
+            continue
+        if not props.get("SourceArn") or not props.get("SourceAccount"):
+            problems.append(f"{key}: lets S3 invoke {name} without naming the bucket (SourceArn) and account")
+    return problems
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -121,9 +152,11 @@ def template_problems(template: dict[str, Any]) -> list[str]:
         env = props.get("Environment", {}).get("Variables", {})
         output_prefix = str(resolve(template, env.get("OUTPUT_PREFIX", Settings.output_prefix)) or "")
         output_elsewhere = bool(resolve(template, env.get("OUTPUT_BUCKET", "")))
-        triggers = s3_triggers(function)
+        triggers = s3_triggers(template, name)
+        if triggers:
+            problems += s3_invoke_problems(template, name)
         for trigger in triggers:
-            for event in _as_list(trigger.get("Events")):
+            for event in _as_list(trigger.get("Events", trigger.get("Event"))):
                 if event not in S3_EVENT_NAMES:
                     problems.append(f"{name}: {event!r} is not an S3 event name")
             rules = trigger.get("Filter", {}).get("S3Key", {}).get("Rules", [])
@@ -174,7 +207,19 @@ def _set_output_prefix(t: dict[str, Any], value: str) -> None:
 
 
 def _set_trigger_prefix(t: dict[str, Any], value: str) -> None:
-    s3_triggers(_function_resource(t))[0]["Filter"]["S3Key"]["Rules"][0]["Value"] = value
+    _trigger(t)["Filter"]["S3Key"]["Rules"][0]["Value"] = value
+
+
+def _trigger(t: dict[str, Any]) -> dict[str, Any]:
+    return s3_triggers(t, next(iter(functions(t))))[0]
+
+
+def _trigger_through_sam(t: dict[str, Any]) -> None:
+    """The trigger as a SAM S3 event instead of the bucket's own notification."""
+    config = t["Resources"]["UploadsBucket"]["Properties"].pop("NotificationConfiguration")["LambdaConfigurations"][0]
+    t["Resources"].pop("UploadInvokePermission")
+    properties = {"Bucket": {"Ref": "UploadsBucket"}, "Events": config["Event"], "Filter": config["Filter"]}
+    _function(t)["Events"] = {"Upload": {"Type": "S3", "Properties": properties}}
 
 
 def _function_resource(t: dict[str, Any]) -> dict[str, Any]:
@@ -187,12 +232,17 @@ BREAKAGES = {
     "timeout over API limit": (lambda t: t["Parameters"]["Timeout"].update(Default=60), "API Gateway"),
     "literal timeout": (lambda t: _function(t).update(Timeout=300), "API Gateway"),
     "bad event name": (
-        lambda t: s3_triggers(_function_resource(t))[0].update(Events="s3:ObjectCreated:Upload"),
+        lambda t: _trigger(t).update(Event="s3:ObjectCreated:Upload"),
         "not an S3 event",
     ),
     "output under trigger": (lambda t: _set_output_prefix(t, "uploads/results/"), "overlaps"),
     "trigger under output": (lambda t: _set_trigger_prefix(t, "results/in/"), "overlaps"),
-    "no prefix": (lambda t: s3_triggers(_function_resource(t))[0].pop("Filter"), "no prefix filter"),
+    "no prefix": (lambda t: _trigger(t).pop("Filter"), "no prefix filter"),
+    "any bucket may invoke": (
+        lambda t: t["Resources"]["UploadInvokePermission"]["Properties"].pop("SourceArn"),
+        "without naming the bucket",
+    ),
+    "trigger through SAM": (_trigger_through_sam, "names no bucket"),
     "no DLQ": (lambda t: [_function(t).pop("DeadLetterQueue"), _function(t).pop("EventInvokeConfig")], "dropped"),
     "no binary types": (lambda t: t["Resources"]["Api"]["Properties"].pop("BinaryMediaTypes"), "BinaryMediaTypes"),
     "multipart missing": (
