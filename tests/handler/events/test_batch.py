@@ -324,3 +324,17 @@ def test_a_malformed_version_id_fails_the_task_permanently(s3, version) -> None:
     event["tasks"][0]["s3VersionId"] = version
     result = lambda_handler(event, Context())["results"][0]
     assert result["resultCode"] == "PermanentFailure" and "s3VersionId" in result["resultString"]
+
+
+def test_a_task_over_the_size_limit_fails_permanently_with_an_error_result(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sized by HeadObject before any download: a retry cannot shrink it, so Batch must not redrive it."""
+    big = image_bytes("PNG", (400, 300))
+    monkeypatch.setenv("MAX_S3_IMAGE_BYTES", str(len(big) - 1))
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=big)
+    result = lambda_handler(batch_event("2.0", [GOOD]), Context())["results"][0]
+    assert result["resultCode"] == "PermanentFailure" and result["resultString"].startswith("too_large:")
+    assert result["resultString"].endswith(f"(error result at s3://{BUCKET}/results/{GOOD}.json)")
+    assert _stored(s3, GOOD)["error"]["code"] == "too_large"
