@@ -25,6 +25,8 @@ DOCKERFILE = ROOT / "Dockerfile.lambda"
 LAMBDA_MAX_MEMORY_MB = 10240
 API_GATEWAY_TIMEOUT_S = 29
 SERVING_RSS_MB = 1126
+COLD_BENCH = ROOT / "docs" / "cost" / "bench-1-thread.json"
+"""The bench run behind the default memory size (one CPU's worth): its cold start and latencies."""
 """Florence-2-base int8 serving RSS (~1.1 GiB) that the default memory must fit with headroom."""
 REQUIRED_BINARY_TYPES = {"image~1*", "multipart~1form-data"}
 S3_EVENT_NAMES = {
@@ -82,6 +84,13 @@ def bounds(template: dict[str, Any], value: Any) -> list[Any]:
         parameter = template.get("Parameters", {}).get(value["Ref"], {})
         return [parameter[k] for k in ("Default", "MinValue", "MaxValue") if k in parameter]
     return [value]
+
+
+def cold_analyze_s() -> float:
+    """A cold copy's first /analyze, measured: process start to a first caption, plus what /analyze adds."""
+    bench = json.loads(COLD_BENCH.read_text())
+    served = {row["name"]: row["served"]["median_s"] for row in bench["latency"]}
+    return bench["served_cold"]["first_caption_s"] + served["caption+detect"] - served["caption"]
 
 
 def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -144,6 +153,11 @@ def template_problems(template: dict[str, Any]) -> list[str]:
                 f"{name}: default MemorySize {default_memory:.0f} MB leaves no headroom over ~{SERVING_RSS_MB} MB RSS"
             )
         timeout = [float(v) for v in bounds(template, props.get("Timeout", 3))]
+        if min(timeout) < 2 * cold_analyze_s():
+            problems.append(
+                f"{name}: Timeout can be {min(timeout):.0f} s, under twice a cold first /analyze"
+                f" ({cold_analyze_s():.1f} s measured): cold copies would time out loading the model, over and over"
+            )
         if max(timeout) > API_GATEWAY_TIMEOUT_S:
             problems.append(
                 f"{name}: Timeout can reach {max(timeout):.0f} s, API Gateway stops waiting at {API_GATEWAY_TIMEOUT_S} s"
@@ -231,6 +245,7 @@ BREAKAGES = {
     "memory too small": (lambda t: t["Parameters"]["MemorySize"].update(Default=1024), "no headroom"),
     "timeout over API limit": (lambda t: t["Parameters"]["Timeout"].update(Default=60), "API Gateway"),
     "literal timeout": (lambda t: _function(t).update(Timeout=300), "API Gateway"),
+    "timeout under a cold start": (lambda t: t["Parameters"]["Timeout"].update(MinValue=3), "cold first /analyze"),
     "bad event name": (
         lambda t: _trigger(t).update(Event="s3:ObjectCreated:Upload"),
         "not an S3 event",
