@@ -184,12 +184,30 @@ def template_problems(template: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"{name}: trigger prefix {prefix!r} overlaps OUTPUT_PREFIX {output_prefix!r}: results re-trigger"
                 )
+        log_group = template["Resources"].get(str(props.get("LoggingConfig", {}).get("LogGroup", {}).get("Ref")), {})
+        if not log_group.get("Properties", {}).get("RetentionInDays"):
+            problems.append(
+                f"{name}: logs go to a group that never expires (no LoggingConfig group with RetentionInDays)"
+            )
         if triggers and not (
             props.get("DeadLetterQueue") or props.get("EventInvokeConfig", {}).get("DestinationConfig")
         ):
             problems.append(
                 f"{name}: failed asynchronous S3 invocations are dropped (no DeadLetterQueue or OnFailure destination)"
             )
+
+    policies = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::S3::BucketPolicy"]
+    for bucket in (k for k, r in template["Resources"].items() if r["Type"] == "AWS::S3::Bucket"):
+        denies_plain_http = any(
+            policy.get("Bucket") == {"Ref": bucket}
+            and any(
+                statement.get("Effect") == "Deny" and '"aws:SecureTransport": "false"' in json.dumps(statement)
+                for statement in policy["PolicyDocument"]["Statement"]
+            )
+            for policy in policies
+        )
+        if not denies_plain_http:
+            problems.append(f"{bucket}: accepts requests over plain HTTP (no Deny on aws:SecureTransport false)")
 
     apis = {
         k: r
@@ -259,6 +277,8 @@ BREAKAGES = {
     ),
     "trigger through SAM": (_trigger_through_sam, "names no bucket"),
     "no DLQ": (lambda t: [_function(t).pop("DeadLetterQueue"), _function(t).pop("EventInvokeConfig")], "dropped"),
+    "logs never expire": (lambda t: _function(t).pop("LoggingConfig"), "never expires"),
+    "plain HTTP to the bucket": (lambda t: t["Resources"].pop("UploadsBucketPolicy"), "plain HTTP"),
     "no binary types": (lambda t: t["Resources"]["Api"]["Properties"].pop("BinaryMediaTypes"), "BinaryMediaTypes"),
     "multipart missing": (
         lambda t: t["Resources"]["Api"]["Properties"].update(BinaryMediaTypes=["image~1*"]),
