@@ -76,7 +76,12 @@ def scale_out_problems(template: dict[str, Any]) -> list[str]:
 
     alarms = {k: r["Properties"] for k, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
     watched = {(a.get("Namespace"), a.get("MetricName")) for a in alarms.values()}
-    for needed in (("AWS/SQS", "ApproximateNumberOfMessagesVisible"), ("AWS/Lambda", "Errors")):
+    needed_alarms = (
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "AsyncEventAge"),  # throttled uploads waiting, hours before they are dead-lettered
+    )
+    for needed in needed_alarms:
         if needed not in watched:
             problems.append(f"no alarm on {needed[0]} {needed[1]}")
     for name, alarm in alarms.items():
@@ -129,6 +134,7 @@ BREAKAGES = {
     ),
     "no errors alarm": (lambda t: t["Resources"].pop("FunctionErrorAlarm"), "AWS/Lambda Errors"),
     "no dead-letter alarm": (lambda t: t["Resources"].pop("DeadLetterAlarm"), "AWS/SQS"),
+    "no queue-wait alarm": (lambda t: t["Resources"].pop("EventAgeAlarm"), "AsyncEventAge"),
     "alarm tells no one": (
         lambda t: t["Resources"]["DeadLetterAlarm"]["Properties"].pop("AlarmActions"),
         "AlarmTopicArn",
