@@ -182,6 +182,13 @@ def run_task(task: BatchTask, options: JobOptions, settings: Settings) -> dict[s
         annotate(status=status, error=error, result_code=code.value)
         message = exc.message if isinstance(exc, ServiceError) else str(exc)
         return _result(task.task_id, code, f"{error}: {message}")
+    if result.disposition is Disposition.SUPERSEDED:  # a retry reads the upload that replaced it
+        annotate(result_code=ResultCode.TEMPORARY_FAILURE.value)
+        return _result(
+            task.task_id,
+            ResultCode.TEMPORARY_FAILURE,
+            f"superseded: s3://{task.bucket}/{task.key} was overwritten while it was analyzed; no result written",
+        )
     if result.disposition is Disposition.REJECTED or result.error is not None:
         stored = result.error or {}
         annotate(result_code=ResultCode.PERMANENT_FAILURE.value)

@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
@@ -24,6 +24,7 @@ from handler.errors import (
     BadRequest,
     InvalidRequest,
     Misconfigured,
+    NotFound,
     ServiceError,
     TooLarge,
     error_body,
@@ -32,6 +33,9 @@ from handler.errors import (
 from handler.florence.tasks import Task
 from handler.logs import annotate, request_log
 from handler.service import ALL_TASKS, analyze
+
+if TYPE_CHECKING:
+    from handler.inputs.s3 import ObjectHead
 
 ETAG_METADATA = "source-etag"
 TASKS_METADATA = "tasks"
@@ -61,6 +65,7 @@ class Disposition(str, Enum):
     ALREADY_PRESENT = "already present"
     UNDER_OUTPUT_PREFIX = "under OUTPUT_PREFIX"
     NOT_CURRENT_VERSION = "not the current version"
+    SUPERSEDED = "overwritten while it was analyzed"
     FOLDER_MARKER = "folder marker (key ends in '/')"
     NOT_AN_UPLOAD = "not an upload event"
     REJECTED = "rejected"
@@ -180,6 +185,26 @@ def _covers(existing: dict[str, str], tasks: list[Task]) -> bool:
     return done is None or {t.api_name for t in tasks} <= set(done.split(","))
 
 
+def _overwritten_since(bucket: str, key: str, read: ObjectHead) -> bool:
+    """Whether the object changed (or went) after `read`: a second upload during the ~1 s of analysis.
+
+    Its result written now would carry the old ETag over whatever the newer upload's own event
+    writes, or land after it; then the key's result describes an image it no longer holds, and no
+    redelivery would notice (the stale result matches no ETag, but nothing asks again).
+    """
+    from handler.inputs import s3 as s3io
+
+    try:
+        return s3io.head(bucket, key).etag != read.etag
+    except NotFound:
+        return True
+
+
+def _superseded(key: str, result_uri: str) -> ObjectResult:
+    annotate(status="skipped", error="superseded")
+    return ObjectResult(key, Disposition.SUPERSEDED, result_uri)
+
+
 def process_object(
     bucket: str,
     key: str,
@@ -240,8 +265,12 @@ def process_object(
         data = s3io.download(bucket, key, head, settings.max_s3_image_bytes).body
         payload = analyze(data, tasks, settings, min_score=min_score).payload
     except PERMANENT as exc:
+        if _overwritten_since(bucket, key, head):
+            return _superseded(key, result_uri)
         _write(out_bucket, out_key, {"source": source, **exc.body()}, etag, tasks, None)
         return _rejected(key, exc, result_uri)
+    if _overwritten_since(bucket, key, head):
+        return _superseded(key, result_uri)
     _write(out_bucket, out_key, {"source": source, **payload}, etag, tasks, payload["model_sha"])
     annotate(status=200, output=out_key)
     return ObjectResult(key, Disposition.WRITTEN, result_uri)

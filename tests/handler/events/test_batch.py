@@ -13,7 +13,13 @@ from handler.app import event_kind, lambda_handler
 from handler.errors import ModelUnavailable, UpstreamError
 from handler.events import batch
 from tests.conftest import REPO_ROOT, image_bytes
-from tests.handler.events.test_s3 import BUCKET, S3_FAULTS, s3, s3_answers  # noqa: F401  (s3: the moto fixture)
+from tests.handler.events.test_s3 import (  # noqa: F401  (s3: the moto fixture)
+    BUCKET,
+    S3_FAULTS,
+    overwrite_during_analysis,
+    s3,
+    s3_answers,
+)
 from tests.handler.test_app import Context
 
 EVENTS = REPO_ROOT / "events"
@@ -338,3 +344,19 @@ def test_a_task_over_the_size_limit_fails_permanently_with_an_error_result(
     assert result["resultCode"] == "PermanentFailure" and result["resultString"].startswith("too_large:")
     assert result["resultString"].endswith(f"(error result at s3://{BUCKET}/results/{GOOD}.json)")
     assert _stored(s3, GOOD)["error"]["code"] == "too_large"
+
+
+def test_a_task_whose_object_is_overwritten_during_analysis_is_retried_not_answered_stale(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outside the upload prefix no newer event follows the overwrite: Batch must retry the task."""
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG", (50, 40)))
+    overwrite_during_analysis(s3, monkeypatch, GOOD, image_bytes("PNG"))
+    result = lambda_handler(batch_event("2.0", [GOOD]), Context())["results"][0]
+    assert result["resultCode"] == "TemporaryFailure" and result["resultString"].startswith("superseded:")
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")
+
+    retried = lambda_handler(batch_event("2.0", [GOOD]), Context())["results"][0]  # Batch's redrive
+    assert retried["resultString"] == f"written: s3://{BUCKET}/results/{GOOD}.json"
+    assert _stored(s3, GOOD)["source"]["etag"] == s3.head_object(Bucket=BUCKET, Key=GOOD)["ETag"].strip('"')

@@ -134,6 +134,39 @@ def test_an_event_for_an_overwritten_version_leaves_the_current_result(s3) -> No
     assert _result(s3, key)["source"]["version_id"] == current
 
 
+def overwrite_during_analysis(client, monkeypatch: pytest.MonkeyPatch, key: str, body: bytes) -> None:
+    """A second upload of `key` lands while the first is being analyzed (the real analysis, then the PUT)."""
+    from handler.events import s3 as s3_events
+
+    real = s3_events.analyze
+
+    def analyze_then_overwrite(*args: Any, **kwargs: Any) -> Any:
+        analysis = real(*args, **kwargs)
+        monkeypatch.setattr(s3_events, "analyze", real)  # once
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        return analysis
+
+    monkeypatch.setattr(s3_events, "analyze", analyze_then_overwrite)
+
+
+def test_an_upload_overwritten_during_analysis_leaves_its_result_to_the_newer_upload(
+    s3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first event's result, written after the second upload, described an image the key no longer held
+    (and could land after the second event's result); the newer upload's own event must write it."""
+    key = KEYS[0]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG", (50, 40)))
+    overwrite_during_analysis(s3, monkeypatch, key, image_bytes("PNG"))
+    first = lambda_handler(s3_event(key), Context())
+    assert first["skipped"] == [{"key": key, "reason": "overwritten while it was analyzed"}] and not first["written"]
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")
+
+    second = lambda_handler(s3_event(key), Context())  # the newer upload's own event
+    assert len(second["written"]) == 1
+    etag = s3.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+    assert _result(s3, key)["source"]["etag"] == etag and _result(s3, key)["image"]["width"] == 96
+
+
 def test_results_never_trigger_work(s3) -> None:
     s3.put_object(Bucket=BUCKET, Key="results/x.png.json", Body=b"{}")
     summary = lambda_handler(s3_event("results/x.png.json"), Context())
