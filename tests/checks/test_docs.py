@@ -221,6 +221,12 @@ def test_every_event_sample_is_named_in_deploy_md() -> None:
     assert samples and [name for name in samples if name not in deploy] == []
 
 
+def test_the_readmes_test_command_is_what_ci_runs() -> None:
+    """README.md says its test command "is exactly what `.ci/run` does"."""
+    ci_command = (REPO_ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci_command in (REPO_ROOT / "README.md").read_text().splitlines()
+
+
 def _names_in_backticks() -> list[tuple[str, str]]:
     return [(doc.name, span) for doc in DOCS for span in re.findall(r"`([^`\s]+)`", doc.read_text())]
 
