@@ -393,6 +393,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
     )
     parser.add_argument("--region", help="AWS region (default: your AWS configuration's)")
     args = parser.parse_args(argv)
+    if not (args.stack or args.local or args.dry_run or (args.function_arn and args.role_arn)):
+        parser.error("a Batch Operations job needs --stack, or --function-arn and --role-arn (or use --local)")
     config = BackfillConfig(
         bucket=args.bucket,
         prefix=args.prefix,

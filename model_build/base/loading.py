@@ -111,9 +111,14 @@ def load_base(base: str, image_size: int = IMAGE_SIZE, dtype=None):
     source = resolve_base(base)
     try:
         model = Florence2ForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # Without HF_HUB_OFFLINE, huggingface_hub retries an unreachable hub on a client it already
+        # closed and raises RuntimeError; from a local folder a RuntimeError is a fault to see whole.
+        if isinstance(exc, RuntimeError) and Path(source).is_dir():
+            raise
+        reason = "the hub did not answer" if isinstance(exc, RuntimeError) else str(exc).rstrip(".")
         raise BaseModelError(
-            f"could not load {base!r}: {exc}. Offline? Pass a local folder with a native Florence-2 "
+            f"could not load {base!r}: {reason}. Offline? Pass a local folder with a native Florence-2 "
             f"(e.g. a download of {NATIVE_BASE_ID}) or `tiny`."
         ) from exc
     return model, load_processor(base, image_size)

@@ -71,8 +71,8 @@ def _checked(convert: Any, minimum: float | None, maximum: float | None, check: 
 
 def _shown(value: Any) -> str:
     if isinstance(value, list | tuple):
-        return ",".join(v.api_name if isinstance(v, Task) else str(v) for v in value)
-    return str(value)
+        value = ",".join(v.api_name if isinstance(v, Task) else str(v) for v in value)
+    return str(value) or "''"  # an empty default shown as written on a command line, not as nothing
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, defaults: Any, *, prefix: str = "") -> None:
@@ -89,21 +89,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: Any, *, pref
             continue
         dest = f"{prefix}{field.name}"
         help_text = meta["help"]
+        says_its_default = "(default:" in help_text  # a computed default, described better than its value here
         if hints[field.name] is bool:
             parser.add_argument(
                 meta.get("flag") or "--" + field.name.replace("_", "-"),
                 dest=dest,
                 action=argparse.BooleanOptionalAction,
                 default=value,
-                help=f"{help_text} (default: {'on' if value else 'off'})",
+                help=help_text if says_its_default else f"{help_text} (default: {'on' if value else 'off'})",
             )
             continue
         convert, _ = _parser_for(hints[field.name])
         if any(meta.get(key) is not None for key in ("minimum", "maximum", "check")):
             convert = _checked(convert, meta.get("minimum"), meta.get("maximum"), meta.get("check"))
-        if value is not None and not meta.get("required"):
+        if says_its_default or meta.get("required"):
+            pass
+        elif value is not None:
             help_text += f" (default: {_shown(value)})"
-        elif value is None and "default" not in help_text:
+        elif "default" not in help_text:
             help_text += " (default: none)"
         kwargs: dict[str, Any] = {"type": convert, "default": value, "help": help_text, "metavar": field.name.upper()}
         if meta.get("choices"):

@@ -5,6 +5,7 @@ Usage: `python -m model_build.rehearsal.stage STAGE CONFIG_JSON`; the result lan
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,9 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     try:
-        raise SystemExit(main(sys.argv[1:]))
+        status = main(sys.argv[1:])
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, once
-        raise SystemExit(130) from None
+        status = 130
+    # A Ctrl-C landing while the interpreter shuts down (torch's atexit hooks) printed a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(status)

@@ -2,7 +2,8 @@
 
 Each check reads the docs' own text (README.md and docs/*.md) and compares it with the code's one source
 for that fact: the CLI parsers, `handler/config.py`'s table and `Settings`, `handler/errors.py`, the
-FastAPI app's routes. Values a reader fills in (`$COCO`, `<bucket>`) are replaced by a placeholder.
+FastAPI app's routes and response models, the Batch Operations answer, the `events/` samples. Values a
+reader fills in (`$COCO`, `<bucket>`) are replaced by a placeholder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import importlib
 import inspect
 import io
+import json
 import re
 import shlex
 from pathlib import Path
@@ -167,6 +169,64 @@ def test_the_endpoints_table_is_the_apps_routes() -> None:
     assert documented == served
 
 
+def _json_examples() -> list[Any]:
+    """Every JSON value docs/serving.md shows: ```json blocks, `{...}` spans and curl's `-d '{...}'` bodies.
+
+    Schematic spans (`{"s3": ...}`, `"caption" | "detect"`) are not JSON and are left to the reader."""
+    serving = (REPO_ROOT / "docs" / "serving.md").read_text()
+    written = re.findall(r"```json\n(.*?)```", serving, re.S)
+    written += re.findall(r"(?<!`)`(\{[^`]*\})`(?!`)", serving) + re.findall(r"-d '(\{[^']*\})'", serving)
+    examples = []
+    for text in written:
+        with contextlib.suppress(ValueError):
+            examples.append(json.loads(text))
+    return examples
+
+
+def _as_models_give_it(example: dict[str, Any]) -> bool:
+    """True when a response model or the JSON request body reads `example` and writes it back unchanged."""
+    from pydantic import ValidationError
+
+    from handler.http import schemas
+    from handler.inputs.payload import ImagePayload
+
+    shapes = [schemas.CaptionResponse, schemas.DetectResponse, schemas.AnalyzeResponse, schemas.HealthResponse]
+    for shape in [*shapes, schemas.ErrorResponse, ImagePayload]:
+        with contextlib.suppress(ValidationError):
+            if shape.model_validate(example).model_dump(exclude_none=True) == example:
+                return True
+    return False
+
+
+def test_serving_md_json_examples_are_what_the_code_reads_and_answers() -> None:
+    from handler.errors import InvalidRequest
+    from handler.events import batch
+
+    sample = json.loads((REPO_ROOT / "events" / "s3_batch_v2.json").read_text())
+    batch_answer = batch.fail_every_task(sample, InvalidRequest("any"))
+    examples = _json_examples()
+    assert len(examples) >= 5
+    for example in examples:
+        if "invocationSchemaVersion" in example:
+            assert set(example) == set(batch_answer), example
+            assert [set(result) for result in example["results"]] == [set(batch_answer["results"][0])], example
+        else:
+            assert _as_models_give_it(example), f"no response model or request body reads {example} as written"
+
+
+def test_every_event_sample_is_named_in_deploy_md() -> None:
+    """deploy.md says what each `events/` file is for; the handler tests send every one (test_event_samples.py)."""
+    deploy = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    samples = sorted(path.name for path in (REPO_ROOT / "events").glob("*.json"))
+    assert samples and [name for name in samples if name not in deploy] == []
+
+
+def test_the_readmes_test_command_is_what_ci_runs() -> None:
+    """README.md says its test command "is exactly what `.ci/run` does"."""
+    ci_command = (REPO_ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci_command in (REPO_ROOT / "README.md").read_text().splitlines()
+
+
 def _names_in_backticks() -> list[tuple[str, str]]:
     return [(doc.name, span) for doc in DOCS for span in re.findall(r"`([^`\s]+)`", doc.read_text())]
 
@@ -182,12 +242,27 @@ def test_every_repository_path_in_backticks_exists() -> None:
 
 
 def test_every_dotted_python_name_in_backticks_exists() -> None:
+    """`handler.service.analyze`, and names relative to their package (`service.analyze`, `export.fuse.fuse`)."""
     missing = []
     for doc, span in _names_in_backticks():
         dotted = re.sub(r"\(.*", "", span).split(":")[0]
-        if re.fullmatch(r"(handler|model_build)(\.\w+)+", dotted) and not _resolves(dotted):
-            missing.append((doc, span))
+        if re.fullmatch(r"(handler|model_build)(\.\w+)+", dotted):
+            if not _resolves(dotted):
+                missing.append((doc, span))
+        elif re.fullmatch(r"[a-z_]\w*(\.\w+)+", dotted) and not re.search(FILE_SUFFIX, dotted):
+            packages = [package for package in ("handler", "model_build") if _has_module(package, dotted)]
+            if packages and not any(_resolves(f"{package}.{dotted}") for package in packages):
+                missing.append((doc, span))
     assert missing == []
+
+
+FILE_SUFFIX = r"\.(py|md|json|toml|yaml|pt|safetensors|html|csv|png|jpg|txt)$"
+"""A file name, not a dotted Python name."""
+
+
+def _has_module(package: str, dotted: str) -> bool:
+    first = dotted.split(".", maxsplit=1)[0]
+    return (REPO_ROOT / package / first).is_dir() or (REPO_ROOT / package / f"{first}.py").is_file()
 
 
 def _resolves(dotted: str) -> bool:

@@ -285,6 +285,9 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN, "--role-arn", FUNCTION_ARN], "is not an IAM role ARN"),
         (["--bucket", BUCKET, "--priority", "high"], "argument --priority: invalid int value: 'high'"),
         (["--bucket", BUCKET, "--priority", "-1"], "argument --priority: must be 0 or more"),
+        # A job without its ARNs listed the whole bucket first, then exited 1.
+        (["--bucket", BUCKET], "a Batch Operations job needs --stack, or --function-arn and --role-arn"),
+        (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN], "needs --stack, or --function-arn and --role-arn"),
     ],
 )
 def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

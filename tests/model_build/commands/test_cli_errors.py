@@ -185,12 +185,28 @@ def test_a_tampered_artifact_is_one_line_and_exit_1(
     ]
 
 
-def test_a_hub_id_while_offline_is_one_line_and_exit_1() -> None:
-    # A fresh process: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "offline",
+    [
+        {"HF_HUB_OFFLINE": "1"},
+        # No HF_HUB_OFFLINE, the hub unreachable: huggingface_hub retried on a closed client and raised a RuntimeError.
+        {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"},
+    ],
+    ids=["HF_HUB_OFFLINE", "hub-unreachable"],
+)
+def test_a_hub_id_while_offline_is_one_line_and_exit_1(offline: dict[str, str]) -> None:
+    # A fresh process: huggingface_hub reads HF_HUB_OFFLINE and HF_ENDPOINT once, at import.
+    env = {name: value for name, value in os.environ.items() if name not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
     result = subprocess.run(
         [sys.executable, "-m", "model_build", "eval", "--base", "florence-community/Florence-2-base"],
         cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1"),
+        env=dict(env, PYTHONPATH=str(REPO_ROOT), **offline),
         capture_output=True,
         text=True,
         timeout=300,

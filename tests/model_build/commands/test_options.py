@@ -95,3 +95,17 @@ def test_every_field_with_help_has_a_flag(command: str) -> None:
             assert {f"{field.name}.{f.name}" for f in dataclasses.fields(value)} <= dests
         else:
             assert field.name in dests, field.name
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_flag_names_its_default_once(command: str) -> None:
+    """A help text that describes its own default (`CPUs available to this process`) got a second one appended:
+    `(default: CPUs available to this process) (default: 2)`, the second true on this machine only."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if action.help and action.dest != "help":
+            assert action.help.count("(default:") <= 1, f"{command} {action.option_strings}: {action.help}"
+            assert "(default: )" not in action.help, (
+                f"{command} {action.option_strings}: an empty default shows nothing"
+            )
