@@ -9,8 +9,10 @@ the same whichever process draws it, and it never shares a random stream with th
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.pool import Pool
@@ -44,17 +46,25 @@ def draw_scene(key: tuple[int, str, int]) -> Scene:
     return Scene(pixels, base_caption(objects), boxes, grid_targets(objects, width, height))
 
 
-def _pool_deaf_to_ctrl_c(workers: int) -> Pool:
+@contextlib.contextmanager
+def _pool_deaf_to_ctrl_c(workers: int) -> Iterator[Pool]:
     """Ctrl-C reaches the whole process group: the parent stops the pool, and no worker prints its traceback.
 
-    The workers are forked with SIGINT ignored, so none is born able to take it (an initializer would
-    leave each a moment to).
+    While the workers fork, SIGINT is only noted, so a worker taking it before its initializer ignores
+    it raises nothing, and a Ctrl-C meant for the parent in that moment is raised once the pool is in
+    hand to terminate. Ignoring it for the fork instead lost such a Ctrl-C, and the parent went on
+    drawing scenes (blocking it does not help: another thread of the process takes it).
     """
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
     try:
-        return get_context("fork").Pool(workers)
+        pool = get_context("fork").Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     finally:
-        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGINT, previous)
+    with pool:
+        if noted:
+            raise KeyboardInterrupt
+        yield pool
 
 
 class ScenePool:

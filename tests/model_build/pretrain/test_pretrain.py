@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from model_build.cli import main as cli
 from model_build.data.coco import InputEncoder, caption_samples, detection_samples, open_rgb
 from model_build.data.synth import COLORS, SHAPES, ShapeObject, caption_corpus, make_image, synthesize, write_val_split
 from model_build.evaluate import EvalConfig, evaluate
+from model_build.pretrain import scene_pool
 from model_build.pretrain.dense_supervision import GRID, DenselySupervised, grid_targets
 from model_build.pretrain.scene_pool import ScenePool, draw_scene
 
@@ -143,3 +146,28 @@ def test_the_shipped_base_captions_in_base_style_and_finds_the_shapes(tmp_path: 
     report = evaluate(model.eval(), processor, EvalConfig(data_dir=data, caption_style="base"))
     assert report["caption"]["exact_match"] >= 0.7
     assert report["detect"]["map50"] >= 0.4
+
+
+def test_ctrl_c_while_the_scene_workers_are_forked_stops_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands while the pool forks (SIGINT ignored then, so workers are born deaf to it)
+    must still reach the parent once the pool is built, and the pool must be terminated."""
+    real_context = scene_pool.get_context
+    pools = []
+
+    class InterruptedWhileForking:
+        def __init__(self, method: str) -> None:
+            self.context = real_context(method)
+
+        def Pool(self, workers: int, **options):  # multiprocessing's name
+            pool = self.context.Pool(workers, **options)
+            pools.append(pool)
+            os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C, before the pool is handed back
+            return pool
+
+    monkeypatch.setattr(scene_pool, "get_context", InterruptedWhileForking)
+    ran_on = False
+    with pytest.raises(KeyboardInterrupt), scene_pool._pool_deaf_to_ctrl_c(2) as pool:
+        ran_on = pool.map(abs, [-1, -2]) == [1, 2]
+    assert not ran_on, "the parent went on working after Ctrl-C"
+    assert pools and all(not worker.is_alive() for worker in pools[0]._pool)  # terminated by the pool's exit
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
