@@ -64,6 +64,12 @@ def places(tmp_path: Path) -> dict[str, Path]:
     bad_manifest.mkdir()
     (bad_manifest / "manifest.json").write_text('{"model_sha256": ')
     (tmp_path / "empty").mkdir()
+    fifo_manifest = tmp_path / "fifo-manifest"  # reading it would wait for a writer forever
+    fifo_manifest.mkdir()
+    os.mkfifo(fifo_manifest / "manifest.json")
+    linked_manifest = tmp_path / "linked-manifest"  # reading it would never end
+    linked_manifest.mkdir()
+    (linked_manifest / "manifest.json").symlink_to("/dev/zero")
     return {
         "file": a_file,
         "empty": tmp_path / "empty",
@@ -74,6 +80,8 @@ def places(tmp_path: Path) -> dict[str, Path]:
         "bad-weights": _adapter(tmp_path / "bad-weights", weights=b"\x10\x00\x00\x00\x00\x00\x00\x00{"),
         "truncated-weights": _adapter(tmp_path / "truncated-weights", weights=truncated),
         "bad-manifest": bad_manifest,
+        "fifo-manifest": fifo_manifest,
+        "linked-manifest": linked_manifest,
         "under-file": a_file / "out",
         "adapter-ok": good,
     }
@@ -110,6 +118,8 @@ USAGE_ERRORS = [
     ("eval {empty}", "MODEL", "no adapter_model.safetensors"),
     ("eval {file}", "MODEL", "is not a folder"),
     ("eval {bad-manifest}", "MODEL", "manifest.json"),
+    ("eval {fifo-manifest}", "MODEL", "manifest.json is special, not a plain file"),
+    ("eval {linked-manifest}", "MODEL", "manifest.json is a link, not a plain file"),
     ("eval", None, "give a model folder"),
     ("eval --base tiny --max-images 0", "--max-images", "must be at least 1"),
     ("eval --base tiny --batch-size 0", "--batch-size", "must be at least 1"),
