@@ -375,6 +375,7 @@ def load_model(model_path: Path) -> Any:
     """Unpickle the served model with the allow-list only (memory-mapped); ArtifactError otherwise."""
     import torch
 
+    from handler.florence.model_check import MalformedModel, check_served_model
     from handler.florence.runtime.model import is_fast
 
     check_archive(model_path)
@@ -390,6 +391,12 @@ def load_model(model_path: Path) -> Any:
         raise ArtifactError(f"could not load {model_path.name}: {_refusal(exc)}") from exc
     if not is_fast(model):
         raise ArtifactError(f"{model_path.name} holds a {type(model).__name__}, not the served fast runtime")
+    try:
+        check_served_model(model)
+    except MalformedModel as exc:
+        raise ArtifactError(f"{model_path.name} is not a model this runtime can serve: {exc}") from exc
+    except Exception as exc:  # state odd enough to break the walk itself (an attribute of the wrong kind)
+        raise ArtifactError(f"{model_path.name} is not a model this runtime can serve: {_refusal(exc)}") from exc
     return model
 
 

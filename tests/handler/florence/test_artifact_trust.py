@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -463,6 +464,51 @@ ATTACKS: dict[str, tuple[Forge, str]] = {
         "failed locating file",
     ),
     "zip: not a zip": (_not_a_zip, "not a torch.save archive"),
+    # well-formed pickles of allow-listed classes whose state the runtime cannot serve
+    "model: impostor root with runtime='fast-florence2'": (_model(_impostor), "model: is a LayerNorm"),
+    "model: a child of the wrong class": (_model(_set("text", lambda o: o.vision.projector.norm)), "text: is a"),
+    "model: int8 layer narrower than its input": (_model(_narrow_linear("text.enc_layers.0.fc1")), "shape"),
+    "model: LayerNorm of the wrong width": (_model(_set_tensor("text.enc_norm.weight", lambda t: t[:-1])), "shape"),
+    "model: int8 weights stored as float": (
+        _model(_set_tensor("text.enc_layers.0.qkv.weight_int8", lambda t: t.float())),
+        "dtype",
+    ),
+    "model: 3 scales for 384 rows": (
+        _model(_set_tensor("text.enc_layers.0.qkv.weight_scale", lambda t: t[:3])),
+        "values for",
+    ),
+    "model: 2 x 2 kernel in a 3 x 3 block": (
+        _model(_set_tensor("vision.stages.0.0.conv1.weight", lambda t: t[:, :, :2, :2])),
+        "conv1",
+    ),
+    "model: heads do not divide the width": (_model(_set("text.enc_layers.0.heads", 7)), "heads"),
+    "model: decoder layers with other head counts": (_model(_set("text.dec_layers.1.heads", 1)), "heads"),
+    "model: encoder positions too few for a prompt": (
+        _model(_set_tensor("text.enc_positions", lambda t: t[:5])),
+        "do not fit",
+    ),
+    "model: decoder positions too few for a decode": (
+        _model(_set_tensor("text.dec_positions", lambda t: t[:5])),
+        "the longest decode",
+    ),
+    "model: token ids past the vocabulary": (_model(_spec("decode_spec", eos_id=10**9)), "decode_spec.eos_id"),
+    "model: prompt missing a task": (_model(lambda m: m.prompt_ids.pop("<OD>")), "is missing"),
+    "model: prompt naming a token past the vocabulary": (
+        _model(lambda m: m.prompt_ids["<CAPTION>"].append(10**9)),
+        "prompt_ids",
+    ),
+    "model: image size the vision tower cannot fill": (_model(_spec("image_spec", size=1000)), "image-token slots"),
+    "model: zero std": (_model(_spec("image_spec", std=(0.0, 0.0, 0.0))), "image_spec.std"),
+    "model: NaN LayerNorm": (_model(_fill("text.enc_norm.weight", math.nan)), "NaN or infinite"),
+    "model: inf positions": (_model(_fill("text.dec_positions", math.inf)), "NaN or infinite"),
+    "model: NaN int8 scale": (_model(_fill("text.enc_layers.0.qkv.weight_scale", math.nan)), "NaN or infinite"),
+    "model: NaN tied-head scale": (_model(_set("text.lm_head.scale", math.nan)), "lm_head.scale"),
+    "model: tokenizer JSON that does not parse": (_model(_set("tokenizer_json", "{not json")), "tokenizer_json"),
+    "model: a pickled forward hook": (_model(_hook), "_forward_pre_hooks"),
+    "model: an instance attribute hiding a method": (
+        _model(_set("text.lm_head.packed", None)),
+        "overrides TiedInt8Head.packed",
+    ),
     # manifest
     "manifest: hash mismatch": (_manifest(lambda m: m.update(model_sha256="0" * 64)), "does not match manifest"),
     "manifest: covers a missing processor file": (
@@ -579,6 +625,25 @@ def test_a_forged_artifact_is_a_503_through_every_door_and_runs_nothing(
     assert health.status_code == 200 and health.json()["model_loaded"] is False
     assert refusal in health.json()["last_error"]
     assert not canary.exists(), "the forged artifact ran code"
+
+
+def test_a_fixed_artifact_serves_after_a_refused_one(
+    serving_env: Path, tiny_artifact: Path, tmp_path: Path, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load refused by the model check leaves nothing half-loaded: the fixed folder serves on the next try."""
+    folder = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, folder)
+    _model(_fill("text.enc_norm.weight", math.nan))(tiny_artifact, folder, tmp_path / "canary")
+    monkeypatch.setenv("ARTIFACT_DIR", str(folder))
+    monkeypatch.setenv("ARTIFACT_RETRY_S", "0")
+    client = TestClient(app, raise_server_exceptions=False)
+    post = lambda: client.post("/caption", content=png_bytes, headers={"content-type": "image/png"})
+    assert post().status_code == 503
+    shutil.rmtree(folder)
+    shutil.copytree(tiny_artifact, folder)
+    answer = post()
+    assert answer.status_code == 200 and answer.json()["caption"], answer.text
+    assert client.get("/health").json()["load_count"] == 2
 
 
 def test_an_artifact_replaced_under_a_running_process_is_not_reloaded(

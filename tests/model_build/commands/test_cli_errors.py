@@ -195,6 +195,29 @@ def test_a_tampered_artifact_is_one_line_and_exit_1(
     ]
 
 
+def test_a_forged_model_is_one_line_and_exit_1(
+    tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model.pt whose hashes match but whose model the runtime cannot serve (a NaN norm), refused at load."""
+    import torch
+
+    from handler.florence.artifact import sha256_file
+
+    forged = shutil.copytree(tiny_artifact, tmp_path / "forged")
+    model = torch.load(forged / "model.pt", weights_only=False)  # the trusted build's own model
+    model.text.enc_norm.weight.data.fill_(float("nan"))
+    torch.save(model, forged / "model.pt")
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest.update(model_sha256=sha256_file(forged / "model.pt"), model_bytes=(forged / "model.pt").stat().st_size)
+    (forged / "manifest.json").write_text(json.dumps(manifest))
+    status, err = _fails(["eval", str(forged), "--max-images", "1"], capsys)
+    assert status == 1
+    assert err.strip().splitlines() == [
+        "python -m model_build eval: error: model.pt is not a model this runtime can serve: "
+        "text.enc_norm.weight: holds NaN or infinite values (or values too large to add up)"
+    ]
+
+
 def test_a_hub_id_while_offline_is_one_line_and_exit_1() -> None:
     # A fresh process: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     result = subprocess.run(
