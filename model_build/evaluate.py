@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -27,13 +28,21 @@ from model_build.finetune.lora import check_adapter
 from model_build.settings import output_file, setting
 
 
+def is_artifact_folder(path: Path) -> bool:
+    """A folder with a `manifest.json` of any kind: a link, FIFO or folder there is a broken artifact,
+    which `Manifest.read` names, not an adapter folder to look for weights in."""
+    from handler.florence.artifact import MANIFEST_FILE
+
+    return os.path.lexists(path / MANIFEST_FILE)
+
+
 def check_model_folder(path: Path) -> None:
     """`check` for the model argument: an artifact whose manifest reads, or a readable adapter folder."""
-    from handler.florence.artifact import MANIFEST_FILE, ArtifactError, Manifest
+    from handler.florence.artifact import ArtifactError, Manifest
 
     if not path.is_dir():
         raise ValueError(f"{path} is not a folder; give an artifact folder or a finetune run folder")
-    if (path / MANIFEST_FILE).is_file():
+    if is_artifact_folder(path):
         try:
             Manifest.read(path)
         except ArtifactError as exc:
@@ -71,7 +80,7 @@ class EvalConfig:
 
 def load_model(source: str | Path | None, base: str | None = None, image_size: int | None = None):
     """(model, processor, description) for an artifact folder, a finetune run/adapter folder, or a base."""
-    if source is not None and (Path(source) / "manifest.json").is_file():
+    if source is not None and is_artifact_folder(Path(source)):
         from handler.florence.artifact import load_artifact
 
         loaded = load_artifact(source)

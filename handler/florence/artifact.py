@@ -24,9 +24,11 @@ import os
 import pickle
 import platform
 import re
+import stat
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -46,6 +48,12 @@ READABLE_FORMATS = (6, FORMAT_VERSION)
 MODEL_FILE = "model.pt"
 PROCESSOR_DIR = "processor"
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20
+"""A manifest is about 1 KiB; a larger one is read no further (a huge or endless file costs nothing)."""
+MAX_PICKLE_BYTES = 16 << 20
+"""`data.pkl` inside `model.pt` (the module tree, prompt ids and the 1.6 MiB tokenizer JSON) is about
+2 MiB at base size. Unpickling costs time and memory in proportion to it (80 MB of list entries took
+32 s and 900 MB), so a larger one is refused before the unpickler starts."""
 
 
 class ArtifactError(RuntimeError):
@@ -81,12 +89,7 @@ class Manifest:
         """The manifest, refused unless its format is current, its file names stay inside the folder,
         and (when `pinned_sha256` is set) its bytes hash to the pin."""
         path = Path(artifact_dir) / MANIFEST_FILE
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise ArtifactError(f"no {MANIFEST_FILE} in artifact folder {artifact_dir}") from exc
-        except OSError as exc:
-            raise ArtifactError(f"unreadable {path}: {exc}") from exc
+        raw = read_small_file(path, MAX_MANIFEST_BYTES)
         if pinned_sha256:
             actual = hashlib.sha256(raw).hexdigest()
             if actual != pinned_sha256:
@@ -96,8 +99,8 @@ class Manifest:
                 )
         try:
             data = json.loads(raw)
-        except ValueError as exc:
-            raise ArtifactError(f"unreadable {path}: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+            raise ArtifactError(f"{path} is not valid JSON: {str(exc)[:200]}") from exc
         if not isinstance(data, dict):
             raise ArtifactError(f"{path} is not a JSON object")
         version = data.get("format_version")
@@ -112,13 +115,81 @@ class Manifest:
             manifest = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise ArtifactError(f"manifest is missing fields: {exc}") from exc
+        manifest.check_types()
         for name in [manifest.model_file, *manifest.processor_sha256]:
             check_bare_name(name)
         return manifest
 
+    def check_types(self) -> None:
+        """Every field has the JSON type `fuse` writes, so a wrong one is named here, not met as a TypeError later."""
+        for name, expected in MANIFEST_FIELD_TYPES.items():
+            value = getattr(self, name)
+            if type(value) not in expected:
+                names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in expected)
+                raise ArtifactError(f"manifest field {name} is {type(value).__name__} {str(value)[:40]!r}, not {names}")
+        for digest in [self.model_sha256, *self.processor_sha256.values()]:
+            if type(digest) is not str or not SHA256_HEX.fullmatch(digest):
+                raise ArtifactError(f"manifest holds {str(digest)[:80]!r} where a sha256 (64 hex digits) belongs")
+
     @property
     def short_sha(self) -> str:
         return self.model_sha256[:12]
+
+
+MANIFEST_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model_sha256": (str,),
+    "model_bytes": (int,),
+    "python": (str,),
+    "torch": (str,),
+    "transformers": (str,),
+    "base_id": (str,),
+    "image_size": (int,),
+    "tasks": (list,),
+    "generation": (dict,),
+    "adapter_sha256": (str, type(None)),
+    "parity": (dict,),
+    "format_version": (int,),
+    "model_file": (str,),
+    "processor_sha256": (dict,),
+    "extra": (dict,),
+}
+"""The JSON type of each manifest field (exact: `true` is not an int)."""
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def regular_file(path: Path) -> os.stat_result:
+    """The file's status, unless it is missing, a link, or not a plain file (a FIFO would block the
+    reader forever, /dev/zero never ends, a link reads outside the folder)."""
+    try:
+        status = path.lstat()
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path.name} is missing from the artifact folder {path.parent}") from exc
+    except OSError as exc:
+        raise ArtifactError(f"unreadable {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a link" if stat.S_ISLNK(status.st_mode) else "a folder" if stat.S_ISDIR(status.st_mode) else "special"
+        raise ArtifactError(f"{path} is {kind}, not a plain file; an artifact holds regular files only")
+    return status
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of a plain file of at most `limit` bytes, or ArtifactError (checked on the open handle)."""
+    regular_file(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as exc:  # swapped for a link or a FIFO since the check
+        raise ArtifactError(f"unreadable {path}: {exc.strerror or exc}") from exc
+    with open(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise ArtifactError(f"{path} is not a plain file; an artifact holds regular files only")
+        if status.st_size > limit:
+            raise ArtifactError(f"{path} is {status.st_size} bytes; more than {limit} is no file fuse writes")
+        try:
+            return handle.read(limit + 1)[:limit]
+        except OSError as exc:
+            raise ArtifactError(f"unreadable {path}: {exc.strerror or exc}") from exc
 
 
 def check_bare_name(name: object) -> None:
@@ -171,17 +242,29 @@ def _major_minor(version: str) -> str:
 
 
 def processor_hashes(processor_dir: Path) -> dict[str, str]:
-    """sha256 of every file in the processor folder, by name (what the manifest records)."""
-    if not processor_dir.is_dir():
+    """sha256 of every file in the processor folder, by name (what the manifest records).
+
+    The folder and its files must be plain: not links, FIFOs or devices (ArtifactError)."""
+    try:
+        status = processor_dir.lstat()
+    except FileNotFoundError:
         return {}
-    return {path.name: sha256_file(path) for path in sorted(processor_dir.iterdir())}
+    except OSError as exc:
+        raise ArtifactError(f"unreadable {processor_dir}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(status.st_mode):
+        raise ArtifactError(f"{processor_dir} is not a folder (a link or a file); an artifact holds regular files only")
+    try:
+        paths = sorted(processor_dir.iterdir())
+    except OSError as exc:
+        raise ArtifactError(f"unreadable {processor_dir}: {exc.strerror or exc}") from exc
+    for path in paths:
+        regular_file(path)
+    return {path.name: sha256_file(path) for path in paths}
 
 
 def verify(artifact_dir: str | Path, manifest: Manifest) -> Path:
     """Refuse an artifact whose files or runtime do not match its manifest; return the pickle path."""
     processor_dir = Path(artifact_dir) / PROCESSOR_DIR
-    if processor_dir.is_dir() and any(not p.is_file() for p in processor_dir.iterdir()):
-        raise ArtifactError(f"{PROCESSOR_DIR}/ holds something that is not a plain file")
     on_disk = processor_hashes(processor_dir)
     if set(on_disk) != set(manifest.processor_sha256):
         raise ArtifactError(
@@ -191,9 +274,7 @@ def verify(artifact_dir: str | Path, manifest: Manifest) -> Path:
         if digest != manifest.processor_sha256[name]:
             raise ArtifactError(f"{PROCESSOR_DIR}/{name} does not match its sha256 in the manifest")
     model_path = Path(artifact_dir) / manifest.model_file
-    if not model_path.is_file():
-        raise ArtifactError(f"model file {model_path} is missing")
-    size = model_path.stat().st_size
+    size = regular_file(model_path).st_size
     if size != manifest.model_bytes:
         raise ArtifactError(f"{model_path.name} is {size} bytes, manifest says {manifest.model_bytes}")
     actual = sha256_file(model_path)
@@ -244,18 +325,60 @@ def _refusal(exc: Exception) -> str:
     marker = "WeightsUnpickler error: "
     if marker in text:
         text = text.split(marker, 1)[1]
-    found = re.search(r"Unsupported global: GLOBAL (\S+) was not an allowed global", text)
+    found = re.search(r"Unsupported global: GLOBAL (\S+) was not an allowed global", text) or re.search(
+        r"unsupported GLOBAL (\S+) whose module \S+ is blocked", text
+    )
     if found:
         return f"it names {found.group(1)}, which is not on the allow-list"
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    # torch's preamble advises re-running with weights_only off; that advice is not passed on.
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    if not lines:
+        return type(exc).__name__
+    if isinstance(exc, pickle.UnpicklingError):
+        return lines[0][:300]
+    return f"{type(exc).__name__}: {lines[0][:300]}"  # KeyError '7' says little without its type
+
+
+def check_archive(model_path: Path) -> None:
+    """Refuse a `model.pt` that is not laid out as `torch.save` writes it, before torch reads a byte of it.
+
+    Only the zip's central directory is read. torch.save stores every member uncompressed under one
+    folder; a deflated member (a zip bomb: 600 MB of pickle from 600 KB took the process to 1.9 GB),
+    a duplicate name (which copy is read depends on the reader), a path out of the folder, or a
+    pickle over MAX_PICKLE_BYTES is refused.
+    """
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ArtifactError(f"{model_path.name} is not a torch.save archive: {exc}") from exc
+    names = [member.filename for member in members]
+    folder = names[0].split("/", 1)[0] if names else ""
+    if len(set(names)) != len(names):
+        raise ArtifactError(f"{model_path.name} holds two members of the same name")
+    for member in members:
+        parts = member.filename.split("/")
+        if len(parts) < 2 or parts[0] != folder or "" in parts or ".." in parts or "\\" in member.filename:
+            raise ArtifactError(f"{model_path.name} holds {member.filename[:100]!r}, outside its folder {folder!r}")
+        if member.compress_type != zipfile.ZIP_STORED or member.compress_size != member.file_size:
+            raise ArtifactError(f"{model_path.name} holds a compressed member {member.filename[:100]!r}")
+    pickled = {member.filename: member.file_size for member in members}.get(f"{folder}/data.pkl")
+    if pickled is None:
+        raise ArtifactError(f"{model_path.name} holds no {folder}/data.pkl")
+    if pickled > MAX_PICKLE_BYTES:
+        raise ArtifactError(
+            f"{model_path.name}'s pickle is {pickled} bytes; more than {MAX_PICKLE_BYTES} is no model we build"
+        )
 
 
 def load_model(model_path: Path) -> Any:
     """Unpickle the served model with the allow-list only (memory-mapped); ArtifactError otherwise."""
     import torch
 
+    from handler.florence.model_check import MalformedModel, check_served_model
     from handler.florence.runtime.model import is_fast
 
+    check_archive(model_path)
     try:
         with torch.serialization.safe_globals(served_classes()):
             model = torch.load(model_path, weights_only=True, mmap=True)
@@ -268,6 +391,12 @@ def load_model(model_path: Path) -> Any:
         raise ArtifactError(f"could not load {model_path.name}: {_refusal(exc)}") from exc
     if not is_fast(model):
         raise ArtifactError(f"{model_path.name} holds a {type(model).__name__}, not the served fast runtime")
+    try:
+        check_served_model(model)
+    except MalformedModel as exc:
+        raise ArtifactError(f"{model_path.name} is not a model this runtime can serve: {exc}") from exc
+    except Exception as exc:  # state odd enough to break the walk itself (an attribute of the wrong kind)
+        raise ArtifactError(f"{model_path.name} is not a model this runtime can serve: {_refusal(exc)}") from exc
     return model
 
 

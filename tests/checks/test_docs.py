@@ -256,7 +256,7 @@ def test_every_dotted_python_name_in_backticks_exists() -> None:
     assert missing == []
 
 
-FILE_SUFFIX = r"\.(py|md|json|toml|yaml|pt|safetensors|html|csv|png|jpg|txt)$"
+FILE_SUFFIX = r"\.(py|md|json|toml|yaml|pt|pkl|safetensors|html|csv|png|jpg|txt)$"
 """A file name, not a dotted Python name."""
 
 

@@ -64,6 +64,12 @@ def places(tmp_path: Path) -> dict[str, Path]:
     bad_manifest.mkdir()
     (bad_manifest / "manifest.json").write_text('{"model_sha256": ')
     (tmp_path / "empty").mkdir()
+    fifo_manifest = tmp_path / "fifo-manifest"  # reading it would wait for a writer forever
+    fifo_manifest.mkdir()
+    os.mkfifo(fifo_manifest / "manifest.json")
+    linked_manifest = tmp_path / "linked-manifest"  # reading it would never end
+    linked_manifest.mkdir()
+    (linked_manifest / "manifest.json").symlink_to("/dev/zero")
     return {
         "file": a_file,
         "empty": tmp_path / "empty",
@@ -74,6 +80,8 @@ def places(tmp_path: Path) -> dict[str, Path]:
         "bad-weights": _adapter(tmp_path / "bad-weights", weights=b"\x10\x00\x00\x00\x00\x00\x00\x00{"),
         "truncated-weights": _adapter(tmp_path / "truncated-weights", weights=truncated),
         "bad-manifest": bad_manifest,
+        "fifo-manifest": fifo_manifest,
+        "linked-manifest": linked_manifest,
         "under-file": a_file / "out",
         "adapter-ok": good,
     }
@@ -110,6 +118,8 @@ USAGE_ERRORS = [
     ("eval {empty}", "MODEL", "no adapter_model.safetensors"),
     ("eval {file}", "MODEL", "is not a folder"),
     ("eval {bad-manifest}", "MODEL", "manifest.json"),
+    ("eval {fifo-manifest}", "MODEL", "manifest.json is special, not a plain file"),
+    ("eval {linked-manifest}", "MODEL", "manifest.json is a link, not a plain file"),
     ("eval", None, "give a model folder"),
     ("eval --base tiny --max-images 0", "--max-images", "must be at least 1"),
     ("eval --base tiny --batch-size 0", "--batch-size", "must be at least 1"),
@@ -182,6 +192,29 @@ def test_a_tampered_artifact_is_one_line_and_exit_1(
     assert err.strip().splitlines() == [
         f"python -m model_build eval: error: model.pt is {(tampered / 'model.pt').stat().st_size} bytes, "
         f"manifest says {(tiny_artifact / 'model.pt').stat().st_size}"
+    ]
+
+
+def test_a_forged_model_is_one_line_and_exit_1(
+    tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model.pt whose hashes match but whose model the runtime cannot serve (a NaN norm), refused at load."""
+    import torch
+
+    from handler.florence.artifact import sha256_file
+
+    forged = shutil.copytree(tiny_artifact, tmp_path / "forged")
+    model = torch.load(forged / "model.pt", weights_only=False)  # the trusted build's own model
+    model.text.enc_norm.weight.data.fill_(float("nan"))
+    torch.save(model, forged / "model.pt")
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest.update(model_sha256=sha256_file(forged / "model.pt"), model_bytes=(forged / "model.pt").stat().st_size)
+    (forged / "manifest.json").write_text(json.dumps(manifest))
+    status, err = _fails(["eval", str(forged), "--max-images", "1"], capsys)
+    assert status == 1
+    assert err.strip().splitlines() == [
+        "python -m model_build eval: error: model.pt is not a model this runtime can serve: "
+        "text.enc_norm.weight: holds NaN or infinite values"
     ]
 
 
