@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from model_build.base.loading import check_base
-from model_build.settings import output_folder, reusable_folder, setting
+from model_build.data.synth import check_data_or_synth_out
+from model_build.export.writer import check_artifact_out
+from model_build.settings import output_folder, setting
 
 
 def check_port_free(port: int) -> None:
@@ -40,10 +42,15 @@ class DemoConfig:
 
     base: str = setting("tiny", help="base model (tiny: the embedded one)", check=check_base)
     data_dir: Path = setting(
-        Path("data/synth"), help="COCO-format data (synthesized if absent)", flag="--data", check=reusable_folder
+        Path("data/synth"),
+        help="COCO-format data (synthesized if it has no val2017 split)",
+        flag="--data",
+        check=check_data_or_synth_out,
     )
     run_dir: Path = setting(Path("runs/demo"), help="fine-tune run and demo outputs", check=output_folder)
-    artifact_dir: Path = setting(Path("artifacts/demo"), help="artifact folder", flag="--out", check=output_folder)
+    artifact_dir: Path = setting(
+        Path("artifacts/demo"), help="artifact folder (as fuse's --out)", flag="--out", check=check_artifact_out
+    )
     steps: int | None = setting(None, help="fine-tuning steps (default: finetune's own)", minimum=1)
     serve: bool = setting(False, help="keep the API and the demo page running after the sample request (Ctrl-C)")
     port: int = setting(

@@ -78,12 +78,6 @@ def output_folder(path: Path) -> None:
     _writable_under(path / "x")
 
 
-def reusable_folder(path: Path) -> None:
-    """`check` for a folder that is read when it exists and written when it does not (synthetic data)."""
-    if not path.is_dir():
-        output_folder(path)
-
-
 def output_file(path: Path) -> None:
     """`check` for a file a command writes (its folders created if missing)."""
     if path.is_dir():

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler.florence.tasks import Task
+from model_build.data.synth import check_data_or_synth_out
 from model_build.export.quality import QualityReport, split_quality, teacher_forced_fidelity
-from model_build.settings import reusable_folder, setting
+from model_build.settings import setting
 
 
 @dataclass
@@ -19,7 +20,10 @@ class QualityConfig:
     """`python -m model_build quality`: the quality-parity rule on the tiny model's held-out split and at base size."""
 
     data_dir: Path = setting(
-        Path("data/quality-val"), help="held-out split root (written if missing)", flag="--data", check=reusable_folder
+        Path("data/quality-val"),
+        help="held-out split root (written if missing)",
+        flag="--data",
+        check=check_data_or_synth_out,
     )
     images: int = setting(200, help="held-out images scored by fp32, the seed recipe and the served runtime", minimum=1)
     seed: int = setting(11, help="seed of the synthetic held-out split")

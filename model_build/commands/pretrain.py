@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from model_build.commands.options import add_config_arguments, config_from
-from model_build.pretrain.pretraining import PretrainConfig
+from model_build.pretrain.pretraining import PROVENANCE_FILE, PretrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,5 +17,5 @@ def run(args: argparse.Namespace) -> int:
 
     out = pretrain_tiny(config_from(args, PretrainConfig()))
     print(f"embedded tiny model written to {out}")
-    print((out / "PROVENANCE.json").read_text())
+    print((out / PROVENANCE_FILE).read_text())
     return 0

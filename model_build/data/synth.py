@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from model_build.settings import output_folder, setting
+from model_build.outputs import refusal, replaceable_folder
+from model_build.settings import UsageError, setting
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -37,6 +38,17 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "beige": (225, 205, 170),
 }
 MAX_OBJECTS = 2
+SYNTH_MARKER = "annotations/captions_base_*.json"
+"""Our extra caption file: it tells a synthetic dataset, which may be written over, from a user's."""
+SYNTHETIC = "a synthetic dataset"
+check_synth_out = replaceable_folder(SYNTH_MARKER, SYNTHETIC)
+"""`check` for a folder synthetic data is written into: new, empty or synthetic, never a user's dataset."""
+
+
+def check_data_or_synth_out(path: Path) -> None:
+    """`check` for a `--data` that is read when it holds a val2017 split and synthesized into otherwise."""
+    if not (path / "annotations" / "instances_val2017.json").is_file():
+        check_synth_out(path)
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,10 @@ _CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
 
 
 def write_split(root: Path, split: str, count: int, seed: int, first_id: int) -> None:
-    """Write `count` images and their COCO caption/instance files for one split."""
+    """Write `count` images and their COCO caption/instance files for one split (over a synthetic one only)."""
+    reason = refusal(root, SYNTH_MARKER, SYNTHETIC)
+    if reason:
+        raise UsageError(reason)
     rng = random.Random(f"{seed}-{split}")
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +211,9 @@ def write_split(root: Path, split: str, count: int, seed: int, first_id: int) ->
 class SynthConfig:
     """`python -m model_build synth`: the synthetic dataset's size and seed."""
 
-    out_dir: Path = setting(Path("data/synth"), help="dataset folder", flag="--out", check=output_folder)
+    out_dir: Path = setting(
+        Path("data/synth"), help="dataset folder: new, empty or synthetic", flag="--out", check=check_synth_out
+    )
     train: int = setting(1000, help="train2017 images", minimum=1)
     val: int = setting(100, help="val2017 images", minimum=1)
     seed: int = setting(0, help="random seed; same seed, same bytes")

@@ -17,15 +17,21 @@ from handler.florence.engine import Engine
 from handler.florence.tasks import Task
 from model_build.base.loading import check_base, check_image_size
 from model_build.export.parity import BASELINE_SLACK, ParityError, ParityReport, compare
+from model_build.export.writer import check_artifact_out
 from model_build.finetune.lora import check_adapter
-from model_build.settings import UsageError, output_folder, setting
+from model_build.settings import UsageError, setting
 
 
 @dataclass
 class FuseConfig:
     """`python -m model_build fuse`: every default of building the served artifact, in one place."""
 
-    out_dir: Path = setting(Path("artifacts/florence2"), help="artifact folder", flag="--out", check=output_folder)
+    out_dir: Path = setting(
+        Path("artifacts/florence2"),
+        help="artifact folder: new, empty or an earlier artifact, replaced once the new one is complete",
+        flag="--out",
+        check=check_artifact_out,
+    )
     adapter: Path | None = setting(
         None, help="finetune run folder (or its adapter/); omit to fuse --base alone", check=check_adapter
     )

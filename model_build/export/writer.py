@@ -6,7 +6,6 @@ drift apart.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,11 @@ from handler.florence.artifact import (
 )
 from handler.florence.runtime.model import is_fast
 from handler.florence.tasks import MAX_NEW_TOKENS, NUM_BEAMS, Task
+from model_build.outputs import replaceable_folder, write_folder
+
+ARTIFACT = "an artifact"
+check_artifact_out = replaceable_folder(MANIFEST_FILE, ARTIFACT)
+"""`check` for an artifact's `--out`: what `write_artifact` may replace, refused at the flag before any work."""
 
 
 def generation_defaults() -> dict[str, Any]:
@@ -51,11 +55,28 @@ def write_artifact(
     A served (fast runtime) model is loaded back the way the handler loads it (weights_only, the
     allow-list), so a model holding a class the handler would refuse fails here, at build time. The
     bench also writes the seed recipe's transformers model, which is timed but never served.
+
+    `out_dir` is replaced whole only once the new artifact is complete (`model_build.outputs`), and only
+    if it is new, empty or an artifact: an interrupted or refused build leaves it as it was.
     """
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+
+    def write(out: Path) -> Manifest:
+        return _write(model, processor, out, base_id, image_size, tasks, adapter_sha256, parity, extra)
+
+    return write_folder(Path(out_dir), write, marker=MANIFEST_FILE, what=ARTIFACT)
+
+
+def _write(
+    model: torch.nn.Module,
+    processor,
+    out: Path,
+    base_id: str,
+    image_size: int,
+    tasks: list[Task],
+    adapter_sha256: str | None,
+    parity: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
+) -> Manifest:
     model_path = out / MODEL_FILE
     torch.save(model, model_path)
     if is_fast(model):

@@ -10,14 +10,19 @@ image within a few hundred steps instead of thousands.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from handler.florence.tasks import IMAGE_SIZE, Task
+from model_build.data.synth import check_synth_out
+from model_build.outputs import replaceable_folder, write_folder
 from model_build.settings import output_folder, setting
 from model_build.training import TrainConfig
+
+PROVENANCE_FILE = "PROVENANCE.json"
+"""Written beside the model with how it was made; it marks a folder `pretrain-tiny` may replace."""
+TINY_MODEL = "a model written by pretrain-tiny"
 
 
 def _pretrain_training() -> TrainConfig:
@@ -37,9 +42,9 @@ class PretrainConfig:
 
     out_dir: Path | None = setting(
         None,
-        help="where the HF-layout model is written (default: the embedded model folder)",
+        help="where the HF-layout model is written: new, empty or an earlier one (default: the embedded model folder)",
         flag="--out",
-        check=output_folder,
+        check=replaceable_folder(PROVENANCE_FILE, TINY_MODEL),
     )
     run_dir: Path = setting(
         Path("runs/pretrain-tiny"), help="metrics, loss plot, checkpoint, eval.json", check=output_folder
@@ -47,7 +52,7 @@ class PretrainConfig:
     val_dir: Path = setting(
         Path("data/synth-pretrain"),
         help="held-out val2017 split (same as `synth --seed S`'s), scored after training",
-        check=output_folder,
+        check=check_synth_out,
     )
     full_scenes: int = setting(3000, help="scenes like the val split: one or two shapes on a noisy gradient", minimum=1)
     easy_scenes: int = setting(1000, help="scenes of one large shape on a flat background", minimum=0)
@@ -94,12 +99,6 @@ def pretrain_tiny(config: PretrainConfig) -> Path:
         title="pretrain tiny: captions, boxes, grid",
     )
 
-    out = Path(config.out_dir or EMBEDDED_DIR)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     minutes = round((time.perf_counter() - started) / 60, 1)
     report = score_on_val(model, processor, config)
     (config.run_dir / "eval.json").write_text(json.dumps(report, indent=2))
@@ -121,7 +120,14 @@ def pretrain_tiny(config: PretrainConfig) -> Path:
             "map": report["detect"]["map"],
         },
     }
-    (out / "PROVENANCE.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        (folder / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+
+    out = Path(config.out_dir or EMBEDDED_DIR)
+    write_folder(out, write, marker=PROVENANCE_FILE, what=TINY_MODEL)
     return out
 
 

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model_build.settings import output_folder, setting
+from model_build.outputs import replaceable_folder
+from model_build.settings import setting
 
 STAGES = ("base", "synth", "finetune", "fuse", "serve", "decode")
 REPORT_FILE = "report.json"
@@ -48,9 +49,9 @@ class RehearsalConfig:
 
     out_dir: Path = setting(
         Path("runs/rehearsal"),
-        help="output folder (report.json, and the rest with --keep)",
+        help="output folder: new, empty or an earlier rehearsal's (report.json, and the rest with --keep)",
         flag="--out",
-        check=output_folder,
+        check=replaceable_folder(RESULTS_DIR, "a rehearsal's folder"),
     )
     steps: int = setting(3, help="fine-tuning steps", minimum=1)
     batch_size: int = setting(2, help="fine-tuning samples per step", minimum=1)

@@ -70,7 +70,13 @@ def places(tmp_path: Path) -> dict[str, Path]:
     linked_manifest = tmp_path / "linked-manifest"  # reading it would never end
     linked_manifest.mkdir()
     (linked_manifest / "manifest.json").symlink_to("/dev/zero")
+    dataset = tmp_path / "my-coco"  # a user's data, with no val2017 split: nothing may write over it
+    (dataset / "train2017").mkdir(parents=True)
+    (dataset / "train2017" / "000000000009.jpg").write_bytes(b"a photo")
+    (dataset / "annotations").mkdir()
+    (dataset / "annotations" / "instances_train2017.json").write_text("{}")
     return {
+        "dataset": dataset,
         "file": a_file,
         "empty": tmp_path / "empty",
         "config-only": config_only,
@@ -111,6 +117,7 @@ USAGE_ERRORS = [
     ("fuse --adapter {bad-weights}", "--adapter", "not a readable safetensors file"),
     ("fuse --adapter {truncated-weights}", "--adapter", "not a readable safetensors file"),
     ("fuse --adapter {adapter-ok} --out {under-file}", "--out", "is a file, not a folder"),
+    ("fuse --base tiny --out {dataset}", "--out", "is not empty and is not an artifact (it has no manifest.json)"),
     ("fuse --base tiny --parity-images 0", "--parity-images", "must be at least 1"),
     ("fuse --base tiny --min-box-iou -0.1", "--min-box-iou", "must be at least 0"),
     ("fuse --base {config-only}", "--base", "no weights"),
@@ -131,6 +138,7 @@ USAGE_ERRORS = [
     ("quality --base-images 0", "--base-images", "must be at least 1"),
     ("quality --data {file}", "--data", "is a file"),
     ("synth --out {under-file}", "--out", "is a file, not a folder"),
+    ("synth --out {dataset}", "--out", "is not empty and is not a synthetic dataset"),
     ("synth --train -1", "--train", "must be at least 1"),
     ("synth --val 0", "--val", "must be at least 1"),
     ("bench --quick --runs 0", "--runs", "must be at least 1"),
@@ -143,16 +151,22 @@ USAGE_ERRORS = [
     ("rehearse --steps 0", "--steps", "must be at least 1"),
     ("rehearse --threads -1", "--threads", "must be at least 0"),
     ("rehearse --batch-size 0", "--batch-size", "must be at least 1"),
+    ("rehearse --out {dataset}", "--out", "is not empty and is not a rehearsal's folder"),
     ("rehearse --out {file}", "--out", "is a file; give a folder"),
     ("cost", None, "the following arguments are required: --measured"),
     ("cost --measured abc", None, "expected MEMORY_MB=path/to/benchmarks.json"),
     ("cost --measured 1769={file}", None, "is not a bench run's benchmarks.json"),
     ("cost --measured 1769={file} --out {empty}", "--out", "is a folder; give a file name"),
     ("pretrain-tiny --steps 0", "--steps", "must be at least 1"),
+    ("pretrain-tiny --out {dataset}", "--out", "is not empty and is not a model written by pretrain-tiny"),
+    ("pretrain-tiny --val-dir {dataset}", "--val-dir", "is not empty and is not a synthetic dataset"),
     ("pretrain-tiny --workers 0", "--workers", "must be at least 1"),
     ("pretrain-tiny --easy-share 1", "--easy-share", "must be at least 0 and below 1, not 1"),
     ("demo --steps 0", "--steps", "must be at least 1"),
     ("demo --port 70000", "--port", "must be at most 65535"),
+    ("demo --data {dataset}", "--data", "is not empty and is not a synthetic dataset"),
+    ("demo --out {dataset}", "--out", "is not empty and is not an artifact"),
+    ("quality --data {dataset}", "--data", "is not empty and is not a synthetic dataset"),
     ("demo --base {empty}", "--base", "has no config.json"),
     ("nosuchcommand", None, "invalid choice: 'nosuchcommand'"),
 ]
@@ -168,6 +182,15 @@ def test_a_wrong_invocation_is_a_usage_error_naming_the_problem(
     assert "error: " in last and message in last, err
     if flag is not None:
         assert f"argument {flag}" in last, err
+
+
+def test_no_refused_output_folder_lost_a_file(places: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """What the refusals above protect: the user's dataset is there, byte for byte, after each command."""
+    dataset = places["dataset"]
+    before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    for argv in (["fuse", "--base", "tiny", "--out"], ["synth", "--out"], ["pretrain-tiny", "--out"]):
+        assert _fails([*argv, str(dataset)], capsys)[0] == 2
+    assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
 
 
 def test_a_taken_port_stops_the_demo_before_it_builds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
