@@ -4,7 +4,7 @@ Each command module exposes `add_arguments(parser)` and `run(args) -> int`. A wr
 with one line naming the problem, never a traceback: bad flags are argparse's usage errors (exit 2,
 most of them caught by the config dataclass's `setting(minimum=..., check=...)` before any work),
 inputs found wrong once the work starts (a base that will not load, a corrupt artifact, a missing
-file) exit 1, and Ctrl-C exits 130.
+file) and a training run that diverged exit 1, and Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED_EXIT
     command_parser: argparse.ArgumentParser = args.command_parser
     from model_build.data.coco import DataError
+    from model_build.training import TrainingDiverged
 
     try:
         return int(args.run(args) or 0)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:  # bad input data is the user's to fix: one line naming the file, exit 2 like a bad flag
         print(f"{command_parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except INPUT_ERRORS as exc:
+    except (*INPUT_ERRORS, TrainingDiverged) as exc:
         print(f"{command_parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

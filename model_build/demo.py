@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def build(config: DemoConfig) -> Path:
     else:
         print(f"[1/4] using existing data in {config.data_dir}")
     finetune_config = FinetuneConfig(data_dir=config.data_dir, run_dir=config.run_dir / "finetune", base=config.base)
+    shutil.rmtree(finetune_config.run_dir, ignore_errors=True)  # the demo's own run: each demo starts over
     if config.steps is not None:
         finetune_config.train = replace(finetune_config.train, steps=config.steps)
     print(f"[2/4] LoRA fine-tuning {config.base} → {finetune_config.run_dir}")

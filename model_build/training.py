@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,13 @@ from tqdm import tqdm
 from model_build.settings import UsageError, setting
 
 CHECKPOINT_FILE = "checkpoint.pt"
+DATA_ORDER = ("batch_size", "grad_accum", "seed")
+"""The settings a resume replays the data order with: changed, the resumed run sees other batches."""
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """An optimizer step made the weights NaN or infinite; the last checkpoint is kept, nothing else is written."""
 
 
 @dataclass
@@ -71,6 +78,66 @@ def _batches(samples: Sequence, batch_size: int, seed: int):
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield [samples[i] for i in order[start : start + batch_size]]
         epoch += 1
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Stop before any work when a fresh run would overwrite an earlier run's checkpoint.
+
+    Rerunning a long run without `--resume` after an interruption would otherwise replace hours of
+    progress with the first checkpoint of a new run.
+    """
+    checkpoint_path = Path(run_dir) / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint_path.is_file():
+            log.warning("%s: no checkpoint to resume from; starting at step 0", run_dir)
+        return
+    if os.path.lexists(checkpoint_path):
+        raise UsageError(
+            f"{run_dir} holds an earlier run's {CHECKPOINT_FILE}; pass --resume to continue it, "
+            "or give another --run-dir to start over"
+        )
+
+
+def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
+    """The checkpoint a resume starts from, or a UsageError saying why it cannot be used."""
+    try:
+        checkpoint = torch.load(path, weights_only=False)
+        step = int(checkpoint["step"])
+        missing = [key for key in ("trainable", "optimizer", "history", "torch_rng") if key not in checkpoint]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+    except Exception as exc:  # a truncated zip, a pickle of something else: torch raises many kinds
+        raise UsageError(
+            f"{path} cannot be resumed from, it is damaged ({' '.join(str(exc).split())[:200]}); "
+            "give another --run-dir to start over"
+        ) from None
+    if step > config.steps:
+        raise UsageError(f"{path} is at step {step}, past --steps {config.steps}; give --steps {step} or more")
+    saved = checkpoint.get("config") or {}
+    changed = [
+        f"{name} {saved[name]} -> {getattr(config, name)}"
+        for name in DATA_ORDER
+        if name in saved and saved[name] != getattr(config, name)
+    ]
+    if changed:
+        log.warning("%s: resuming with %s; the batches differ from the interrupted run's", path, ", ".join(changed))
+    return checkpoint
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint: dict, path: Path) -> None:
+    """Load the checkpoint's trainable weights and optimizer state, which must fit this model exactly."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    saved = set(checkpoint["trainable"])
+    try:
+        if saved != trainable:
+            raise ValueError(f"missing {sorted(trainable - saved)[:2]}, unexpected {sorted(saved - trainable)[:2]}")
+        model.load_state_dict(checkpoint["trainable"], strict=False)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise UsageError(
+            f"{path} was written for another model or other LoRA settings (--base, --lora-*, --target-modules) "
+            f"than this run's: {' '.join(str(exc).split())[:300]}"
+        ) from None
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -127,6 +194,7 @@ def train(
             f"{len(samples)} training samples cannot fill one batch of {config.batch_size}: "
             "give more data (--data, --max-images) or a smaller --batch-size"
         )
+    check_run_dir(run_dir, resume)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device()
@@ -136,14 +204,14 @@ def train(
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
-    start_step = 0
+    start_step = saved_step = 0
 
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if resume and checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, weights_only=False)
-        model.load_state_dict(checkpoint["trainable"], strict=False)
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        checkpoint = _read_checkpoint(checkpoint_path, config)
+        _restore(model, optimizer, checkpoint, checkpoint_path)
         start_step, history = checkpoint["step"], checkpoint["history"]
+        saved_step = start_step
         torch.set_rng_state(checkpoint["torch_rng"])
     elif not resume:
         torch.manual_seed(config.seed)
@@ -153,6 +221,8 @@ def train(
         next(batches)
 
     def save_checkpoint(step: int) -> None:
+        nonlocal saved_step
+        partial = checkpoint_path.with_name(checkpoint_path.name + ".partial")  # an interrupted save keeps the last one
         torch.save(
             {
                 "trainable": _trainable_state(model),
@@ -162,8 +232,10 @@ def train(
                 "torch_rng": torch.get_rng_state(),
                 "config": asdict(config),
             },
-            checkpoint_path,
+            partial,
         )
+        os.replace(partial, checkpoint_path)
+        saved_step = step
 
     started = time.perf_counter()
     running, count = 0.0, 0
@@ -183,6 +255,12 @@ def train(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         count += 1
+        if not all(bool(torch.isfinite(p).all()) for p in params):  # a NaN adapter must never be written
+            kept = f"{checkpoint_path} holds step {saved_step}" if saved_step else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"step {step + 1} made the weights NaN or infinite (loss {running / count:.4g}): training diverged; "
+                f"lower --lr. No adapter or model was written; {kept}"
+            )
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             entry = {
                 "step": step + 1,

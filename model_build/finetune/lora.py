@@ -177,9 +177,10 @@ def finetune(config: FinetuneConfig) -> AdapterInfo:
 
     from model_build.base.loading import load_base
     from model_build.data.coco import InputEncoder
-    from model_build.training import train
+    from model_build.training import check_run_dir, train
 
-    samples = training_samples(config)  # first: bad data stops the run before minutes of model loading
+    check_run_dir(config.run_dir, config.resume)  # first: bad data or run folder stop before minutes of loading
+    samples = training_samples(config)
     model, processor = load_base(config.base, config.image_size)
     torch.manual_seed(config.train.seed)  # LoRA A-matrix init, so a resume rebuilds identical names and shapes
     peft_model = apply_lora(model, config.lora)

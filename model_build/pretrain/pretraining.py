@@ -79,8 +79,9 @@ def pretrain_tiny(config: PretrainConfig) -> Path:
     from model_build.data.synth import caption_corpus
     from model_build.pretrain.dense_supervision import DenselySupervised
     from model_build.pretrain.scene_pool import ScenePool
-    from model_build.training import train
+    from model_build.training import check_run_dir, train
 
+    check_run_dir(config.run_dir, config.resume)  # before the scenes are drawn
     started = time.perf_counter()
     tokenizer = build_tokenizer(caption_corpus())
     processor = build_processor(tokenizer, IMAGE_SIZE)
