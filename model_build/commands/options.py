@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -24,6 +25,17 @@ def _task_list(text: str) -> list[Task]:
         return tasks_from(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _finite_float(text: str) -> float:
+    """A float flag's value: `nan` and `inf` parse as floats but pass every bound and break training."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
+
+
+_finite_float.__name__ = "float"  # argparse names it in "invalid float value"
 
 
 def _name_list(text: str) -> list[str]:
@@ -44,7 +56,9 @@ def _parser_for(hint: Any) -> tuple[Any, bool]:
         return (convert if origin is list else lambda text: tuple(convert(text))), optional
     if hint is Path:
         return Path, optional
-    if hint in (int, float, str):
+    if hint is float:
+        return _finite_float, optional
+    if hint in (int, str):
         return hint, optional
     raise TypeError(f"no command-line form for {hint!r}")
 
