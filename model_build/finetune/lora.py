@@ -220,7 +220,7 @@ def check_adapter(path: Path) -> None:
             raise ValueError(f"{folder / name} is not a JSON object")
         if name == ADAPTER_INFO:
             try:
-                AdapterInfo(**data)
+                info = AdapterInfo(**data)
             except TypeError as exc:
                 raise ValueError(f"{folder / name} is not an adapter's build info: {exc}") from exc
     try:
@@ -228,3 +228,8 @@ def check_adapter(path: Path) -> None:
             weights.keys()
     except Exception as exc:  # safetensors raises its own error type for every kind of damage
         raise ValueError(f"{folder / ADAPTER_WEIGHTS} is not a readable safetensors file: {exc}") from exc
+    if sha256_file(folder / ADAPTER_WEIGHTS) != info.adapter_sha256:  # the manifest would record a wrong sha
+        raise ValueError(
+            f"{folder / ADAPTER_WEIGHTS} is not the adapter its {ADAPTER_INFO} describes (sha256 differs): "
+            "written partly, or copied from another run; rerun `finetune`"
+        )

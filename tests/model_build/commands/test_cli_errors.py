@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from handler.florence.artifact import sha256_file
 from model_build.base.tiny import EMBEDDED_DIR
 from model_build.cli import COMMANDS, INTERRUPTED_EXIT, build_parser, main
 from model_build.finetune.lora import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS
@@ -43,7 +44,8 @@ def _adapter(folder: Path, *, config: str | None = None, info: str | None = None
     """An adapter folder in the layout `finetune` writes, each file replaceable by damaged bytes."""
     folder.mkdir(parents=True)
     save_file({"lora_A": np.zeros((2, 2), dtype=np.float32)}, str(folder / ADAPTER_WEIGHTS))
-    info_fields = {"base": "tiny", "image_size": 384, "tasks": ["caption"], "lora": {}, "adapter_sha256": "0"}
+    info_fields = {"base": "tiny", "image_size": 384, "tasks": ["caption"], "lora": {}}
+    info_fields["adapter_sha256"] = sha256_file(folder / ADAPTER_WEIGHTS)
     (folder / ADAPTER_CONFIG).write_text(config if config is not None else json.dumps({"r": 8}))
     (folder / ADAPTER_INFO).write_text(info if info is not None else json.dumps(info_fields))
     if weights is not None:
@@ -313,6 +315,16 @@ def test_an_adapter_that_does_not_fit_its_base_is_a_usage_error(
     first = sorted(tensors)[0]
     tensors[first.replace("q_proj", "k_proj")] = tensors.pop(first)  # trained for another layer than the base has
     save_file(tensors, str(weights))
+    info = json.loads((run / "adapter" / ADAPTER_INFO).read_text())
+    assert (
+        _fails(["eval", str(run), "--data", str(data)], capsys)[1]
+        .strip()
+        .endswith(
+            f"{weights} is not the adapter its build_info.json describes (sha256 differs): "
+            "written partly, or copied from another run; rerun `finetune`"
+        )
+    )
+    (run / "adapter" / ADAPTER_INFO).write_text(json.dumps({**info, "adapter_sha256": sha256_file(weights)}))
     capsys.readouterr()
     status, err = _fails(["eval", str(run), "--data", str(data)], capsys)
     assert status == 2
