@@ -9,8 +9,8 @@ Label Studio, Roboflow, FiftyOne) export in it. Every input rule lives here and 
   with a `DataError` naming the file and the problem;
 - an item that cannot be used is left out and counted, one warning line per reason with the first
   example: annotations on unknown images or categories, boxes that are not 4 finite numbers, have no
-  area or lie outside the image, blank captions, image files that are missing or unreadable, images
-  whose size in the JSON has another shape than the file;
+  area or lie outside the image, blank captions, image files that are missing, unreadable or of more
+  than `DECODE_MAX_PIXELS`, images whose size in the JSON has another shape than the file;
 - boxes are clipped to the image; crowd boxes are not trained on (COCO's evaluation ignores them);
 - images are decoded as serving decodes them (`handler.inputs.images.decode_image`: EXIF rotation,
   transparency on white, 16-bit greys scaled), and boxes are mapped into that upright picture: the
@@ -179,6 +179,10 @@ class ImageFrame:
         return _map_box(box, mapping, self.upright, (self.width, self.height))
 
 
+DECODE_MAX_PIXELS = 89_478_485
+"""Pillow's own decompression-bomb limit: training reads trusted files, but a 100 MP scan is still a mistake."""
+
+
 def _same_shape(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return abs(a[0] * b[1] - a[1] * b[0]) <= SHAPE_TOLERANCE * a[0] * b[1]
 
@@ -204,6 +208,8 @@ def image_frame(path: Path, width: float | None, height: float | None) -> ImageF
         stored, orientation = _probe(path)
     except Exception:
         return "images whose file is not a readable image"
+    if stored[0] * stored[1] > DECODE_MAX_PIXELS:  # found now, not when a batch reads it hours into training
+        return f"images of more than {DECODE_MAX_PIXELS} pixels"
     upright = (stored[1], stored[0]) if orientation in SWAPS_AXES else stored
     if width is None or height is None:
         return ImageFrame(upright[0], upright[1], upright, orientation)
@@ -533,10 +539,6 @@ def load_samples(root: str | Path, split: str, tasks: list[Task], caption_style:
         names = " or ".join(t.api_name for t in tasks)
         raise DataError(f"{root / 'annotations'}: no usable {names} samples for {split}")
     return samples
-
-
-DECODE_MAX_PIXELS = 89_478_485
-"""Pillow's own decompression-bomb limit: training reads trusted files, but a 100 MP scan is still a mistake."""
 
 
 def open_rgb(path: Path):

@@ -366,3 +366,14 @@ def test_a_region_without_a_bbox_is_boxed_from_its_polygon_or_rle(tmp_path: Path
     root = write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], anns)
     _, boxes = detections_by_image(root, SPLIT)
     assert [d.box for d in boxes[1]] == [(5.0, 10.0, 25.0, 20.0)] * 3
+
+
+def test_an_image_too_large_to_decode_is_skipped_before_training_not_during_it(tmp_path: Path, caplog) -> None:
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    Image.new("1", (10_000, 9_000)).save(tmp_path / SPLIT / "scan.png")  # 90 MP, a few KB on disk
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "scan.png"}]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 8, 8]} for i in (1, 2)]
+    root = write_coco(tmp_path, images, anns)
+    with caplog.at_level(logging.WARNING):
+        assert [s.image_id for s in detection_samples(root, SPLIT)] == [1]
+    assert "skipped 1 images of more than 89478485 pixels" in caplog.text
