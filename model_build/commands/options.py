@@ -21,10 +21,16 @@ T = TypeVar("T")
 
 
 def _task_list(text: str) -> list[Task]:
+    """A `--tasks` value; an empty one names no task, which no command can run (the API reads it as its default)."""
     try:
-        return tasks_from(text)
+        tasks = tasks_from(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not tasks:
+        raise argparse.ArgumentTypeError(
+            f"name at least one task ({', '.join(t.api_name for t in Task)}), not {text!r}"
+        )
+    return tasks
 
 
 def _finite_float(text: str) -> float:
