@@ -20,6 +20,9 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 """What `from_pretrained` reads weights from in a local folder: one of these must be there."""
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+"""What `AutoProcessor` needs beside the weights: one of each (without them it fails after the model loaded)."""
 
 
 class BaseModelError(ValueError):
@@ -59,11 +62,30 @@ def resolve_base(base: str) -> str:
             raise BaseModelError(f"{base} holds model_type {config.get('model_type')!r}, not 'florence2'")
         if not any((path / name).is_file() for name in WEIGHT_FILES):
             raise BaseModelError(f"{base} has a config.json but no weights ({', '.join(WEIGHT_FILES)})")
+        for files, what in ((PROCESSOR_FILES, "image processor"), (TOKENIZER_FILES, "tokenizer")):
+            if not any((path / name).is_file() for name in files):
+                raise BaseModelError(
+                    f"{base} has no {what} ({' or '.join(files)}); save the processor beside the model"
+                )
+        _check_weights_header(path / WEIGHT_FILES[0])
         return str(path)
     _reject_remote_code(base, None)
     if _looks_like_a_path(base):
         raise BaseModelError(f"no such folder {base}; give `tiny`, a native Florence-2 folder or a hub id")
     return base
+
+
+def _check_weights_header(path: Path) -> None:
+    """A `model.safetensors` whose header does not read (cut short, not safetensors) fails here, not mid-load."""
+    if not path.is_file():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as weights:
+            weights.keys()
+    except Exception as exc:  # safetensors raises its own error type for every kind of damage
+        raise BaseModelError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
 def _looks_like_a_path(base: str) -> bool:
@@ -110,10 +132,17 @@ def load_base(base: str, image_size: int = IMAGE_SIZE, dtype=None):
 
     source = resolve_base(base)
     try:
-        model = Florence2ForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32)
+        model, loading = Florence2ForConditionalGeneration.from_pretrained(
+            source, dtype=dtype or torch.float32, output_loading_info=True
+        )
     except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "ignore_mismatched_sizes" in str(exc):
+            raise BaseModelError(
+                f"could not load {base!r}: weights of other shapes than its config.json says "
+                "(transformers' load report above lists them)"
+            ) from None
         # Without HF_HUB_OFFLINE, huggingface_hub retries an unreachable hub on a client it already
-        # closed and raises RuntimeError; from a local folder a RuntimeError is a fault to see whole.
+        # closed and raises RuntimeError; from a local folder any other RuntimeError is a fault to see whole.
         if isinstance(exc, RuntimeError) and Path(source).is_dir():
             raise
         reason = "the hub did not answer" if isinstance(exc, RuntimeError) else str(exc).rstrip(".")
@@ -121,4 +150,10 @@ def load_base(base: str, image_size: int = IMAGE_SIZE, dtype=None):
             f"could not load {base!r}: {reason}. Offline? Pass a local folder with a native Florence-2 "
             f"(e.g. a download of {NATIVE_BASE_ID}) or `tiny`."
         ) from exc
+    missing = loading["missing_keys"]
+    if missing:  # transformers would fill them with random values and only warn: a base that is not what it says
+        raise BaseModelError(
+            f"could not load {base!r}: {len(missing)} weights are missing from its checkpoint "
+            f"(e.g. {sorted(missing)[0]}); it is incomplete or for another model"
+        )
     return model, load_processor(base, image_size)

@@ -26,7 +26,7 @@ from handler.florence.artifact import sha256_file
 from model_build.base.tiny import EMBEDDED_DIR
 from model_build.cli import COMMANDS, INTERRUPTED_EXIT, build_parser, main
 from model_build.finetune.lora import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_python
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -77,7 +77,19 @@ def places(tmp_path: Path) -> dict[str, Path]:
     (dataset / "train2017" / "000000000009.jpg").write_bytes(b"a photo")
     (dataset / "annotations").mkdir()
     (dataset / "annotations" / "instances_train2017.json").write_text("{}")
+    bases = {}
+    for name, drop in (
+        ("no-tokenizer", "tokenizer.json"),
+        ("no-processor", "processor_config.json"),
+        ("cut-weights", ""),
+    ):
+        bases[name] = shutil.copytree(EMBEDDED_DIR, tmp_path / name)
+        if drop:
+            (bases[name] / drop).unlink()
+    weights = bases["cut-weights"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a download cut short
     return {
+        **bases,
         "dataset": dataset,
         "file": a_file,
         "empty": tmp_path / "empty",
@@ -102,6 +114,9 @@ USAGE_ERRORS = [
     ("finetune --base {config-only}", "--base", "has a config.json but no weights"),
     ("finetune --base {missing}", "--base", "no such folder"),
     ("finetune --base microsoft/Florence-2-base", "--base", "remote-code Florence-2 checkpoint"),
+    ("finetune --base {no-tokenizer}", "--base", "has no tokenizer (tokenizer.json or vocab.json)"),
+    ("finetune --base {no-processor}", "--base", "has no image processor (processor_config.json or"),
+    ("fuse --base {cut-weights}", "--base", "model.safetensors is not a readable safetensors file"),
     ("finetune --run-dir {under-file}", "--run-dir", "is a file, not a folder"),
     ("finetune --run-dir {file}", "--run-dir", "is a file; give a folder"),
     ("finetune --steps -1", "--steps", "must be at least 1, not -1"),
@@ -194,6 +209,32 @@ def test_a_wrong_invocation_is_a_usage_error_naming_the_problem(
     assert "error: " in last and message in last, err
     if flag is not None:
         assert f"argument {flag}" in last, err
+
+
+@pytest.mark.parametrize("damage", ["resized config", "missing weights"])
+def test_a_base_whose_weights_do_not_make_its_model_is_one_line_and_exit_1(damage: str, tmp_path: Path) -> None:
+    """Before, the first was a RuntimeError traceback, and the second trained on randomly filled layers."""
+    from safetensors.numpy import load_file
+
+    base = shutil.copytree(EMBEDDED_DIR, tmp_path / "base")
+    if damage == "resized config":
+        config = json.loads((base / "config.json").read_text())
+        config["text_config"]["d_model"] *= 2
+        (base / "config.json").write_text(json.dumps(config))
+        message = "weights of other shapes than its config.json says"
+    else:
+        tensors = load_file(str(base / "model.safetensors"))
+        save_file({k: v for k, v in tensors.items() if "encoder.layers.1." not in k}, str(base / "model.safetensors"))
+        message = "weights are missing from its checkpoint (e.g. model.language_model.encoder.layers.1."
+    # A fresh process: transformers logs its load report, which pytest's captured streams would garble.
+    result = run_python("-m", "model_build", "eval", "--base", str(base), "--max-images", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"python -m model_build eval: error: could not load '{base}': ")
+    )
+    assert message in result.stderr.strip().splitlines()[-1]
 
 
 def test_no_refused_output_folder_lost_a_file(places: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
