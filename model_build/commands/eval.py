@@ -15,11 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_build.evaluate import evaluate, load_model
+    from model_build.data.coco import task_files
+    from model_build.evaluate import evaluate, load_model, split_records
 
     config = config_from(args, EvalConfig())
     if config.model is None and config.base is None:
         raise UsageError("give a model folder (an artifact or a finetune run) or --base")
+    task_files(config.data_dir, config.split, config.tasks, config.caption_style)  # bad data stops before loading
+    split_records(config.data_dir, config.split, config.max_images)
     model, processor, source = load_model(config.model, base=config.base, image_size=config.image_size)
     report = {"model": source, **evaluate(model, processor, config)}
     text = json.dumps(report, indent=2)

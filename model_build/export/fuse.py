@@ -81,8 +81,7 @@ def merged_model(config: FuseConfig) -> MergedModel:
     from model_build.base.loading import load_base
 
     if config.adapter is None:
-        if config.base is None:
-            raise UsageError("give --adapter (a finetune run folder) or --base")
+        assert config.base is not None  # fuse() says so first
         model, processor = load_base(config.base, config.image_size or IMAGE_SIZE)
         return MergedModel(model.eval(), processor, config.base)
     from model_build.finetune.lora import load_adapter
@@ -98,7 +97,10 @@ def fuse(config: FuseConfig) -> Manifest:
     from model_build.export.serving_prep import prepare_for_serving
     from model_build.export.writer import write_artifact
 
+    if config.adapter is None and config.base is None:
+        raise UsageError("give --adapter (a finetune run folder) or --base")
     started = time.perf_counter()
+    images = held_out_images(config.data_dir, config.val_split, config.parity_images)  # bad data stops before loading
     merged = merged_model(config)
     model, processor = merged.model, merged.processor
     image_size = int(processor.image_processor.size["height"])
@@ -107,7 +109,6 @@ def fuse(config: FuseConfig) -> Manifest:
     # The int8 weights of the plain recipe, re-wired into the lean runtime the handler serves.
     quantized = prepare_for_serving(model, processor)
 
-    images = held_out_images(config.data_dir, config.val_split, config.parity_images)
     report: ParityReport = compare(
         Engine(model, processor),
         Engine(quantized, processor),

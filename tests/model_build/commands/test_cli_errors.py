@@ -237,6 +237,22 @@ def test_a_base_whose_weights_do_not_make_its_model_is_one_line_and_exit_1(damag
     assert message in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("command", ["fuse --base {base}", "eval --base {base}", "eval {adapter}"])
+def test_fuse_and_eval_read_the_data_before_any_model(
+    command: str, places: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model that would fail to load shows the order: the data's error comes first, before the minutes of loading."""
+    from safetensors.numpy import load_file
+
+    base = shutil.copytree(EMBEDDED_DIR, tmp_path / "base")
+    tensors = load_file(str(base / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "encoder.layers.1." not in k}, str(base / "model.safetensors"))
+    argv = command.format(base=base, adapter=places["adapter-ok"]).split()
+    status, err = _fails([*argv, "--data", str(places["empty"])], capsys)
+    assert status == 2
+    assert f"error: {places['empty'] / 'annotations'}" in err.strip().splitlines()[-1]
+
+
 def test_no_refused_output_folder_lost_a_file(places: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     """What the refusals above protect: the user's dataset is there, byte for byte, after each command."""
     dataset = places["dataset"]
