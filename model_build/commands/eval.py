@@ -16,11 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model_build.data.coco import task_files
-    from model_build.evaluate import evaluate, load_model, split_records
+    from model_build.evaluate import evaluate, is_artifact_folder, load_model, split_records
 
     config = config_from(args, EvalConfig())
     if config.model is None and config.base is None:
         raise UsageError("give a model folder (an artifact or a finetune run) or --base")
+    if config.model is not None and is_artifact_folder(config.model) and (config.base or config.image_size):
+        raise UsageError("--base and --image-size apply to a base or an adapter; an artifact carries its own")
     task_files(config.data_dir, config.split, config.tasks, config.caption_style)  # bad data stops before loading
     split_records(config.data_dir, config.split, config.max_images)
     model, processor, source = load_model(config.model, base=config.base, image_size=config.image_size)

@@ -273,6 +273,19 @@ def test_a_taken_port_stops_the_demo_before_it_builds(tmp_path: Path, capsys: py
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("flag", ["--base tiny", "--image-size 768"])
+def test_eval_refuses_overrides_an_artifact_would_ignore(
+    flag: str, tiny_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = _fails(["eval", str(tiny_artifact), *flag.split()], capsys)
+    assert status == 2
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith("error: --base and --image-size apply to a base or an adapter; an artifact carries its own")
+    )
+
+
 def test_a_tampered_artifact_is_one_line_and_exit_1(
     tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
