@@ -248,6 +248,8 @@ def usable_images(root: Path, split: str, path: Path, data: dict) -> dict[ImageI
         if not isinstance(file_name, str) or not file_name.strip():
             raise DataError(f"{path}: image {image_id!r} has no 'file_name'")
         image_path = root / split / file_name  # a subfolder stays under the split; an absolute path is kept
+        if "\\" in file_name and not image_path.exists():  # a Windows export: backslashes separate folders
+            image_path = root / split / file_name.replace("\\", "/")
         frame = image_frame(image_path, _positive(img.get("width")), _positive(img.get("height")))
         if isinstance(frame, str):
             skipped.add(frame, str(image_path))

@@ -377,3 +377,14 @@ def test_an_image_too_large_to_decode_is_skipped_before_training_not_during_it(t
     with caplog.at_level(logging.WARNING):
         assert [s.image_id for s in detection_samples(root, SPLIT)] == [1]
     assert "skipped 1 images of more than 89478485 pixels" in caplog.text
+
+
+def test_a_file_name_written_on_windows_finds_its_file(tmp_path: Path) -> None:
+    write_image(tmp_path / SPLIT / "images" / "a.png", (40, 30), (1, 1, 9, 9))
+    root = write_coco(
+        tmp_path,
+        [{"id": 1, "file_name": "images\\a.png"}],
+        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}],
+    )
+    [sample] = detection_samples(root, SPLIT)
+    assert sample.image_path == tmp_path / SPLIT / "images" / "a.png"
