@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from handler.florence.tasks import IMAGE_SIZE, VISION_STRIDE, num_image_tokens
+from handler.florence.tasks import IMAGE_SIZE, TASK_PROMPTS, VISION_STRIDE, num_image_tokens
 from model_build.base.tiny import EMBEDDED_DIR, TINY_BASE_ID
 
 NATIVE_BASE_ID = "florence-community/Florence-2-base"
@@ -156,4 +156,26 @@ def load_base(base: str, image_size: int = IMAGE_SIZE, dtype=None):
             f"could not load {base!r}: {len(missing)} weights are missing from its checkpoint "
             f"(e.g. {sorted(missing)[0]}); it is incomplete or for another model"
         )
-    return model, load_processor(base, image_size)
+    processor = load_processor(base, image_size)
+    check_positions(model, processor, image_size, base)
+    return model, processor
+
+
+def check_positions(model, processor, image_size: int, base: str) -> None:
+    """The text encoder reads the image tokens and a task's prompt; past its positions the first forward
+    is an IndexError, so an `--image-size` too large for the base stops here, naming the largest that fits."""
+    text_config = getattr(model.config, "text_config", model.config)
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    prompt = max(len(processor.tokenizer(text).input_ids) for text in TASK_PROMPTS.values())
+    if num_image_tokens(image_size) + prompt <= positions:
+        return
+    fits = [
+        size for size in range(VISION_STRIDE, image_size, VISION_STRIDE) if num_image_tokens(size) + prompt <= positions
+    ]
+    raise BaseModelError(
+        f"--image-size {image_size} gives {num_image_tokens(image_size)} image tokens, which with a {prompt}-token "
+        f"prompt are more than the {positions} positions of the text encoder of {base!r}; the largest size that "
+        f"fits is {max(fits, default=0)}"
+    )

@@ -237,6 +237,27 @@ def test_a_base_whose_weights_do_not_make_its_model_is_one_line_and_exit_1(damag
     assert message in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("command", ["eval --base tiny", "finetune --base tiny --run-dir {run}"])
+def test_an_image_size_past_the_text_encoders_positions_is_one_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """768 px is 577 image tokens; the tiny model's encoder has 512 positions. Before: an IndexError traceback."""
+    from model_build.data.synth import synthesize
+
+    data = synthesize(tmp_path / "data", train=1, val=1, seed=3)
+    argv = [*command.format(run=tmp_path / "run").split(), "--data", str(data), "--image-size", "768"]
+    status, err = _fails([*argv, "--tasks", "caption"], capsys)
+    assert status == 1
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "error: --image-size 768 gives 577 image tokens, which with a 10-token prompt are more than the 512 "
+            "positions of the text encoder of 'tiny'; the largest size that fits is 704"
+        )
+    )
+
+
 @pytest.mark.parametrize("command", ["fuse --base {base}", "eval --base {base}", "eval {adapter}"])
 def test_fuse_and_eval_read_the_data_before_any_model(
     command: str, places: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
