@@ -15,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+SEED_BOUNDS: dict[str, float] = {"minimum": -(2**63), "maximum": 2**63 - 1}
+"""A seed flag's range: what `torch.manual_seed` takes (larger is an overflow traceback)."""
+
 
 class UsageError(ValueError):
     """The command line asks for something that cannot run; the CLI answers it as a usage error (exit 2)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model_build.settings import UsageError, setting
+from model_build.settings import SEED_BOUNDS, UsageError, setting
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_ORDER = ("batch_size", "grad_accum", "seed")
@@ -43,7 +43,7 @@ class TrainConfig:
     lr: float = setting(1e-3, help="peak learning rate", minimum=0)
     weight_decay: float = setting(0.0, help="AdamW weight decay", minimum=0)
     warmup_steps: int = setting(20, help="linear warm-up steps before the cosine decay", minimum=0)
-    seed: int = setting(0, help="random seed (batch order, LoRA init, the tiny model's init)")
+    seed: int = setting(0, help="random seed (batch order, LoRA init, the tiny model's init)", **SEED_BOUNDS)
     log_every: int = setting(10, help="steps between logged figures", minimum=1)
     checkpoint_every: int = setting(100, help="steps between resumable checkpoints", minimum=1)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from handler.florence.tasks import Task
 from model_build.data.synth import check_data_or_synth_out
 from model_build.export.quality import QualityReport, split_quality, teacher_forced_fidelity
-from model_build.settings import setting
+from model_build.settings import SEED_BOUNDS, setting
 
 
 @dataclass
@@ -26,7 +26,7 @@ class QualityConfig:
         check=check_data_or_synth_out,
     )
     images: int = setting(200, help="held-out images scored by fp32, the seed recipe and the served runtime", minimum=1)
-    seed: int = setting(11, help="seed of the synthetic held-out split")
+    seed: int = setting(11, help="seed of the synthetic held-out split", **SEED_BOUNDS)
     base_size: bool = setting(True, help="also teacher-force both int8 paths along fp32 at Florence-2-base size")
     caption_tokens: int = setting(20, help="pinned caption length at base size", minimum=1)
     detect_tokens: int = setting(60, help="pinned <OD> length at base size", minimum=1)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from model_build.outputs import refusal, replaceable_folder
-from model_build.settings import UsageError, setting
+from model_build.settings import SEED_BOUNDS, UsageError, setting
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -216,7 +216,7 @@ class SynthConfig:
     )
     train: int = setting(1000, help="train2017 images", minimum=1)
     val: int = setting(100, help="val2017 images", minimum=1)
-    seed: int = setting(0, help="random seed; same seed, same bytes")
+    seed: int = setting(0, help="random seed; same seed, same bytes", **SEED_BOUNDS)
 
 
 VAL_FIRST_ID = 1_000_000

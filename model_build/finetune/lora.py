@@ -29,7 +29,9 @@ class LoraSettings:
     """The product's LoRA: rank 8 on the language model's attention queries and values (see docs/build.md)."""
 
     r: int = setting(8, help="LoRA rank", flag="--lora-r", minimum=1)
-    alpha: int = setting(16, help="LoRA alpha (scale = alpha / r)", flag="--lora-alpha")
+    alpha: int = setting(
+        16, help="LoRA alpha (scale = alpha / r; 0 would make the adapter do nothing)", flag="--lora-alpha", minimum=1
+    )
     dropout: float = setting(0.05, help="dropout on the LoRA input", flag="--lora-dropout", minimum=0, maximum=1)
     target_modules: list[str] = setting(
         factory=lambda: ["q_proj", "v_proj"], help="comma-separated module names (language-model attention)"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from model_build.outputs import replaceable_folder
-from model_build.settings import setting
+from model_build.settings import SEED_BOUNDS, setting
 
 STAGES = ("base", "synth", "finetune", "fuse", "serve", "decode")
 REPORT_FILE = "report.json"
@@ -65,7 +65,7 @@ class RehearsalConfig:
     keep: bool = setting(
         False, help="keep the random base, data, run and artifact (default: only the report, unless a stage failed)"
     )
-    seed: int = setting(0, help="seed of the random weights, the tokenizer's corpus and the data")
+    seed: int = setting(0, help="seed of the random weights, the tokenizer's corpus and the data", **SEED_BOUNDS)
 
     def to_json(self) -> str:
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}, indent=2)
