@@ -223,17 +223,21 @@ def train(
     def save_checkpoint(step: int) -> None:
         nonlocal saved_step
         partial = checkpoint_path.with_name(checkpoint_path.name + ".partial")  # an interrupted save keeps the last one
-        torch.save(
-            {
-                "trainable": _trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "history": history,
-                "torch_rng": torch.get_rng_state(),
-                "config": asdict(config),
-            },
-            partial,
-        )
+        try:
+            torch.save(
+                {
+                    "trainable": _trainable_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "history": history,
+                    "torch_rng": torch.get_rng_state(),
+                    "config": asdict(config),
+                },
+                partial,
+            )
+        except BaseException:  # a full disk or Ctrl-C: no half file left beside the last checkpoint
+            partial.unlink(missing_ok=True)
+            raise
         os.replace(partial, checkpoint_path)
         saved_step = step
 

@@ -106,6 +106,7 @@ def test_an_interrupted_checkpoint_save_keeps_the_last_checkpoint(tmp_path: Path
         train(Line(), [1.0, 2.0], _collate, TrainConfig(**{**config.__dict__, "steps": 3}), tmp_path, resume=True)
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)["step"] == 2
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*")) == [CHECKPOINT_FILE]
 
 
 def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tmp_path: Path) -> None:
