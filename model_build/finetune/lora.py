@@ -96,6 +96,8 @@ def adapter_dir(path: str | Path) -> Path:
         return path
     if (path / ADAPTER_DIR / ADAPTER_WEIGHTS).is_file():
         return path / ADAPTER_DIR
+    if (path / "config.json").is_file():  # a model folder (a base), not a finetune run
+        raise FileNotFoundError(f"{path} holds a model, not a finetune run's adapter; pass it as --base {path}")
     raise FileNotFoundError(f"no {ADAPTER_WEIGHTS} in {path} or {path / ADAPTER_DIR}; run `finetune` first")
 
 

@@ -155,6 +155,8 @@ USAGE_ERRORS = [
     ("fuse", None, "give --adapter (a finetune run folder) or --base"),
     ("eval {empty}", "MODEL", "no adapter_model.safetensors"),
     ("eval {file}", "MODEL", "is not a folder"),
+    ("eval {config-only}", "MODEL", "holds a model, not a finetune run's adapter; pass it as --base"),
+    ("fuse --adapter {config-only}", "--adapter", "holds a model, not a finetune run's adapter; pass it as --base"),
     ("eval {bad-manifest}", "MODEL", "manifest.json"),
     ("eval {fifo-manifest}", "MODEL", "manifest.json is special, not a plain file"),
     ("eval {linked-manifest}", "MODEL", "manifest.json is a link, not a plain file"),
