@@ -47,6 +47,8 @@ def write_folder(out: Path, write: Callable[[Path], T], *, marker: str, what: st
     temporary folder, which is removed.
     """
     out = Path(out)
+    if out.is_symlink():  # `artifacts/current -> v3`: v3 is replaced, the link keeps pointing at it
+        out = out.resolve()
     reason = refusal(out, marker, what)
     if reason:
         raise UsageError(reason)

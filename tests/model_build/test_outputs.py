@@ -36,6 +36,15 @@ def test_a_folder_is_swapped_in_whole_and_a_failed_write_leaves_the_old_one(tmp_
     assert (out / "marker").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_linked_folder_is_replaced_where_the_link_points(tmp_path: Path) -> None:
+    write_folder(tmp_path / "v3", _write_marked, marker="marker", what="ours")
+    (tmp_path / "current").symlink_to("v3")
+    (tmp_path / "v3" / "marker").write_text("old")
+    write_folder(tmp_path / "current", _write_marked, marker="marker", what="ours")
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "current" / "marker").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v3"]
+
+
 def test_a_folder_that_is_not_ours_is_never_written_over(tmp_path: Path) -> None:
     (tmp_path / "thesis.txt").write_text("four years")
     with pytest.raises(UsageError, match="is not empty and is not ours"):
