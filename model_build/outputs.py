@@ -58,15 +58,22 @@ def write_folder(out: Path, write: Callable[[Path], T], *, marker: str, what: st
     partial.mkdir()
     try:
         result = write(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        shutil.rmtree(retired, ignore_errors=True)
-        out.rename(retired)
-        partial.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        partial.rename(out)
+        if os.path.ismount(out):  # `docker run -v host:/out`: cannot be renamed, so its entries are swapped
+            for entry in list(out.iterdir()):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            for entry in list(partial.iterdir()):
+                entry.rename(out / entry.name)
+        elif out.exists():
+            retired = out.parent / f".{out.name}.old-{os.getpid()}"
+            shutil.rmtree(retired, ignore_errors=True)
+            out.rename(retired)
+            partial.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone once renamed; else what a failure left
     return result

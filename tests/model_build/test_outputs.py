@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,27 @@ def test_a_linked_folder_is_replaced_where_the_link_points(tmp_path: Path) -> No
     write_folder(tmp_path / "current", _write_marked, marker="marker", what="ours")
     assert (tmp_path / "current").is_symlink() and (tmp_path / "current" / "marker").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v3"]
+
+
+def test_a_mount_point_is_refilled_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder mounted into a container cannot be renamed; its entries are replaced instead."""
+    out = tmp_path / "out"
+    write_folder(out, _write_marked, marker="marker", what="ours")
+    (out / "stale").mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == out)
+    monkeypatch.setattr(Path, "rename", _refuse_to_move_the_mount(out, Path.rename))
+    write_folder(out, _write_marked, marker="marker", what="ours")
+    assert sorted(p.name for p in out.iterdir()) == ["marker"] and (out / "marker").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _refuse_to_move_the_mount(mount: Path, rename):
+    def guarded(self: Path, target):
+        if self == mount:
+            raise OSError(16, "Device or resource busy")
+        return rename(self, target)
+
+    return guarded
 
 
 def test_a_folder_that_is_not_ours_is_never_written_over(tmp_path: Path) -> None:
