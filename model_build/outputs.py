@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 def refusal(path: Path, marker: str, what: str) -> str | None:
     """Why a command may not write over `path`, or None: it is new, empty or `what` (holds `marker`, a glob)."""
+    if os.path.lexists(path) and not path.is_dir():
+        return f"{path} is a file, not a folder"
     if not path.is_dir() or not any(path.iterdir()):
         return None
     if os.path.lexists(path / marker) or any(path.glob(marker)):

@@ -73,6 +73,8 @@ def test_a_folder_that_is_not_ours_is_never_written_over(tmp_path: Path) -> None
         write_folder(tmp_path, _write_marked, marker="marker", what="ours")
     with pytest.raises(UsageError, match="is not empty and is not a synthetic dataset"):
         synthesize(tmp_path, train=1, val=1)
+    with pytest.raises(UsageError, match=r"thesis\.txt is a file, not a folder"):
+        write_folder(tmp_path / "thesis.txt", _write_marked, marker="marker", what="ours")
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.txt"]
 
 
