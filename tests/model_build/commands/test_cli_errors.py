@@ -222,6 +222,8 @@ def test_a_base_whose_weights_do_not_make_its_model_is_one_line_and_exit_1(damag
     """Before, the first was a RuntimeError traceback, and the second trained on randomly filled layers."""
     from safetensors.numpy import load_file
 
+    from model_build.data.synth import synthesize
+
     base = shutil.copytree(EMBEDDED_DIR, tmp_path / "base")
     if damage == "resized config":
         config = json.loads((base / "config.json").read_text())
@@ -233,7 +235,8 @@ def test_a_base_whose_weights_do_not_make_its_model_is_one_line_and_exit_1(damag
         save_file({k: v for k, v in tensors.items() if "encoder.layers.1." not in k}, str(base / "model.safetensors"))
         message = "weights are missing from its checkpoint (e.g. model.language_model.encoder.layers.1."
     # A fresh process: transformers logs its load report, which pytest's captured streams would garble.
-    result = run_python("-m", "model_build", "eval", "--base", str(base), "--max-images", "1")
+    data = synthesize(tmp_path / "data", train=1, val=1, seed=3)
+    result = run_python("-m", "model_build", "eval", "--base", str(base), "--max-images", "1", "--data", str(data))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert (
         result.stderr.strip()
@@ -319,7 +322,9 @@ def test_a_tampered_artifact_is_one_line_and_exit_1(
     tampered = shutil.copytree(tiny_artifact, tmp_path / "tampered")
     with (tampered / "model.pt").open("ab") as handle:
         handle.write(b"x")
-    status, err = _fails(["eval", str(tampered), "--max-images", "1"], capsys)
+    status, err = _fails(
+        ["eval", str(tampered), "--max-images", "1", "--data", str(tiny_artifact.parent / "synth")], capsys
+    )
     assert status == 1
     assert err.strip().splitlines() == [
         f"python -m model_build eval: error: model.pt is {(tampered / 'model.pt').stat().st_size} bytes, "
@@ -342,7 +347,9 @@ def test_a_forged_model_is_one_line_and_exit_1(
     manifest = json.loads((forged / "manifest.json").read_text())
     manifest.update(model_sha256=sha256_file(forged / "model.pt"), model_bytes=(forged / "model.pt").stat().st_size)
     (forged / "manifest.json").write_text(json.dumps(manifest))
-    status, err = _fails(["eval", str(forged), "--max-images", "1"], capsys)
+    status, err = _fails(
+        ["eval", str(forged), "--max-images", "1", "--data", str(tiny_artifact.parent / "synth")], capsys
+    )
     assert status == 1
     assert err.strip().splitlines() == [
         "python -m model_build eval: error: model.pt is not a model this runtime can serve: "
@@ -365,11 +372,12 @@ def _closed_port() -> int:
     ],
     ids=["HF_HUB_OFFLINE", "hub-unreachable"],
 )
-def test_a_hub_id_while_offline_is_one_line_and_exit_1(offline: dict[str, str]) -> None:
+def test_a_hub_id_while_offline_is_one_line_and_exit_1(offline: dict[str, str], tiny_artifact: Path) -> None:
     # A fresh process: huggingface_hub reads HF_HUB_OFFLINE and HF_ENDPOINT once, at import.
     env = {name: value for name, value in os.environ.items() if name not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    data = ["--data", str(tiny_artifact.parent / "synth")]  # eval reads the data first
     result = subprocess.run(
-        [sys.executable, "-m", "model_build", "eval", "--base", "florence-community/Florence-2-base"],
+        [sys.executable, "-m", "model_build", "eval", "--base", "florence-community/Florence-2-base", *data],
         cwd=REPO_ROOT,
         env=dict(env, PYTHONPATH=str(REPO_ROOT), **offline),
         capture_output=True,
