@@ -8,6 +8,7 @@ decoded, so a decompression bomb costs microseconds, not gigabytes.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import cast
@@ -22,10 +23,14 @@ EXIF_ORIENTATION = 0x0112
 SWAPS_AXES = frozenset({5, 6, 7, 8})
 """Orientations that turn the picture by 90 degrees: the upright picture's width is the stored height."""
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-
-# Pillow warns (rather than raises) between its limit and twice its limit; a warning would let a
-# bomb through, so make it an exception process-wide. Our own, lower limit is checked first anyway.
-warnings.simplefilter("error", Image.DecompressionBombWarning)
+MAX_JPEG_SCANS = 100
+"""libjpeg decodes every scan over the whole image: 8,010 near-empty scans in a 540 KB 36 MP JPEG took
+35 s, past API Gateway's 29 s. A progressive JPEG has 10 scans (18 for CMYK); 100 cost ~0.5 s at 40 MP."""
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""A JPEG marker: entropy-coded data escapes 0xFF as FF00, and restart markers (FFD0-FFD7) stay inside a scan."""
+_JPEG_STANDALONE = frozenset({0x01, 0xD8})
+"""Markers without a length field (TEM, SOI); EOI ends the walk."""
+TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 322, 323
 
 
 @dataclass
@@ -62,11 +67,36 @@ def check_byte_limit(num_bytes: int, max_bytes: int) -> None:
         raise TooLarge(f"image is {num_bytes} bytes; the limit is {max_bytes}")
 
 
+def jpeg_scan_count(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """Scans (SOS markers) of a JPEG's first image, counted up to `stop_after + 1`.
+
+    Segments are skipped by their length, so an EXIF thumbnail's scans are not counted; the walk
+    stops at the first EOI, so the second image of an MPO (a phone's gain map) is not either.
+    """
+    scans, at = 0, 2
+    while scans <= stop_after:
+        marker = _JPEG_MARKER.search(data, at)
+        if marker is None or data[marker.start() + 1] == 0xD9:
+            break
+        at = marker.start() + 2
+        if data[at - 1] in _JPEG_STANDALONE:
+            continue
+        scans += data[at - 1] == 0xDA
+        at += int.from_bytes(data[at : at + 2], "big")
+    return scans
+
+
 def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+    # Pillow's own checks (an ICO's embedded PNG, a TIFF's tile, a GIF frame) decode up to this before
+    # ours sees a size: at its default (89 MP) a 186 KB ICO made the process decode 64 MP to refuse it.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    # Past that limit Pillow only warns (it raises at twice it). Set on every call, not once at import:
+    # a `catch_warnings` block around the import (pytest's collection is one) drops a filter set then.
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
     try:
         img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooLarge(f"image has too many pixels: {exc}") from exc
+        raise TooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
     except Image.UnidentifiedImageError as exc:
         raise BadImage("body is not an image in a format this service reads") from exc
     except Exception as exc:  # header parsers raise many types on hostile input
@@ -76,6 +106,12 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
         raise BadImage(f"image has an empty size {width}x{height}")
     if width * height > max_pixels:
         raise TooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    tags = getattr(img, "tag_v2", {}) if img.format == "TIFF" else {}
+    tile_width, tile_length = tags.get(TIFF_TILE_WIDTH), tags.get(TIFF_TILE_LENGTH)
+    if isinstance(tile_width, int) and isinstance(tile_length, int) and tile_width * tile_length > max_pixels:
+        # libtiff allocates, and zeroes, a whole tile: a 1x1 TIFF of 146 bytes with one 16384x16384 RGB
+        # tile took 790 MB, enough with the model to have Lambda kill the runtime.
+        raise TooLarge(f"TIFF tile is {tile_width}x{tile_length} pixels; the limit is {max_pixels}")
     return img
 
 
@@ -106,6 +142,8 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, draft_to: int = 0
     img = _open_header(data, max_pixels)
     fmt = img.format or "unknown"
     header_width, header_height = img.size
+    if fmt in ("JPEG", "MPO") and (scans := jpeg_scan_count(data)) > MAX_JPEG_SCANS:
+        raise TooLarge(f"JPEG has more than {MAX_JPEG_SCANS} scans ({scans} read); a progressive JPEG has about 10")
     try:
         if img.tell() != 0:  # only ever seek to the first frame: SPIDER refuses any seek on a single image
             img.seek(0)
@@ -113,7 +151,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, draft_to: int = 0
             img.draft("RGB", (draft_to, draft_to))
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooLarge(f"image has too many pixels: {exc}") from exc
+        raise TooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
     except Exception as exc:  # truncated or corrupt pixel data
         raise BadImage(f"corrupt or truncated image: {exc}") from exc
     original = (header_width, header_height)
