@@ -144,9 +144,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, draft_to: int = 0
     header_width, header_height = img.size
     if fmt in ("JPEG", "MPO") and (scans := jpeg_scan_count(data)) > MAX_JPEG_SCANS:
         raise TooLarge(f"JPEG has more than {MAX_JPEG_SCANS} scans ({scans} read); a progressive JPEG has about 10")
-    try:
-        if img.tell() != 0:  # only ever seek to the first frame: SPIDER refuses any seek on a single image
-            img.seek(0)
+    try:  # never seek: `Image.open` shows the first frame, and a PSD numbers its composite 1 and refuses 0
         if draft_to and fmt == "JPEG":
             img.draft("RGB", (draft_to, draft_to))
         img.load()

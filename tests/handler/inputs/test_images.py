@@ -253,3 +253,15 @@ def test_no_pixel_buffer_over_the_limit_is_allocated_inside_a_container(monkeypa
     with pytest.raises(TooLarge, match="pixels"):
         decode_image(directory + inner.getvalue(), **LIMITS)
     assert all(w * h <= LIMITS["max_pixels"] for w, h in sizes), sizes
+
+
+def test_a_photoshop_file_decodes_its_composite() -> None:
+    """Pillow numbers a PSD's composite image frame 1 and refuses a seek to 0: every PSD was a 400 that
+    called it 'corrupt or truncated image: attempt to seek outside sequence'."""
+    width, height = 40, 30
+    header = b"8BPS" + struct.pack(">H", 1) + bytes(6) + struct.pack(">HIIHH", 3, height, width, 8, 3)
+    planes = bytes([200]) * (width * height) + bytes([30]) * (width * height) * 2  # red, raw, channel by channel
+    psd = header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + planes
+    decoded = decode_image(psd, **LIMITS)
+    assert (decoded.width, decoded.height, decoded.format) == (40, 30, "PSD")
+    assert decoded.image.getpixel((5, 5)) == (200, 30, 30)
