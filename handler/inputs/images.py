@@ -31,6 +31,8 @@ _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_STANDALONE = frozenset({0x01, 0xD8})
 """Markers without a length field (TEM, SOI); EOI ends the walk."""
 TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 322, 323
+_BOMBS_RAISE = ("error", None, Image.DecompressionBombWarning, None, 0)
+"""The `warnings` filter that makes Pillow's DecompressionBombWarning an exception."""
 
 
 @dataclass
@@ -90,9 +92,11 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     # Pillow's own checks (an ICO's embedded PNG, a TIFF's tile, a GIF frame) decode up to this before
     # ours sees a size: at its default (89 MP) a 186 KB ICO made the process decode 64 MP to refuse it.
     Image.MAX_IMAGE_PIXELS = max_pixels
-    # Past that limit Pillow only warns (it raises at twice it). Set on every call, not once at import:
-    # a `catch_warnings` block around the import (pytest's collection is one) drops a filter set then.
-    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    # Past that limit Pillow only warns (it raises at twice it). Checked on every call, not set once at
+    # import: a `catch_warnings` block around the import (pytest's collection is one) drops a filter set
+    # then. Added only when missing: adding one resets the registries that print each warning once.
+    if not warnings.filters or warnings.filters[0] != _BOMBS_RAISE:
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
     try:
         img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
