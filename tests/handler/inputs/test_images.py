@@ -265,3 +265,31 @@ def test_a_photoshop_file_decodes_its_composite() -> None:
     decoded = decode_image(psd, **LIMITS)
     assert (decoded.width, decoded.height, decoded.format) == (40, 30, "PSD")
     assert decoded.image.getpixel((5, 5)) == (200, 30, 30)
+
+
+def test_a_blizzard_texture_is_not_read_so_its_jpeg_cannot_bypass_the_scan_count() -> None:
+    """BLP1 hands libjpeg a JPEG of its own (header and first mipmap): 8,000 scans in one decoded for as
+    long as they would in a JPEG, which the scan count never saw."""
+    from handler.inputs.images import MAX_JPEG_SCANS
+
+    jpeg = _progressive_jpeg_with_scans(2 * MAX_JPEG_SCANS)
+    header = b"BLP1" + struct.pack("<iIIIii", 0, 0, 64, 48, 0, 0)  # JPEG compression, no alpha, 64x48
+    mipmaps = struct.pack("<16I", 28 + 128 + 4 + len(jpeg), *[0] * 15) + struct.pack("<16I", *[0] * 16)
+    with pytest.raises(BadImage, match="not an image in a format this service reads"):
+        decode_image(header + mipmaps + struct.pack("<I", len(jpeg)) + jpeg, **LIMITS)
+
+
+def test_eps_never_runs_ghostscript(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow renders EPS by running Ghostscript, a PostScript interpreter, on the file: wherever `gs`
+    is installed (a developer's machine serving uvicorn), an upload ran it."""
+    from PIL import EpsImagePlugin
+
+    canary = tmp_path / "ran"
+    gs = tmp_path / "gs"
+    gs.write_text(f"#!/bin/sh\ntouch {canary}\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", str(gs))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 10\n0 0 moveto 20 10 lineto stroke\n%%EOF\n"
+    with pytest.raises(BadImage, match="not an image in a format this service reads"):
+        decode_image(eps, **LIMITS)
+    assert not canary.exists()
