@@ -74,11 +74,15 @@ def check_byte_limit(num_bytes: int, max_bytes: int) -> None:
 
 
 def jpeg_scan_count(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
-    """Scans (SOS markers) of a JPEG's first image, counted up to `stop_after + 1`.
+    """Scans (SOS markers) of a JPEG's first image, counted up to `stop_after + 1`; at or under
+    `stop_after` it may be an upper bound (every FFDA byte pair in the file, counted in C).
 
-    Segments are skipped by their length, so an EXIF thumbnail's scans are not counted; the walk
-    stops at the first EOI, so the second image of an MPO (a phone's gain map) is not either.
+    Past that, segments are walked: skipped by their length, so an EXIF thumbnail's scans are not
+    counted, and up to the first EOI, so the second image of an MPO (a phone's gain map) is not either.
+    A walk costs ~2 s over 20 MB of empty segments; the bound costs ~10 ms.
     """
+    if (upper_bound := data.count(b"\xff\xda")) <= stop_after:
+        return upper_bound
     scans, at = 0, 2
     while scans <= stop_after:
         marker = _JPEG_MARKER.search(data, at)
