@@ -11,7 +11,6 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import cast
 
 from PIL import Image, ImageOps
 
@@ -23,6 +22,7 @@ EXIF_ORIENTATION = 0x0112
 SWAPS_AXES = frozenset({5, 6, 7, 8})
 """Orientations that turn the picture by 90 degrees: the upright picture's width is the stored height."""
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 MAX_JPEG_SCANS = 100
 """libjpeg decodes every scan over the whole image: 8,010 near-empty scans in a 540 KB 36 MP JPEG took
 35 s, past API Gateway's 29 s. A progressive JPEG has 10 scans (18 for CMYK); 100 cost ~0.5 s at 40 MP."""
@@ -133,18 +133,51 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def _high_bit_grey(img: Image.Image) -> Image.Image:
+    """A 16/32-bit or float grey image scaled to 8 bits over the range of its shown pixels, on white.
+
+    Pillow's conversions clip at 255, so a 16-bit grey PNG with a tRNS colour became all white, and
+    one NaN or inf in a float TIFF made the scale 0 and the picture all black. Pixels that are the
+    transparent value or not finite are shown as transparent pixels are: white.
+    """
+    import numpy as np
+
+    values = np.asarray(img)
+    hidden = ~np.isfinite(values) if values.dtype.kind == "f" else None
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, int | float) and not isinstance(transparent, bool):
+        hidden = values == transparent if hidden is None else hidden | (values == transparent)
+    if hidden is not None and not hidden.any():
+        hidden = None
+    picked = values if hidden is None else values[~hidden]
+    if picked.size == 0:
+        return Image.new("RGB", img.size, WHITE)
+    lo, hi = float(picked.min()), float(picked.max())
+    del picked
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - lo, inf * 0: pixels the mask hides
+        grey = np.subtract(values, lo, dtype=np.float32)
+        grey *= np.float32(scale)
+    del values
+    np.nan_to_num(grey, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(grey, 0.0, 255.0, out=grey)
+    rgb = Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    if hidden is None:
+        return rgb
+    flat = Image.new("RGB", img.size, WHITE)
+    flat.paste(rgb, mask=Image.fromarray(~hidden))
+    return flat
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Flatten to RGB; transparent pixels become white, as a viewer would show them on a page."""
+    if img.mode in _HIGH_BIT_MODES:
+        return _high_bit_grey(img)
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         flat = Image.new("RGB", rgba.size, WHITE)
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # High-bit-depth greys: scale to 8 bits rather than clip everything above 255 to white.
-        lo, hi = cast(tuple[float, float], img.getextrema())
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        img = img.convert("F").point(lambda v: (v - lo) * scale).convert("L")
     return img.convert("RGB")
 
 

@@ -293,3 +293,31 @@ def test_eps_never_runs_ghostscript(tmp_path, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(BadImage, match="not an image in a format this service reads"):
         decode_image(eps, **LIMITS)
     assert not canary.exists()
+
+
+def test_a_16_bit_grey_with_a_transparent_value_keeps_its_picture() -> None:
+    """Pillow's RGBA conversion clips 16-bit greys at 255: with a tRNS value every opaque pixel became
+    white, 20,000 and 40,000 alike, and the model saw a blank page."""
+    grey = Image.new("I;16", (30, 10), 1000)  # 1000 is the transparent value
+    grey.paste(20000, (10, 0, 20, 10))
+    grey.paste(40000, (20, 0, 30, 10))
+    buffer = io.BytesIO()
+    grey.save(buffer, format="PNG", transparency=1000)
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    transparent, darker, lighter = (decoded.image.getpixel((x, 5)) for x in (5, 15, 25))
+    assert transparent == (255, 255, 255)
+    assert darker == (0, 0, 0) and lighter == (255, 255, 255)
+
+
+def test_a_float_image_with_nan_or_inf_keeps_its_picture() -> None:
+    """One NaN or inf made the float range infinite, the scale 0 and every pixel black. Finite values
+    are scaled over their own range; values that are not numbers show white, as transparent ones do."""
+    import numpy as np
+
+    values = np.full((10, 40), np.nan, dtype=np.float32)
+    values[:, 10:20], values[:, 20:30], values[:, 30:] = 1.5, 3.0, np.inf
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="TIFF")
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    pixels = [decoded.image.getpixel((x, 5)) for x in (5, 15, 25, 35)]
+    assert pixels == [(255, 255, 255), (0, 0, 0), (255, 255, 255), (255, 255, 255)]
