@@ -25,7 +25,8 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 MAX_JPEG_SCANS = 100
 """libjpeg decodes every scan over the whole image: 8,010 near-empty scans in a 540 KB 36 MP JPEG took
-35 s, past API Gateway's 29 s. A progressive JPEG has 10 scans (18 for CMYK); 100 cost ~0.5 s at 40 MP."""
+35 s, past API Gateway's 29 s. A progressive JPEG has 10 scans (18 for CMYK); 100 cost ~0.5 s at 40 MP,
+and are libtiff's own limit for a JPEG inside a TIFF (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER)."""
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 """A JPEG marker: entropy-coded data escapes 0xFF as FF00, and restart markers (FFD0-FFD7) stay inside a scan."""
 _JPEG_STANDALONE = frozenset({0x01, 0xD8})
