@@ -36,6 +36,8 @@ REFUSED_FORMATS = frozenset({"BLP", "EPS"})
 """Formats Pillow reads that are never opened: BLP1 (game textures) hands libjpeg a JPEG stream of its
 own, whose scans nothing counted (8,000 scans decoded as long as a JPEG's); EPS runs Ghostscript, an
 interpreter, on the upload wherever one is installed."""
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
+"""ISO media brands of HEIF/HEIC files (the `ftyp` box that opens them); Pillow reads none of them."""
 _BOMBS_RAISE = ("error", None, Image.DecompressionBombWarning, None, 0)
 """The `warnings` filter that makes Pillow's DecompressionBombWarning an exception."""
 
@@ -117,6 +119,11 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLarge(f"image has more pixels than the limit of {max_pixels}") from exc
     except Image.UnidentifiedImageError as exc:
+        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # what an iPhone saves by default
+            brand = data[8:12].decode("ascii")
+            raise BadImage(
+                f"body is a HEIF image (brand {brand!r}), which this service does not read; send JPEG, PNG or WebP"
+            ) from exc
         raise BadImage("body is not an image in a format this service reads") from exc
     except Exception as exc:  # header parsers raise many types on hostile input
         raise BadImage(f"corrupt image header: {exc}") from exc

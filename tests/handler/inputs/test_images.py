@@ -321,3 +321,10 @@ def test_a_float_image_with_nan_or_inf_keeps_its_picture() -> None:
     decoded = decode_image(buffer.getvalue(), **LIMITS)
     pixels = [decoded.image.getpixel((x, 5)) for x in (5, 15, 25, 35)]
     assert pixels == [(255, 255, 255), (0, 0, 0), (255, 255, 255), (255, 255, 255)]
+
+
+def test_a_heic_photo_is_named_as_such() -> None:
+    """An iPhone saves HEIC by default; its upload was 'not an image in a format this service reads'."""
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100)
+    with pytest.raises(BadImage, match=r"HEIF image .*'heic'.*send JPEG, PNG or WebP"):
+        decode_image(heic, **LIMITS)
