@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
-from handler.config import Settings
+from handler.config import SettingError, Settings
 from handler.errors import BadRequest
 from handler.events.s3 import Disposition, is_folder_marker, process_object, result_key, result_prefix
 from handler.florence.tasks import Task, tasks_from
@@ -415,7 +415,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; AWS refusing it (no such bucket or stack, no credentials) is a message, not a traceback."""
-    config, region = parse_args(argv)
+    try:
+        config, region = parse_args(argv)
+    except SettingError as exc:  # the function's settings (OUTPUT_PREFIX, MIN_SCORE, ...) as this shell has them
+        print(f"python -m handler.backfill: {exc}", file=sys.stderr)
+        return 2
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

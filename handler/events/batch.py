@@ -213,7 +213,13 @@ def _tasks(event: dict[str, Any]) -> list[Any]:
 
 
 def _task_id(raw: Any, index: int) -> str:
-    return str(raw.get("taskId", index)) if isinstance(raw, dict) else str(index)
+    """The id to answer a task under: its own when it is a string (Batch's always are), else its index.
+
+    A list echoed as text grows by half (`[0,0]` is 5 bytes, `'[0, 0]'` 6): tasks with long list ids
+    in a 5.8 MB event made an answer over the 6 MB Lambda can return.
+    """
+    task_id = raw.get("taskId") if isinstance(raw, dict) else None
+    return task_id if isinstance(task_id, str) else str(index)
 
 
 def _response(event: dict[str, Any], results: list[dict[str, str]]) -> dict[str, Any]:

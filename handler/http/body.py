@@ -44,8 +44,11 @@ async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
 async def _multipart_file(request: Request, settings: Settings) -> bytes:
     from starlette.formparsers import MultiPartException, MultiPartParser
 
-    body = await read_limited(request, settings.max_image_bytes + FORM_OVERHEAD)
-    parser = MultiPartParser(request.headers, _once(body), max_files=1, max_fields=16)
+    limit = settings.max_image_bytes + FORM_OVERHEAD
+    body = await read_limited(request, limit)
+    # A part without a filename is a text field, which Starlette caps at 1 MB; the body's cap bounds it
+    # already, and past 1 MB the refusal ("Part exceeded maximum size") hid what was wrong with it.
+    parser = MultiPartParser(request.headers, _once(body), max_files=1, max_fields=16, max_part_size=limit)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -54,7 +57,12 @@ async def _multipart_file(request: Request, settings: Settings) -> bytes:
         raise InvalidRequest(f"malformed multipart body: {exc}") from exc
     try:
         upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+        if isinstance(upload, str):  # `curl -F "file=<photo.jpg"` sends no filename
+            raise InvalidRequest(
+                'the "file" part has no filename, so it arrived as a text field; send the image as a file'
+                " (a filename in its Content-Disposition, as `curl -F file=@photo.jpg` sends)"
+            )
+        if upload is None:
             raise InvalidRequest('multipart body needs a file part named "file"')
         data = await upload.read()
     finally:

@@ -297,6 +297,17 @@ def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pyte
     assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_setting_that_does_not_parse_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan reads the function's settings from this shell: MIN_SCORE=2 was a SettingError traceback."""
+    monkeypatch.setenv("MIN_SCORE", "2")
+    assert backfill.main(["--bucket", BUCKET, "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "python -m handler.backfill: setting MIN_SCORE='2' is not a number in [0, 1]"
+    ]
+
+
 def test_help_names_every_default(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         backfill.parse_args(["--help"])

@@ -363,10 +363,10 @@ def _decodes(data: bytes) -> bool:
     return True
 
 
-def send_images(world: World, corpus: list[tuple[str, bytes, str]]) -> None:
+def send_images(world: World, corpus: list[tuple[str, bytes, str]]) -> list[str]:
     """Each image that fails to decode goes through all six entry points; one that still decodes
-    costs an inference per send, so it goes through one, taking turns (the CI budget)."""
-    turn = 0
+    costs an inference per send, so it goes through one, taking turns (the CI budget). Returns the outcomes."""
+    turn, outcomes = 0, []
     for index, (family, data, ctype) in enumerate(corpus):
         path = PATHS[index % len(PATHS)]
         route, _, query = path.partition("?")
@@ -377,10 +377,10 @@ def send_images(world: World, corpus: list[tuple[str, bytes, str]]) -> None:
             if entry == "direct":
                 task = ["caption", "detect", "analyze"][index % 3]
                 event: Any = {"task": task, "image_base64": base64.b64encode(data).decode()}
-                send(world, family, entry, event, _check_direct)
+                outcomes.append(send(world, family, entry, event, _check_direct))
             elif entry == "s3-record":
                 event = _s3_event(BUCKET, world.upload(data))
-                send(world, family, entry, event, lambda r, lines: _check_s3(r, lines, 1), extra=data)
+                outcomes.append(send(world, family, entry, event, lambda r, lines: _check_s3(r, lines, 1), extra=data))
             else:
                 event = _http_event(entry, data, ctype, route)
                 if query:
@@ -389,7 +389,8 @@ def send_images(world: World, corpus: list[tuple[str, bytes, str]]) -> None:
                     event["multiValueQueryStringParameters"] = {
                         k: [v] for k, v in event["queryStringParameters"].items()
                     }
-                send(world, family, entry, event, _check_http)
+                outcomes.append(send(world, family, entry, event, _check_http))
+    return outcomes
 
 
 def test_mutated_images_through_every_entry_point(world: World) -> None:
@@ -575,6 +576,27 @@ def test_image_classes_through_every_entry_point(world: World) -> None:
         if family == "extreme aspect":
             event = _v2("POST", "/detect", data, {"content-type": ctype}, {"format": "png"})
             assert send(world, family, "apigw-v2", event, _check_http) == "2xx"
+
+
+def decode_cost_corpus() -> list[tuple[str, bytes, str]]:
+    """Small files whose decode costs far more than their pixel count says: time (a JPEG's scans) or
+    memory (a TIFF's tile, an ICO's embedded PNG, both allocated before the image's size is known)."""
+    from tests.handler.inputs.test_images import _progressive_jpeg_with_scans, _tiff_with_tile
+
+    inner = _encoded(_in_mode("L", (2100, 2100)), "PNG")  # 4.4 MP: over the test limit of 4 MP
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(inner), 22) + inner
+    return [
+        ("decode cost", _progressive_jpeg_with_scans(1000), "image/jpeg"),
+        ("decode cost", _tiff_with_tile(1, 1, 4096), "image/tiff"),
+        ("decode cost", ico, "image/x-icon"),
+    ]
+
+
+def test_inputs_whose_decode_costs_more_than_their_pixels_are_refused_at_every_door(world: World) -> None:
+    """A 540 KB JPEG of 8,010 scans decoded for 35 s (past API Gateway's 29 s); a 146-byte TIFF with one
+    16384x16384 tile took 790 MB. Each was inside the byte and pixel limits; each is now a 413 everywhere."""
+    outcomes = send_images(world, decode_cost_corpus())
+    assert outcomes == ["4xx"] * len(ENTRY_POINTS) * 3, outcomes
 
 
 def test_a_profile_no_downscale_can_shrink_stays_out_of_the_drawing(world: World) -> None:

@@ -10,6 +10,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from handler.app import event_kind, lambda_handler
+from handler.config import LAMBDA_PAYLOAD_BYTES
 from handler.errors import ModelUnavailable, UpstreamError
 from handler.events import batch
 from tests.conftest import REPO_ROOT, image_bytes
@@ -175,6 +176,20 @@ def test_bucket_outside_allowed_buckets_and_malformed_tasks_fail_permanently(s3)
     unknown["invocationSchemaVersion"] = "3.0"
     answer = lambda_handler(unknown, Context())
     assert answer["invocationSchemaVersion"] == "3.0" and "not one of" in answer["results"][0]["resultString"]
+
+
+def test_an_answer_never_outgrows_its_event(s3) -> None:  # noqa: F811
+    """A task id that is not a string was echoed as Python text, half as long again as its JSON:
+    six tasks with 480,000-item list ids in a 5.8 MB event made a 9 MB answer (Lambda returns 6 MB)."""
+    event = batch_event("2.0", [GOOD] * 6)
+    for task in event["tasks"]:
+        task["taskId"] = [0] * 480_000
+    wire = json.dumps(event, separators=(",", ":")).encode()
+    assert len(wire) <= LAMBDA_PAYLOAD_BYTES  # an event Lambda accepts
+    answer = lambda_handler(json.loads(wire), Context())
+    assert len(json.dumps(answer, ensure_ascii=False).encode()) < len(wire)
+    assert [r["taskId"] for r in answer["results"]] == ["0", "1", "2", "3", "4", "5"]
+    assert {r["resultCode"] for r in answer["results"]} == {"PermanentFailure"}
 
 
 @pytest.mark.parametrize(

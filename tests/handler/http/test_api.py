@@ -174,6 +174,16 @@ def test_422_bad_parameters(client: TestClient, png_bytes: bytes) -> None:
     _assert_error(bad_boundary, 422, "invalid_request")
 
 
+@pytest.mark.parametrize("size", [(96, 64), (800, 600)], ids=["small", "over-1-MB"])
+def test_a_file_part_without_a_filename_is_named_as_such(client: TestClient, size: tuple[int, int]) -> None:
+    """`curl -F "file=<photo.jpg"` sends no filename: the part is a text field, and the answer was that the
+    body had no part named "file" (or, past 1 MB, "Part exceeded maximum size of 1024KB")."""
+    photo = image_bytes("BMP", size)
+    body = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + photo + b"\r\n--b--\r\n"
+    error = _assert_error(_raw(client, "/caption", body, "multipart/form-data; boundary=b"), 422, "invalid_request")
+    assert error["error"]["message"].startswith('the "file" part has no filename'), error
+
+
 def test_404_and_405_from_routing(client: TestClient) -> None:
     _assert_error(client.get("/nowhere"), 404, "not_found")
     _assert_error(client.get("/caption"), 405, "method_not_allowed")

@@ -94,8 +94,9 @@ def test_pixel_limit_is_checked_from_the_header() -> None:
 
 
 def test_pillow_decompression_bomb_error_becomes_too_large() -> None:
+    """Pillow's own checks run at our limit (not its 89 MP default) and their error is our 413."""
     with pytest.raises(TooLarge, match="pixels"):
-        decode_image(_png_header(60_000, 60_000), max_bytes=LIMITS["max_bytes"], max_pixels=10**12)
+        decode_image(_png_header(60_000, 60_000), max_bytes=LIMITS["max_bytes"], max_pixels=10**8)
 
 
 def test_real_compressed_bomb_is_refused_before_decoding() -> None:
@@ -178,3 +179,152 @@ def test_a_single_image_format_that_refuses_seek_decodes() -> None:
     decoded = decode_image(buffer.getvalue(), **LIMITS)
     assert (decoded.width, decoded.height, decoded.format) == (20, 30, "SPIDER")
     assert decoded.image.getpixel((15, 5))[0] > 240 and decoded.image.getpixel((5, 5))[0] < 15
+
+
+def _progressive_jpeg_with_scans(extra_scans: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A real progressive JPEG whose AC scans are repeated: libjpeg decodes each one over the whole image."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 50, 200)).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    first = data.index(b"\xff\xda")
+    scans = [b"\xff\xda" + scan for scan in data[first + 2 : -2].split(b"\xff\xda")]
+    return data[:first] + b"".join(scans) + b"".join(scans[1:]) * (extra_scans // (len(scans) - 1)) + b"\xff\xd9"
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    """Each scan costs a pass over every block: 8,010 near-empty scans in a 540 KB 6000x6000 JPEG decoded
+    for 35 s (API Gateway gives up at 29 s); the pixel limit alone let it through."""
+    from handler.inputs.images import MAX_JPEG_SCANS, jpeg_scan_count
+
+    normal = _progressive_jpeg_with_scans(0)
+    assert jpeg_scan_count(normal) == 10 and decode_image(normal, **LIMITS).image.size == (64, 48)
+    bomb = _progressive_jpeg_with_scans(2 * MAX_JPEG_SCANS)
+    with pytest.raises(TooLarge, match="scans"):
+        decode_image(bomb, **LIMITS)
+
+
+def test_scans_of_an_exif_thumbnail_or_a_second_mpo_image_are_not_counted() -> None:
+    """A thumbnail inside APP1 and the gain map a phone appends after the first image's EOI are not its scans."""
+    from handler.inputs.images import MAX_JPEG_SCANS, jpeg_scan_count
+
+    thumbnail = _progressive_jpeg_with_scans(2 * MAX_JPEG_SCANS, (8, 8))
+    assert jpeg_scan_count(thumbnail) > MAX_JPEG_SCANS
+    photo = image_bytes("JPEG", (64, 48))
+    app1 = b"Exif\x00\x00" + thumbnail[:60_000]
+    with_thumbnail = photo[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + photo[2:]
+    assert jpeg_scan_count(with_thumbnail) == 1
+    assert jpeg_scan_count(photo + thumbnail) == 1
+    assert decode_image(photo + thumbnail, **LIMITS).image.size == (64, 48)
+
+
+def _tiff_with_tile(width: int, height: int, tile: int) -> bytes:
+    """A deflate-compressed RGB TIFF of `width` x `height` stored as one `tile` x `tile` tile (black up to 16x16)."""
+    data = zlib.compress(bytes(min(tile, 16) ** 2 * 3))
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 8), (262, 3, 2), (277, 3, 3)]
+    entries += [(322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 10 + 4), (325, 4, len(data))]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        ifd += struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, 1, value, *((0,) if kind == 3 else ()))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + data
+
+
+def test_a_tiff_tile_over_the_pixel_limit_is_refused_before_libtiff_allocates_it() -> None:
+    """libtiff allocates and zeroes a whole tile: a 1x1 TIFF with a 16384x16384 RGB tile took 790 MB
+    (the model leaves Lambda about 1.1 GB), and answered 400 only after."""
+    with pytest.raises(TooLarge, match="tile"):
+        decode_image(_tiff_with_tile(1, 1, 4096), **LIMITS)
+    assert decode_image(_tiff_with_tile(1, 1, 16), **LIMITS).image.size == (1, 1)
+
+
+def test_no_pixel_buffer_over_the_limit_is_allocated_inside_a_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ICO's directory says 16x16 and Pillow decodes its embedded PNG while opening it, checked only
+    against Pillow's own 89 MP: a 186 KB ICO had the process decode 64 MP to answer 413."""
+    sizes: list[tuple[int, int]] = []
+    new = Image.core.new
+
+    def spy(mode: str, size: tuple[int, int], *args: object) -> object:
+        sizes.append(size)
+        return new(mode, size, *args)
+
+    inner = io.BytesIO()
+    Image.new("L", (2100, 2100)).save(inner, format="PNG")
+    directory = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(inner.getvalue()), 22)
+    monkeypatch.setattr(Image.core, "new", spy)
+    with pytest.raises(TooLarge, match="pixels"):
+        decode_image(directory + inner.getvalue(), **LIMITS)
+    assert all(w * h <= LIMITS["max_pixels"] for w, h in sizes), sizes
+
+
+def test_a_photoshop_file_decodes_its_composite() -> None:
+    """Pillow numbers a PSD's composite image frame 1 and refuses a seek to 0: every PSD was a 400 that
+    called it 'corrupt or truncated image: attempt to seek outside sequence'."""
+    width, height = 40, 30
+    header = b"8BPS" + struct.pack(">H", 1) + bytes(6) + struct.pack(">HIIHH", 3, height, width, 8, 3)
+    planes = bytes([200]) * (width * height) + bytes([30]) * (width * height) * 2  # red, raw, channel by channel
+    psd = header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + planes
+    decoded = decode_image(psd, **LIMITS)
+    assert (decoded.width, decoded.height, decoded.format) == (40, 30, "PSD")
+    assert decoded.image.getpixel((5, 5)) == (200, 30, 30)
+
+
+def test_a_blizzard_texture_is_not_read_so_its_jpeg_cannot_bypass_the_scan_count() -> None:
+    """BLP1 hands libjpeg a JPEG of its own (header and first mipmap): 8,000 scans in one decoded for as
+    long as they would in a JPEG, which the scan count never saw."""
+    from handler.inputs.images import MAX_JPEG_SCANS
+
+    jpeg = _progressive_jpeg_with_scans(2 * MAX_JPEG_SCANS)
+    header = b"BLP1" + struct.pack("<iIIIii", 0, 0, 64, 48, 0, 0)  # JPEG compression, no alpha, 64x48
+    mipmaps = struct.pack("<16I", 28 + 128 + 4 + len(jpeg), *[0] * 15) + struct.pack("<16I", *[0] * 16)
+    with pytest.raises(BadImage, match="not an image in a format this service reads"):
+        decode_image(header + mipmaps + struct.pack("<I", len(jpeg)) + jpeg, **LIMITS)
+
+
+def test_eps_never_runs_ghostscript(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow renders EPS by running Ghostscript, a PostScript interpreter, on the file: wherever `gs`
+    is installed (a developer's machine serving uvicorn), an upload ran it."""
+    from PIL import EpsImagePlugin
+
+    canary = tmp_path / "ran"
+    gs = tmp_path / "gs"
+    gs.write_text(f"#!/bin/sh\ntouch {canary}\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", str(gs))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 10\n0 0 moveto 20 10 lineto stroke\n%%EOF\n"
+    with pytest.raises(BadImage, match="not an image in a format this service reads"):
+        decode_image(eps, **LIMITS)
+    assert not canary.exists()
+
+
+def test_a_16_bit_grey_with_a_transparent_value_keeps_its_picture() -> None:
+    """Pillow's RGBA conversion clips 16-bit greys at 255: with a tRNS value every opaque pixel became
+    white, 20,000 and 40,000 alike, and the model saw a blank page."""
+    grey = Image.new("I;16", (30, 10), 1000)  # 1000 is the transparent value
+    grey.paste(20000, (10, 0, 20, 10))
+    grey.paste(40000, (20, 0, 30, 10))
+    buffer = io.BytesIO()
+    grey.save(buffer, format="PNG", transparency=1000)
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    transparent, darker, lighter = (decoded.image.getpixel((x, 5)) for x in (5, 15, 25))
+    assert transparent == (255, 255, 255)
+    assert darker == (0, 0, 0) and lighter == (255, 255, 255)
+
+
+def test_a_float_image_with_nan_or_inf_keeps_its_picture() -> None:
+    """One NaN or inf made the float range infinite, the scale 0 and every pixel black. Finite values
+    are scaled over their own range; values that are not numbers show white, as transparent ones do."""
+    import numpy as np
+
+    values = np.full((10, 40), np.nan, dtype=np.float32)
+    values[:, 10:20], values[:, 20:30], values[:, 30:] = 1.5, 3.0, np.inf
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="TIFF")
+    decoded = decode_image(buffer.getvalue(), **LIMITS)
+    pixels = [decoded.image.getpixel((x, 5)) for x in (5, 15, 25, 35)]
+    assert pixels == [(255, 255, 255), (0, 0, 0), (255, 255, 255), (255, 255, 255)]
+
+
+def test_a_heic_photo_is_named_as_such() -> None:
+    """An iPhone saves HEIC by default; its upload was 'not an image in a format this service reads'."""
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100)
+    with pytest.raises(BadImage, match=r"HEIF image .*'heic'.*send JPEG, PNG or WebP"):
+        decode_image(heic, **LIMITS)
