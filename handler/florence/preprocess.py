@@ -60,6 +60,11 @@ def squash_resize(image: Image.Image, size: int, resample: int = 3) -> np.ndarra
     return np.array(image.resize((size, size), resample=resample), dtype=np.uint8)
 
 
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+"""Pillow's names for the files libjpeg decodes (and can decode at reduced scale): JPEG, and MPO, a
+phone's JPEG carrying a second image (an HDR gain map or a depth map) after the first."""
+
+
 def draft_decode(image: Image.Image, size: int) -> Image.Image:
     """Let libjpeg downscale by 1/2..1/8 while decoding a not-yet-loaded JPEG, keeping both sides >= 2x `size`.
 
@@ -67,6 +72,6 @@ def draft_decode(image: Image.Image, size: int) -> Image.Image:
     full decode; a 12 MP photo then decodes and resizes several times faster. Callers must read the
     original size before this (draft changes `image.size`). Already-decoded images are left alone.
     """
-    if getattr(image, "format", None) == "JPEG" and getattr(image, "tile", None):
+    if getattr(image, "format", None) in JPEG_FORMATS and getattr(image, "tile", None):
         image.draft("RGB", (size * 2, size * 2))
     return image

@@ -138,6 +138,17 @@ def test_large_jpeg_decodes_at_reduced_scale_but_reports_the_original_size() -> 
     assert decode_image(image_bytes("PNG", (2000, 1600)), **LIMITS, draft_to=768).image.size == (2000, 1600)
 
 
+def test_a_phone_mpo_decodes_at_reduced_scale_like_a_jpeg() -> None:
+    """Phones save HDR photos as a JPEG with a gain map appended, which Pillow names MPO: it was decoded
+    at full size (12 MP for a 12 MP photo) while a plain JPEG of the same pixels took a quarter of it."""
+    photo, gain_map = Image.new("RGB", (2000, 1600), (200, 30, 30)), Image.new("RGB", (500, 400), "blue")
+    buffer = io.BytesIO()
+    photo.save(buffer, "MPO", save_all=True, append_images=[gain_map])
+    drafted = decode_image(buffer.getvalue(), **LIMITS, draft_to=768)
+    assert drafted.format == "MPO" and (drafted.width, drafted.height) == (2000, 1600)
+    assert drafted.image.size == (1000, 800) and drafted.image.getpixel((5, 5))[2] < 60  # the photo, not the map
+
+
 def test_reduced_scale_decode_respects_exif_rotation() -> None:
     img = Image.new("RGB", (2000, 1600), "white")
     exif = Image.Exif()
@@ -277,6 +288,41 @@ def test_a_blizzard_texture_is_not_read_so_its_jpeg_cannot_bypass_the_scan_count
     mipmaps = struct.pack("<16I", 28 + 128 + 4 + len(jpeg), *[0] * 15) + struct.pack("<16I", *[0] * 16)
     with pytest.raises(BadImage, match="not an image in a format this service reads"):
         decode_image(header + mipmaps + struct.pack("<I", len(jpeg)) + jpeg, **LIMITS)
+
+
+def _qoi(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(buffer, "QOI")
+    return buffer.getvalue()
+
+
+def _fits(size: tuple[int, int]) -> bytes:
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    2"]
+    cards += [f"NAXIS1  = {size[0]:>20}", f"NAXIS2  = {size[1]:>20}", "END"]
+    header = "".join(card.ljust(80) for card in cards).ljust(2880).encode("ascii")
+    return header + bytes(size[0] * size[1]).ljust(2880, b"\0")
+
+
+def _bitmask_dds(size: tuple[int, int]) -> bytes:
+    width, height = size
+    header = bytearray(124)
+    struct.pack_into("<7I", header, 0, 124, 0x1 | 0x2 | 0x4 | 0x1000, height, width, width * 2, 0, 0)
+    struct.pack_into("<8I", header, 72, 32, 0x40, 0, 16, 0xF800, 0x07E0, 0x001F, 0)  # RGB565 bit masks
+    struct.pack_into("<I", header, 104, 0x1000)
+    return b"DDS " + bytes(header) + bytes(width * height * 2)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "make"), [("QOI", _qoi), ("FITS", _fits), ("DDS", _bitmask_dds)], ids=["qoi", "fits", "dds"]
+)
+def test_formats_decoded_pixel_by_pixel_in_python_are_not_read(fmt: str, make) -> None:
+    """Pillow decodes QOI, FITS and bit-mask DDS in Python, pixel by pixel: a 20 MiB QOI from S3 took
+    15 s before inference. Each sample is one Pillow reads, so the refusal is ours, not a parse error."""
+    data = make((64, 48))
+    opened = Image.open(io.BytesIO(data))
+    assert opened.format == fmt and opened.size == (64, 48)
+    with pytest.raises(BadImage, match="not an image in a format this service reads"):
+        decode_image(data, **LIMITS)
 
 
 def test_eps_never_runs_ghostscript(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
