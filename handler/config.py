@@ -49,6 +49,10 @@ MAX_BINARY_BODY_BYTES = (LAMBDA_PAYLOAD_BYTES - ENVELOPE_MARGIN_BYTES) // 4 * 3
 """4,669,440: the largest binary body whose base64 plus the envelope fits LAMBDA_PAYLOAD_BYTES."""
 
 
+API_GATEWAY_TIMEOUT_S = 29
+"""API Gateway stops waiting for the function after 29 s and answers 504 itself, without our error shape."""
+
+
 MB_PER_LAMBDA_CPU = 1769
 """Lambda grants one CPU's worth of time per 1,769 MB of memory."""
 

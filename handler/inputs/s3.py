@@ -35,12 +35,25 @@ _KMS_PREFIX = "KMS."
 As a 400 they became error results that stuck to the object's ETag, so a redelivery never retried."""
 
 
+S3_CONNECT_TIMEOUT_S, S3_READ_TIMEOUT_S, S3_ATTEMPTS = 2, 3, 2
+"""Per S3 call: seconds to connect, seconds of silence while reading, tries. botocore's defaults (60 s,
+60 s, 5 tries in legacy mode) let a stalled S3 hold a request for minutes, past API Gateway's wait, so
+the caller got API Gateway's own 504 instead of our 502. A read is two calls (HEAD, then GET): at most
+2 x 2 x (2 + 3) = 20 s, inside API_GATEWAY_TIMEOUT_S. A healthy S3 answers in milliseconds."""
+
+
 @functools.cache
 def s3_client() -> Any:
     """One client per process (clients are thread-safe); tests clear the cache to rebind to moto."""
     import boto3
+    from botocore.config import Config
 
-    return boto3.client("s3")
+    config = Config(
+        connect_timeout=S3_CONNECT_TIMEOUT_S,
+        read_timeout=S3_READ_TIMEOUT_S,
+        retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
+    )
+    return boto3.client("s3", config=config)
 
 
 @dataclass

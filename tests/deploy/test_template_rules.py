@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from handler.config import Settings
+from handler.config import API_GATEWAY_TIMEOUT_S, Settings
 from tests.conftest import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -23,7 +23,6 @@ TEMPLATE = ROOT / "template.yaml"
 DOCKERFILE = ROOT / "Dockerfile.lambda"
 
 LAMBDA_MAX_MEMORY_MB = 10240
-API_GATEWAY_TIMEOUT_S = 29
 SERVING_RSS_MB = 1126
 COLD_BENCH = ROOT / "docs" / "cost" / "bench-1-thread.json"
 """The bench run behind the default memory size (one CPU's worth): its cold start and latencies."""

@@ -97,3 +97,41 @@ def test_keys_s3_cannot_hold_are_400_before_any_call(key: str) -> None:
         s3io.check_key(key)
     s3io.check_key("k" * 1024)
     s3io.check_key("é" * 512)
+
+
+def test_a_stalled_s3_is_a_502_before_api_gateway_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 that accepts the connection and never answers. With botocore's defaults (60 s reads, 5 tries)
+    the request outlived API Gateway's 29 s, and the caller got its 504 instead of our error; now both
+    calls of a read (HEAD, GET) fail within it, as a 502 naming S3, on the client the service builds."""
+    import threading
+    import time
+
+    from handler.config import API_GATEWAY_TIMEOUT_S
+
+    worst_read_s = 2 * s3io.S3_ATTEMPTS * (s3io.S3_CONNECT_TIMEOUT_S + s3io.S3_READ_TIMEOUT_S)
+    assert worst_read_s < API_GATEWAY_TIMEOUT_S
+    with socket.socket() as silent:  # listens, so connections complete, but never reads or answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        s3io.s3_client.cache_clear()
+        outcome: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                s3io.fetch("bucket", "key.png", 1000)
+            except BaseException as exc:  # handed to the test thread
+                outcome.append(exc)
+
+        start = time.monotonic()
+        worker = threading.Thread(target=read, daemon=True)
+        worker.start()
+        worker.join(timeout=API_GATEWAY_TIMEOUT_S / 2)
+        elapsed = time.monotonic() - start
+        s3io.s3_client.cache_clear()
+    assert not worker.is_alive(), f"the S3 read still waited after {elapsed:.0f} s"
+    assert len(outcome) == 1 and isinstance(outcome[0], UpstreamError), outcome
+    assert "S3 unreachable" in str(outcome[0]) and outcome[0].status == 502
