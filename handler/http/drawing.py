@@ -33,7 +33,7 @@ def draw_detections(image: Image.Image, detections: list[Detection]) -> Image.Im
     its longer side: a 1x1,000,000 strip would otherwise get a 25,000 px font whose rendered tag is
     itself a decompression bomb.
     """
-    canvas = image.convert("RGB").copy()
+    canvas = image.convert("RGB")  # always a new image (a copy when already RGB), so `image` stays clean
     draw = ImageDraw.Draw(canvas)
     side = math.isqrt(canvas.width * canvas.height)
     line = max(1, side // 300)

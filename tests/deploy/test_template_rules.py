@@ -23,10 +23,14 @@ TEMPLATE = ROOT / "template.yaml"
 DOCKERFILE = ROOT / "Dockerfile.lambda"
 
 LAMBDA_MAX_MEMORY_MB = 10240
-SERVING_RSS_MB = 1126
+WORST_SERVING_PEAK_MIB = 942
+"""Florence-2-base int8 serving's peak RSS for the largest image it accepts (a MAX_IMAGE_PIXELS RGBA
+PNG: 942 MiB; a 640 x 480 photo: 650), measured by docs/probes/worst_image_memory.py. Every memory
+size the template allows must hold it with MEMORY_HEADROOM, or Lambda kills the runtime mid-request."""
+MEMORY_HEADROOM = 1.25
+MB_PER_MIB = 2**20 / 10**6
 COLD_BENCH = ROOT / "docs" / "cost" / "bench-1-thread.json"
 """The bench run behind the default memory size (one CPU's worth): its cold start and latencies."""
-"""Florence-2-base int8 serving RSS (~1.1 GiB) that the default memory must fit with headroom."""
 REQUIRED_BINARY_TYPES = {"image~1*", "multipart~1form-data"}
 S3_EVENT_NAMES = {
     "s3:TestEvent",
@@ -146,10 +150,11 @@ def template_problems(template: dict[str, Any]) -> list[str]:
             problems.append(
                 f"{name}: MemorySize can reach {max(memory):.0f} MB, Lambda's maximum is {LAMBDA_MAX_MEMORY_MB}"
             )
-        default_memory = float(resolve(template, props.get("MemorySize", 128)))
-        if default_memory < 1.5 * SERVING_RSS_MB:
+        needed_mb = MEMORY_HEADROOM * WORST_SERVING_PEAK_MIB * MB_PER_MIB
+        if min(memory) < needed_mb:
             problems.append(
-                f"{name}: default MemorySize {default_memory:.0f} MB leaves no headroom over ~{SERVING_RSS_MB} MB RSS"
+                f"{name}: MemorySize can be {min(memory):.0f} MB, no headroom over the {WORST_SERVING_PEAK_MIB} MiB"
+                f" a request for the largest accepted image peaks at (needs {needed_mb:.0f} MB)"
             )
         timeout = [float(v) for v in bounds(template, props.get("Timeout", 3))]
         if min(timeout) < 2 * cold_analyze_s():
@@ -260,6 +265,7 @@ def _function_resource(t: dict[str, Any]) -> dict[str, Any]:
 BREAKAGES = {
     "memory over 10240": (lambda t: t["Parameters"]["MemorySize"].update(MaxValue=20480), "Lambda's maximum"),
     "memory too small": (lambda t: t["Parameters"]["MemorySize"].update(Default=1024), "no headroom"),
+    "memory floor too small": (lambda t: t["Parameters"]["MemorySize"].update(MinValue=1024), "no headroom"),
     "timeout over API limit": (lambda t: t["Parameters"]["Timeout"].update(Default=60), "API Gateway"),
     "literal timeout": (lambda t: _function(t).update(Timeout=300), "API Gateway"),
     "timeout under a cold start": (lambda t: t["Parameters"]["Timeout"].update(MinValue=3), "cold first /analyze"),

@@ -374,3 +374,80 @@ def test_a_heic_photo_is_named_as_such() -> None:
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100)
     with pytest.raises(BadImage, match=r"HEIF image .*'heic'.*send JPEG, PNG or WebP"):
         decode_image(heic, **LIMITS)
+
+
+def test_banded_compositing_matches_the_whole_image_composite() -> None:
+    """Transparency and high-bit greys are flattened by bands of rows (for memory); across band edges the
+    pixels are those of compositing the whole image at once."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (700, 90, 4), dtype=np.uint8), "RGBA")
+    expected = Image.new("RGB", rgba.size, (255, 255, 255))
+    expected.paste(rgba, mask=rgba.getchannel("A"))
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue(), **LIMITS).image.tobytes() == expected.tobytes()
+
+    values = rng.integers(100, 60000, (700, 90), dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    scaled = (values.astype(np.float32) - values.min()) * np.float32(255.0 / (values.max() - values.min()))
+    decoded = np.asarray(decode_image(buffer.getvalue(), **LIMITS).image)
+    assert np.array_equal(decoded[..., 0], scaled.astype(np.uint8)) and (decoded[..., 0] == decoded[..., 2]).all()
+
+
+_DECODE_PEAK = """
+import sys
+from pathlib import Path
+from handler.inputs.images import decode_image
+
+def hwm_mib():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+data = Path(sys.argv[1]).read_bytes()
+before = hwm_mib()
+decoded = decode_image(data, len(data), 50_000_000)
+print(hwm_mib() - before)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "bytes_per_pixel"),
+    [("RGB", 3), ("RGBA", 4 + 3), ("I;16", 2 + 2 + 1 + 3)],
+    ids=["rgb", "rgba", "grey16"],
+)
+def test_decoding_holds_the_pixels_once_not_in_copies(tmp_path, mode: str, bytes_per_pixel: int) -> None:
+    """The largest upload's decode is a request's peak memory. Whole-image copies (EXIF transpose's and
+    convert's copies, an RGBA's alpha and RGB for pasting, a float32 grey) made a 40 MP PNG's decode
+    peak at 9-12.5 bytes a pixel: 500 MiB for RGBA, which with the ~650 MiB model passed 1 GB. Now
+    it holds the decoded pixels and the RGB result (16-bit grey: its array and an 8-bit band)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.conftest import REPO_ROOT
+
+    height, width = 3000, 4000
+    stripes = np.zeros((height, width, 4), np.uint8)
+    stripes[::7] = 200
+    if mode == "I;16":
+        image = Image.fromarray(stripes[..., 0].astype(np.uint16) * 300)
+    else:
+        image = Image.fromarray(stripes[..., : len(mode)], mode)
+    path = tmp_path / "large.png"
+    image.save(path, compress_level=1)
+    del stripes, image
+    child = subprocess.run(
+        [sys.executable, "-c", _DECODE_PEAK, str(path)],
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    peak_mib = float(child.stdout)
+    bound_mib = 1.15 * bytes_per_pixel * height * width / 2**20 + 16
+    assert peak_mib <= bound_mib, f"{mode}: decoding {height * width / 1e6:.0f} MP peaked {peak_mib:.0f} MiB"
