@@ -7,7 +7,7 @@
 | MAX_S3_IMAGE_BYTES | 20_971_520 | largest image read from S3 (`{"s3": ...}` requests, S3 events): no event limit applies |
 | MAX_IMAGE_PIXELS | 40_000_000 | largest accepted width*height; stops decompression bombs |
 | ALLOWED_BUCKETS | (empty) | comma-separated buckets that JSON `{"s3": ...}` requests and Batch Operations tasks may read |
-| OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it never trigger work |
+| OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it, in the bucket results go to, never trigger work |
 | OUTPUT_BUCKET | (empty) | write results to this bucket, under OUTPUT_PREFIX + the source bucket + '/', not next to the source |
 | ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
 | TORCH_THREADS | CPUs available, on Lambda at most its CPU share | intra-op threads for inference |

@@ -232,13 +232,15 @@ def process_object(
         s3io.check_key(key)
     except BadRequest as exc:
         return _rejected(key, exc)
-    if key.startswith(settings.output_prefix):
+    out_bucket = settings.output_bucket or bucket
+    # Only where results are written: with OUTPUT_BUCKET elsewhere, a source bucket's own results/
+    # folder holds images like any other (backfill planned them, and every task was skipped).
+    if out_bucket == bucket and key.startswith(settings.output_prefix):
         annotate(status="skipped")
         return ObjectResult(key, Disposition.UNDER_OUTPUT_PREFIX)
     if is_folder_marker(key):
         annotate(status="skipped")
         return ObjectResult(key, Disposition.FOLDER_MARKER)
-    out_bucket = settings.output_bucket or bucket
     try:  # before any work: botocore would refuse the name only when the result is written
         s3io.check_bucket_name(out_bucket)
     except BadRequest as exc:

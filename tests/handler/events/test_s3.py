@@ -174,6 +174,19 @@ def test_results_never_trigger_work(s3) -> None:
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == ["results/x.png.json"]
 
 
+def test_with_an_output_bucket_a_source_buckets_results_folder_holds_images(s3, monkeypatch) -> None:
+    """Results go to OUTPUT_BUCKET, so `results/` in a source bucket is the user's own folder: its images
+    were skipped as results (and a backfill that planned them saw every task skipped)."""
+    s3.create_bucket(Bucket="out-bucket")
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    s3.put_object(Bucket=BUCKET, Key="results/race.png", Body=image_bytes("PNG"))
+    summary = lambda_handler(s3_event("results/race.png"), Context())
+    assert summary["written"] == [f"s3://out-bucket/results/{BUCKET}/results/race.png.json"]
+    s3.put_object(Bucket="out-bucket", Key="results/own.png", Body=image_bytes("PNG"))
+    summary = lambda_handler(s3_event("results/own.png", bucket="out-bucket"), Context())
+    assert summary["skipped"] == [{"key": "results/own.png", "reason": "under OUTPUT_PREFIX"}]
+
+
 def test_output_bucket_setting(s3, monkeypatch: pytest.MonkeyPatch) -> None:
     s3.create_bucket(Bucket="out-bucket")
     monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
