@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
@@ -230,6 +231,30 @@ class ImageRecord:
     json: dict = field(repr=False)
 
 
+def _on_disk(folder: Path, file_name: str) -> Path:
+    """The file `file_name` names under `folder` (a subfolder stays under it; an absolute path is kept).
+
+    Tools write the name as their platform spells it: a Windows export separates folders with
+    backslashes, and macOS keeps accented names decomposed (NFD) where the JSON has them composed
+    (NFC), or the other way round; either made the image "missing" on the other system.
+    """
+    names = [file_name] + ([file_name.replace("\\", "/")] if "\\" in file_name else [])
+    for name in list(names):
+        names += [unicodedata.normalize(form, name) for form in ("NFC", "NFD")]
+    for name in dict.fromkeys(names):
+        if (folder / name).exists():
+            return folder / name
+    return folder / file_name
+
+
+def _is_crowd(value: object) -> bool:
+    """COCO's `iscrowd` is 0 or 1; exports also write it as a bool or as the text "0"/"1", and the text
+    "0" is truthy: every such box was a crowd region, left out of training and scoring."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value) if isinstance(value, int | float) else False
+
+
 def usable_images(root: Path, split: str, path: Path, data: dict) -> dict[ImageId, ImageRecord]:
     """The usable images of an annotation file, by id; unusable files are skipped and counted."""
     skipped = Skipped(path)
@@ -247,9 +272,7 @@ def usable_images(root: Path, split: str, path: Path, data: dict) -> dict[ImageI
         file_name = img.get("file_name")
         if not isinstance(file_name, str) or not file_name.strip():
             raise DataError(f"{path}: image {image_id!r} has no 'file_name'")
-        image_path = root / split / file_name  # a subfolder stays under the split; an absolute path is kept
-        if "\\" in file_name and not image_path.exists():  # a Windows export: backslashes separate folders
-            image_path = root / split / file_name.replace("\\", "/")
+        image_path = _on_disk(root / split, file_name)
         frame = image_frame(image_path, _positive(img.get("width")), _positive(img.get("height")))
         if isinstance(frame, str):
             skipped.add(frame, str(image_path))
@@ -433,7 +456,7 @@ def read_instances(root: str | Path, split: str) -> Instances:
                 "category_id": first_id[names[category_id]],  # type: ignore[index]
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
                 "area": (x1 - x0) * (y1 - y0),
-                "iscrowd": 1 if ann.get("iscrowd") else 0,
+                "iscrowd": 1 if _is_crowd(ann.get("iscrowd")) else 0,
             }
         )
     skipped.log()

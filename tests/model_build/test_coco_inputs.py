@@ -388,3 +388,33 @@ def test_a_file_name_written_on_windows_finds_its_file(tmp_path: Path) -> None:
     )
     [sample] = detection_samples(root, SPLIT)
     assert sample.image_path == tmp_path / SPLIT / "images" / "a.png"
+
+
+@pytest.mark.parametrize("stored", ["NFD", "NFC"])
+def test_an_accented_file_name_finds_its_file_in_either_unicode_form(tmp_path: Path, stored: str) -> None:
+    """macOS keeps accented names decomposed (NFD); JSON from other tools has them composed (NFC). The
+    image was skipped as missing whenever the two differed."""
+    import unicodedata
+
+    name = "café/crème brûlée.png"
+    write_image(tmp_path / SPLIT / unicodedata.normalize(stored, name), (40, 30), (1, 1, 9, 9))
+    written = unicodedata.normalize("NFC" if stored == "NFD" else "NFD", name)
+    root = write_coco(
+        tmp_path, [{"id": 1, "file_name": written}], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}]
+    )
+    [sample] = detection_samples(root, SPLIT)
+    assert sample.image_path.exists() and sample.image_path.name == unicodedata.normalize(stored, "crème brûlée.png")
+
+
+def test_iscrowd_written_as_text_or_bool_means_what_it_says(tmp_path: Path) -> None:
+    """`"iscrowd": "0"` (text, from CSV-to-COCO converters) is truthy: the box was a crowd region, left
+    out of the targets. Text "0" and false are ordinary boxes; text "1" and true are crowds."""
+    write_image(tmp_path / SPLIT / "a.png", (100, 50), (1, 1, 9, 9))
+    flags = ["0", False, 0, "1", True, 1]
+    anns = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [i * 10, 5, 8, 8], "iscrowd": flag}
+        for i, flag in enumerate(flags)
+    ]
+    root = write_coco(tmp_path, [{"id": 1, "file_name": "a.png"}], anns)
+    [sample] = detection_samples(root, SPLIT)
+    assert sample.target.count("block") == 3
