@@ -14,6 +14,19 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def cli_failure(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """(exit status, stderr) of `python -m model_build ARGV` in process, which must exit without a traceback."""
+    from model_build.cli import main
+
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return status, err
+
+
 def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`python ARGS` in a fresh interpreter at the repo root, importing this checkout (not an installed copy)."""
     return subprocess.run(

@@ -15,15 +15,12 @@ from model_build.cli import main
 from model_build.data.synth import synthesize
 from model_build.settings import UsageError
 from model_build.training import CHECKPOINT_FILE, TrainConfig, TrainingDiverged, train
+from tests.conftest import cli_failure
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
+    """(exit status, last stderr line) of the CLI."""
+    status, err = cli_failure(argv, capsys)
     return status, err.strip().splitlines()[-1] if err.strip() else ""
 
 

@@ -26,18 +26,7 @@ from handler.florence.artifact import sha256_file
 from model_build.base.tiny import EMBEDDED_DIR
 from model_build.cli import COMMANDS, INTERRUPTED_EXIT, build_parser, main
 from model_build.finetune.lora import ADAPTER_CONFIG, ADAPTER_INFO, ADAPTER_WEIGHTS
-from tests.conftest import REPO_ROOT, run_python
-
-
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """(exit status, stderr) of `main(argv)`, which must not raise anything but SystemExit."""
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return status, err
+from tests.conftest import REPO_ROOT, cli_failure, run_python
 
 
 def _adapter(folder: Path, *, config: str | None = None, info: str | None = None, weights: bytes | None = None) -> Path:
@@ -209,7 +198,7 @@ USAGE_ERRORS = [
 def test_a_wrong_invocation_is_a_usage_error_naming_the_problem(
     argv: str, flag: str | None, message: str, places: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, err = _fails([part.format_map(places) for part in argv.split()], capsys)
+    status, err = cli_failure([part.format_map(places) for part in argv.split()], capsys)
     assert status == 2, err
     last = err.strip().splitlines()[-1]
     assert "error: " in last and message in last, err
@@ -255,7 +244,7 @@ def test_an_image_size_past_the_text_encoders_positions_is_one_line(
 
     data = synthesize(tmp_path / "data", train=1, val=1, seed=3)
     argv = [*command.format(run=tmp_path / "run").split(), "--data", str(data), "--image-size", "768"]
-    status, err = _fails([*argv, "--tasks", "caption"], capsys)
+    status, err = cli_failure([*argv, "--tasks", "caption"], capsys)
     assert status == 1
     assert (
         err.strip()
@@ -278,7 +267,7 @@ def test_fuse_and_eval_read_the_data_before_any_model(
     tensors = load_file(str(base / "model.safetensors"))
     save_file({k: v for k, v in tensors.items() if "encoder.layers.1." not in k}, str(base / "model.safetensors"))
     argv = command.format(base=base, adapter=places["adapter-ok"]).split()
-    status, err = _fails([*argv, "--data", str(places["empty"])], capsys)
+    status, err = cli_failure([*argv, "--data", str(places["empty"])], capsys)
     assert status == 2
     assert f"error: {places['empty'] / 'annotations'}" in err.strip().splitlines()[-1]
 
@@ -288,7 +277,7 @@ def test_no_refused_output_folder_lost_a_file(places: dict[str, Path], capsys: p
     dataset = places["dataset"]
     before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
     for argv in (["fuse", "--base", "tiny", "--out"], ["synth", "--out"], ["pretrain-tiny", "--out"]):
-        assert _fails([*argv, str(dataset)], capsys)[0] == 2
+        assert cli_failure([*argv, str(dataset)], capsys)[0] == 2
     assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
 
 
@@ -297,7 +286,7 @@ def test_a_taken_port_stops_the_demo_before_it_builds(tmp_path: Path, capsys: py
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        status, err = _fails(["demo", "--port", str(port), "--data", str(tmp_path / "data")], capsys)
+        status, err = cli_failure(["demo", "--port", str(port), "--data", str(tmp_path / "data")], capsys)
     assert status == 2
     assert f"argument --port: cannot serve on 127.0.0.1:{port}: Address already in use" in err
     assert not (tmp_path / "data").exists()
@@ -307,7 +296,7 @@ def test_a_taken_port_stops_the_demo_before_it_builds(tmp_path: Path, capsys: py
 def test_eval_refuses_overrides_an_artifact_would_ignore(
     flag: str, tiny_artifact: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, err = _fails(["eval", str(tiny_artifact), *flag.split()], capsys)
+    status, err = cli_failure(["eval", str(tiny_artifact), *flag.split()], capsys)
     assert status == 2
     assert (
         err.strip()
@@ -322,7 +311,7 @@ def test_a_tampered_artifact_is_one_line_and_exit_1(
     tampered = shutil.copytree(tiny_artifact, tmp_path / "tampered")
     with (tampered / "model.pt").open("ab") as handle:
         handle.write(b"x")
-    status, err = _fails(
+    status, err = cli_failure(
         ["eval", str(tampered), "--max-images", "1", "--data", str(tiny_artifact.parent / "synth")], capsys
     )
     assert status == 1
@@ -347,7 +336,7 @@ def test_a_forged_model_is_one_line_and_exit_1(
     manifest = json.loads((forged / "manifest.json").read_text())
     manifest.update(model_sha256=sha256_file(forged / "model.pt"), model_bytes=(forged / "model.pt").stat().st_size)
     (forged / "manifest.json").write_text(json.dumps(manifest))
-    status, err = _fails(
+    status, err = cli_failure(
         ["eval", str(forged), "--max-images", "1", "--data", str(tiny_artifact.parent / "synth")], capsys
     )
     assert status == 1
@@ -399,10 +388,10 @@ def test_what_only_the_loaded_base_and_data_can_judge_is_a_usage_error(
 
     data = synthesize(tmp_path / "data", train=1, val=1, seed=3)
     argv = ["finetune", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--tasks", "detect"]
-    status, err = _fails([*argv, "--batch-size", "4", "--steps", "1"], capsys)
+    status, err = cli_failure([*argv, "--batch-size", "4", "--steps", "1"], capsys)
     assert status == 2
     assert "1 training samples cannot fill one batch of 4" in err.strip().splitlines()[-1]
-    status, err = _fails([*argv, "--batch-size", "1", "--steps", "1", "--target-modules", "no_such_proj"], capsys)
+    status, err = cli_failure([*argv, "--batch-size", "1", "--steps", "1", "--target-modules", "no_such_proj"], capsys)
     assert status == 2
     assert "--target-modules: Target modules {'no_such_proj'} not found" in err.strip().splitlines()[-1]
 
@@ -425,7 +414,7 @@ def test_an_adapter_that_does_not_fit_its_base_is_a_usage_error(
     save_file(tensors, str(weights))
     info = json.loads((run / "adapter" / ADAPTER_INFO).read_text())
     assert (
-        _fails(["eval", str(run), "--data", str(data)], capsys)[1]
+        cli_failure(["eval", str(run), "--data", str(data)], capsys)[1]
         .strip()
         .endswith(
             f"{weights} is not the adapter its build_info.json describes (sha256 differs): "
@@ -434,7 +423,7 @@ def test_an_adapter_that_does_not_fit_its_base_is_a_usage_error(
     )
     (run / "adapter" / ADAPTER_INFO).write_text(json.dumps({**info, "adapter_sha256": sha256_file(weights)}))
     capsys.readouterr()
-    status, err = _fails(["eval", str(run), "--data", str(data)], capsys)
+    status, err = cli_failure(["eval", str(run), "--data", str(data)], capsys)
     assert status == 2
     assert f"adapter in {run / 'adapter'} does not fit base 'tiny': missing [" in err.strip().splitlines()[-1]
 
