@@ -283,3 +283,54 @@ def _resolves(dotted: str) -> bool:
 def test_the_checks_themselves_see_a_wrong_flag_and_a_wrong_setting(unchecked_paths: None) -> None:
     assert "unrecognized arguments: --no-such-flag" in _parse(build_parser().parse_args, ["fuse", "--no-such-flag"])
     assert not _resolves("handler.config.NO_SUCH_NAME") and _resolves("handler.config.Settings.from_env")
+
+
+def _measured(name: str) -> dict[str, Any]:
+    return json.loads((REPO_ROOT / "docs" / name).read_text())
+
+
+def test_figures_quoted_from_a_measurement_file_are_that_files() -> None:
+    """A figure the docs or the template attribute to a bench run reads as the run's JSON has it, rounded as
+    written; a re-run that moves it fails here until the sentence is rewritten (a stale "~660 MiB" stood
+    for the bench's 651, a "3.1 s" cold start for its 2.8)."""
+    from tests.deploy.test_template_rules import WORST_SERVING_PEAK_MIB, cold_analyze_s
+
+    photo_peak = round(_measured("benchmarks.json")["served_cold"]["peak_rss_mib"])
+    first_caption = _measured("cost/bench-1-thread.json")["served_cold"]["first_caption_s"]
+    quoted = {
+        "template.yaml": [
+            f"serves a photo in {photo_peak} MiB and the largest accepted image in {WORST_SERVING_PEAK_MIB} MiB",
+            f"(~{cold_analyze_s():.1f} s to a first /analyze at 1769 MB",
+        ],
+        "docs/deploy.md": [
+            f"peaks at {photo_peak} MiB RSS serving a photo (docs/benchmarks.md) and at {WORST_SERVING_PEAK_MIB} MiB",
+            f"({cold_analyze_s():.1f} s to a first `/analyze` at 1,769 MB",
+            f"cold starts ({first_caption:.1f} s to the first caption with one thread",
+        ],
+    }
+    for name, sentences in quoted.items():
+        text = " ".join((REPO_ROOT / name).read_text().split())
+        text = re.sub(r"\s*#\s*", " ", text)  # a YAML comment continued on the next line
+        assert [sentence for sentence in sentences if sentence not in text] == [], name
+
+
+def test_deploy_md_cost_figures_are_what_its_commands_give() -> None:
+    """§8's cost table is what the `cost` line above it prints, and its latency table is the two bench runs."""
+    from model_build.bench.cost import CostConfig, latency_cases, run_cost
+    from model_build.commands.options import config_from
+
+    deploy = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    written = re.search(r"python -m model_build cost ([^\n#]*)", deploy)
+    assert written, "deploy.md §8 shows no `python -m model_build cost` line"
+    args = build_parser().parse_args(["cost", *shlex.split(written[1])])
+    with contextlib.chdir(REPO_ROOT):
+        table = run_cost(config_from(args, CostConfig()))
+    assert table in deploy
+
+    def cell(timing: dict[str, float]) -> str:
+        return f"{timing['median_s']:.3f} ({timing['min_s']:.3f}–{timing['p90_s']:.3f})"
+
+    runs = [_measured("cost/bench-1-thread.json"), _measured("cost/bench-2-threads.json")]
+    for case, row in (("caption+detect", "| `/analyze` ("), ("caption", "| caption |")):
+        line = next(line for line in deploy.splitlines() if line.startswith(row) and "–" in line)
+        assert line.endswith(" | ".join(cell(latency_cases(run)[case]["served"]) for run in runs) + " |"), line
