@@ -10,7 +10,7 @@
 | OUTPUT_PREFIX | results/ | where S3-upload results are written; keys under it, in the bucket results go to, never trigger work |
 | OUTPUT_BUCKET | (empty) | write results to this bucket, under OUTPUT_PREFIX + the source bucket + '/', not next to the source |
 | ARTIFACT_RETRY_S | 30 | after a failed model load, answer 503 from memory this long before retrying |
-| TORCH_THREADS | CPUs available, on Lambda at most its CPU share | intra-op threads for inference |
+| TORCH_THREADS | CPUs available, on Lambda at most memory/1769, rounded (2 at 3008 MB) | intra-op threads for inference |
 | LOG_LEVEL | INFO | level of the structured JSON request log |
 | ARTIFACT_SHA256 | (empty) | when set, the sha256 of the artifact's manifest.json must equal it (docs/deploy.md) |
 | MIN_SCORE | 0 | default floor on box scores, 0..1: S3 uploads use it; a request's `min_score` overrides it |
