@@ -2,9 +2,10 @@
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`. A wrong invocation ends
 with one line naming the problem, never a traceback: bad flags are argparse's usage errors (exit 2,
-most of them caught by the config dataclass's `setting(minimum=..., check=...)` before any work),
-inputs found wrong once the work starts (a base that will not load, a corrupt artifact, a missing
-file) and a training run that diverged exit 1, and Ctrl-C exits 130.
+most of them caught by the config dataclass's `setting(minimum=..., check=...)` before any work), and
+so is bad data (`DataError`: a missing annotation file, JSON that does not parse); inputs found wrong
+once the work starts (a base that will not load, a corrupt artifact, a file gone) and a training run
+that diverged exit 1; `fuse`'s parity gate and `quality`'s rule exit 3; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
