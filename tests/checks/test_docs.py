@@ -334,3 +334,18 @@ def test_deploy_md_cost_figures_are_what_its_commands_give() -> None:
     for case, row in (("caption+detect", "| `/analyze` ("), ("caption", "| caption |")):
         line = next(line for line in deploy.splitlines() if line.startswith(row) and "–" in line)
         assert line.endswith(" | ".join(cell(latency_cases(run)[case]["served"]) for run in runs) + " |"), line
+
+
+def test_deploy_md_parameter_table_is_the_templates_defaults() -> None:
+    """deploy.md §3 gives each parameter's default; template.yaml's `Parameters` are where it is set."""
+    from tests.deploy.test_template_rules import load_template
+
+    parameters = load_template()["Parameters"]
+    section = (REPO_ROOT / "docs" / "deploy.md").read_text().split("## 3.", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (`\w+`(?:(?: /|,) `\w+`)*) \| ([^|]+) \|", section, re.M)
+    documented: dict[str, str] = {}
+    for names, defaults in rows:
+        values = [value.strip().strip("`") for value in re.split(r" / |, ", defaults)]
+        for name, value in zip(re.findall(r"`(\w+)`", names), values, strict=True):
+            documented[name] = "" if value == "empty" else re.sub(r" (MB|s)$", "", value)
+    assert documented == {name: str(parameter.get("Default")) for name, parameter in parameters.items()}
