@@ -1,5 +1,8 @@
 """S3 upload worker: caption and detect every uploaded image, write `<OUTPUT_PREFIX><key>.json`.
 
+With OUTPUT_BUCKET set the result goes to that bucket instead, as `<OUTPUT_PREFIX><source bucket>/<key>.json`
+(`result_key`), so the same key in two source buckets gets two results.
+
 Results carry the source ETag, which makes redelivered events cheap no-ops. A record the input
 itself dooms (too big, not an image, a key S3 refuses, a malformed record) gets an error result
 where one can be written and is not retried; any other failure is retried by Lambda: the invocation
