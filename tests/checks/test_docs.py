@@ -296,6 +296,7 @@ def test_figures_quoted_from_a_measurement_file_are_that_files() -> None:
     from tests.deploy.test_template_rules import WORST_SERVING_PEAK_MIB, cold_analyze_s
 
     photo_peak = round(_measured("benchmarks.json")["served_cold"]["peak_rss_mib"])
+    artifact_mib = _measured("benchmarks.json")["served_artifact_mib"]
     first_caption = _measured("cost/bench-1-thread.json")["served_cold"]["first_caption_s"]
     quoted = {
         "template.yaml": [
@@ -307,6 +308,7 @@ def test_figures_quoted_from_a_measurement_file_are_that_files() -> None:
             f"({cold_analyze_s():.1f} s to a first `/analyze` at 1,769 MB",
             f"cold starts ({first_caption:.1f} s to the first caption with one thread",
         ],
+        "docs/build.md": [f"base-size `model.pt` ({artifact_mib:.1f} MiB, docs/benchmarks.md)"],
     }
     for name, sentences in quoted.items():
         text = " ".join((REPO_ROOT / name).read_text().split())
@@ -331,6 +333,14 @@ def test_deploy_md_cost_figures_are_what_its_commands_give() -> None:
         return f"{timing['median_s']:.3f} ({timing['min_s']:.3f}–{timing['p90_s']:.3f})"
 
     runs = [_measured("cost/bench-1-thread.json"), _measured("cost/bench-2-threads.json")]
+    bench_lines = re.findall(r"python -m model_build bench (.*)# -> docs/(cost/[\w-]+\.json)", deploy)
+    assert len(bench_lines) == len(runs)
+    for written_bench in bench_lines:
+        config = vars(build_parser().parse_args(["bench", *shlex.split(written_bench[0])]))
+        run = _measured(written_bench[1])
+        timed = {case["served"]["runs"] for case in run["latency"]}
+        shown = (config["threads"], config["runs"], config["fidelity_images"])
+        assert shown == (run["threads"], *timed, run["fidelity"]["images"]), written_bench
     for case, row in (("caption+detect", "| `/analyze` ("), ("caption", "| caption |")):
         line = next(line for line in deploy.splitlines() if line.startswith(row) and "–" in line)
         assert line.endswith(" | ".join(cell(latency_cases(run)[case]["served"]) for run in runs) + " |"), line
