@@ -359,3 +359,19 @@ def test_deploy_md_parameter_table_is_the_templates_defaults() -> None:
         for name, value in zip(re.findall(r"`(\w+)`", names), values, strict=True):
             documented[name] = "" if value == "empty" else re.sub(r" (MB|s)$", "", value)
     assert documented == {name: str(parameter.get("Default")) for name, parameter in parameters.items()}
+
+
+def test_serving_md_limits_are_the_codes() -> None:
+    """Each row of serving.md's Limits table names a setting or constant; its default column is the code's value."""
+    from handler.inputs import images
+
+    section = (REPO_ROOT / "docs" / "serving.md").read_text().split("## Limits", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| [^|]*?`([A-Z][A-Z0-9_]+)`[^|]* \| \**([\d,]+)\**", section, re.M)
+    defaults = config.Settings()
+    code = {
+        "MAX_JPEG_SCANS": images.MAX_JPEG_SCANS,
+        "MAX_BINARY_BODY_BYTES": config.MAX_BINARY_BODY_BYTES,
+        **{name: getattr(defaults, name.lower()) for name in _settings_table()},
+    }
+    assert len(rows) == 5
+    assert {name: int(shown.replace(",", "")) for name, shown in rows} == {name: code[name] for name, _ in rows}
