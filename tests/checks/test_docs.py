@@ -375,3 +375,24 @@ def test_serving_md_limits_are_the_codes() -> None:
     }
     assert len(rows) == 5
     assert {name: int(shown.replace(",", "")) for name, shown in rows} == {name: code[name] for name, _ in rows}
+
+
+def test_build_md_why_these_defaults_is_what_help_shows() -> None:
+    """build.md's "Why these defaults" table gives the defaults `finetune --help` and `fuse --help` print."""
+    import argparse
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shown: dict[str, str] = {}
+    for name in ("fuse", "finetune"):  # finetune's --image-size and --tasks are the trained ones
+        for action in commands[name]._actions:
+            said = re.search(r"\(default: ([^)]*)\)$", action.help or "")
+            if action.option_strings and said:
+                shown[action.option_strings[0]] = said[1]
+    section = (REPO_ROOT / "docs" / "build.md").read_text().split("## Why these defaults", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([-\w/]+)` \| ([^|(]+)", section, re.M)
+    assert len(rows) >= 9
+    for flags, defaults in rows:
+        for written_flag, written_value in zip(flags.split("/"), defaults.split(" / "), strict=True):
+            flag = written_flag if written_flag.startswith("--") else f"--{written_flag}"
+            value, expected = written_value.strip().strip("`"), shown[flag]
+            assert value == expected or float(value) == float(expected), (flag, value, expected)
