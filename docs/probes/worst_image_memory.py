@@ -2,7 +2,8 @@
 
 The bench's peak RSS (docs/benchmarks.md) is for a 640 x 480 photo. An upload may be any image up to
 MAX_IMAGE_PIXELS, and decoding one is the request's largest allocation: a 40 MP RGBA PNG is 160 MB
-of pixels, its RGBA copy and its RGB composite another 280 MB. `MemorySize`'s floor in template.yaml
+of pixels and its RGB composite another 120 MB (`handler.inputs.images` composites by bands of rows and
+makes no RGBA copy; both once added 280 MB). `MemorySize`'s floor in template.yaml
 must hold that peak, or Lambda kills the runtime mid-request. Each image runs in a fresh process:
 load the artifact, /analyze a 640 x 480 photo, then the large image as `handler.service` decodes it
 (`/detect?format=png` decodes at full resolution and draws on it). Run by hand (about 2 minutes):
