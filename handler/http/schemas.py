@@ -23,7 +23,9 @@ class DetectionOut(BaseModel):
 class ResultBase(BaseModel):
     model_sha: str = Field(description="first 12 hex digits of the served model's sha256")
     image: ImageInfo
-    timings_ms: dict[str, float] = Field(description="decode, per-task and total milliseconds")
+    timings_ms: dict[str, float] = Field(
+        description="decode, vision, per-task and total (decode + inference) milliseconds"
+    )
 
 
 CAPTION_SCORE = Field(None, ge=0, le=1, description="mean probability of the caption's word tokens")
