@@ -3,8 +3,9 @@
 Uploads are handled as they arrive; this is for the images that were there before. It runs on your
 machine with boto3 (never in the image: the Lambda path does not import it, import-linter checks).
 
-1. Plan: list `--bucket`/`--prefix`, skip results, backfill files, non-image names and keys whose
-   result is newer than the image, and print the count and size (`--dry-run` stops here).
+1. Plan: list `--bucket`/`--prefix`, skip results, backfill files, non-image names, archived objects
+   and keys whose result answers `--tasks` for the image as it is now (the function's own rule, read
+   with one HEAD per result newer than its image), and print the count and size (`--dry-run` stops here).
 2. By default, write the plan as a CSV manifest to S3 and create an S3 Batch Operations job that
    invokes the deployed function once per object (ARNs from `--stack NAME` or flags). Batch
    Operations retries `TemporaryFailure` tasks and writes a completion report.
@@ -26,13 +27,14 @@ import re
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
 from handler.config import SettingError, Settings
 from handler.errors import BadRequest
-from handler.events.s3 import Disposition, is_folder_marker, process_object, result_key, result_prefix
+from handler.events.s3 import Disposition, answers, is_folder_marker, process_object, result_key, result_prefix
 from handler.florence.tasks import Task, tasks_from
 from handler.inputs.s3 import check_bucket_name
 from handler.service import ALL_TASKS
@@ -59,6 +61,10 @@ FUNCTION_ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[\w
 ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 """What `--function-arn` and `--role-arn` must look like: the job request reads partition, region and
 account out of the function ARN, so a malformed one must stop at the flag, not as a traceback."""
+ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+"""Storage classes whose objects cannot be read until restored (Glacier Instant Retrieval can be)."""
+HEAD_WORKERS = 32
+"""Results whose metadata the plan reads at once: a rerun over a million done images is ~1M HEADs."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 
@@ -126,13 +132,43 @@ class Clients:
         return self._clients[service]
 
 
-def _objects(s3: Any, bucket: str, prefix: str) -> Any:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+def _objects(s3: Any, bucket: str, prefix: str, archive_status: bool = False) -> Any:
+    """Every object under `prefix`; with `archive_status`, archived ones say whether a restore made them readable."""
+    extra = {"OptionalObjectAttributes": ["RestoreStatus"]} if archive_status else {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **extra):
         yield from page.get("Contents", [])
 
 
+def _answered(s3: Any, bucket: str, looks_done: list[tuple[str, str]], tasks: list[Task]) -> set[str]:
+    """Of `(result key, image ETag)` pairs, the result keys whose result answers `tasks` for that ETag.
+
+    A listing shows that a result exists, not which tasks it holds: after a `--tasks caption` run,
+    planning caption and detect must still send those images (the function would compute the boxes).
+    """
+
+    def check(item: tuple[str, str]) -> str | None:
+        result, etag = item
+        try:
+            metadata = s3.head_object(Bucket=bucket, Key=result).get("Metadata", {})
+        except Exception as exc:  # gone since the listing: the image needs one
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise
+        return result if answers(metadata, etag, tasks) else None
+
+    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
+        return {result for result in pool.map(check, looks_done) if result is not None}
+
+
+def _archived(obj: dict[str, Any]) -> bool:
+    """In a storage class GetObject refuses (InvalidObjectState) until a restore completes."""
+    restore = obj.get("RestoreStatus") or {}
+    restored = "RestoreExpiryDate" in restore and not restore.get("IsRestoreInProgress", False)
+    return obj.get("StorageClass") in ARCHIVED_STORAGE_CLASSES and not restored
+
+
 def plan(config: BackfillConfig, clients: Clients) -> Plan:
-    """List the bucket once and the results once; no request per object."""
+    """List the bucket once and the results once, then read the metadata of the results that look current."""
     s3, settings = clients("s3"), config.settings
     out_bucket = settings.output_bucket or config.bucket
     listed = _objects(s3, out_bucket, result_prefix(config.bucket, settings) + config.prefix)
@@ -140,19 +176,31 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     own_files = config.batch_prefix if config.report_bucket in (None, config.bucket) else None
     suffixes = tuple(s.lower() for s in config.suffixes)
     found = Plan()
-    for obj in _objects(s3, config.bucket, config.prefix):
+    # In listing order: each image, with its result key and ETag where that result looks current.
+    listed_images: list[tuple[Candidate, str | None, str]] = []
+    for obj in _objects(s3, config.bucket, config.prefix, archive_status=True):
         key = obj["Key"]
-        done_at = results.get(result_key(config.bucket, key, settings))
+        result = result_key(config.bucket, key, settings)
+        done_at = results.get(result)
         if out_bucket == config.bucket and key.startswith(settings.output_prefix):
             found.skipped["result"] += 1
         elif own_files and key.startswith(own_files):
             found.skipped["manifest or report"] += 1
         elif is_folder_marker(key) or (suffixes and not key.lower().endswith(suffixes)):
             found.skipped["not an image name"] += 1
+        elif _archived(obj):
+            found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
         elif not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
-            found.skipped["has a result"] += 1  # written after the image was: the function would skip it too
+            listed_images.append((Candidate(key, int(obj["Size"])), result, obj["ETag"].strip('"')))
         else:
-            found.candidates.append(Candidate(key, int(obj["Size"])))
+            listed_images.append((Candidate(key, int(obj["Size"])), None, ""))
+    looks_done = [(done, etag) for _, done, etag in listed_images if done is not None]
+    answered = _answered(s3, out_bucket, looks_done, config.tasks)
+    for candidate, done, _ in listed_images:
+        if done is not None and done in answered:
+            found.skipped["has a result"] += 1  # the function would skip it too
+        else:
+            found.candidates.append(candidate)
     return found
 
 

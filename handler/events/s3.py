@@ -179,10 +179,15 @@ def _rejected(key: str, exc: ServiceError, result_uri: str | None = None) -> Obj
     return ObjectResult(key, Disposition.REJECTED, result_uri, exc.body()["error"])
 
 
-def _covers(existing: dict[str, str], tasks: list[Task]) -> bool:
-    """Whether a stored result answered every task asked for now (results before the tag ran them all)."""
+def answers(existing: dict[str, str], etag: str, tasks: list[Task]) -> bool:
+    """Whether a stored result (its user metadata) answers `tasks` for the object with `etag` (unquoted).
+
+    It must name that ETag and every task asked for now (results before the tag ran them all). The
+    function skips such objects; backfill's plan reads the same rule, so neither skips the other's work.
+    """
     done = existing.get(TASKS_METADATA)
-    return done is None or {t.api_name for t in tasks} <= set(done.split(","))
+    covered = done is None or {t.api_name for t in tasks} <= set(done.split(","))
+    return existing.get(ETAG_METADATA) == etag and covered
 
 
 def _overwritten_since(bucket: str, key: str, read: ObjectHead) -> bool:
@@ -256,7 +261,7 @@ def process_object(
         annotate(status="skipped", version_id=printable(version_id), current_version_id=head.version_id)
         return ObjectResult(key, Disposition.NOT_CURRENT_VERSION, result_uri, version_id=version_id)
     existing = None if overwrite else s3io.head_metadata(out_bucket, out_key)
-    if existing is not None and existing.get(ETAG_METADATA) == etag and _covers(existing, tasks):
+    if existing is not None and answers(existing, etag, tasks):
         annotate(status="skipped")
         error = {"code": existing[ERROR_METADATA]} if ERROR_METADATA in existing else None
         return ObjectResult(key, Disposition.ALREADY_PRESENT, result_uri, error)

@@ -40,12 +40,19 @@ def _fill(client) -> None:
     client.put_object(Bucket=BUCKET, Key="batch/manifests/old.csv", Body=b"x,y\n")
     # done.png has a result written after it; stale.png was re-uploaded after its result.
     client.put_object(Bucket=BUCKET, Key="photos/stale.png", Body=image_bytes("PNG"))
-    client.put_object(Bucket=BUCKET, Key="results/photos/stale.png.json", Body=b"{}")
+    _result(client, "photos/stale.png")
     time.sleep(1.1)  # S3 LastModified has one-second resolution
     client.put_object(Bucket=BUCKET, Key="photos/stale.png", Body=image_bytes("PNG", (50, 40)))
     client.put_object(Bucket=BUCKET, Key="photos/done.png", Body=image_bytes("PNG"))
     time.sleep(1.1)
-    client.put_object(Bucket=BUCKET, Key="results/photos/done.png.json", Body=b"{}")
+    _result(client, "photos/done.png")
+
+
+def _result(client, key: str, prefix: str = "results/", tasks: str = "caption,detect") -> None:
+    """A result for the image now at `key`, with the metadata the function writes (its ETag, the tasks run)."""
+    etag = client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+    metadata = {"source-etag": etag, "tasks": tasks}
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}{key}.json", Body=b"{}", Metadata=metadata)
 
 
 def _config(**overrides: Any) -> backfill.BackfillConfig:
@@ -243,7 +250,7 @@ def test_the_stack_s_output_prefix_finds_the_results_not_this_machine_s_setting(
     s3.put_object(Bucket=BUCKET, Key="photos/done.png", Body=image_bytes("PNG"))
     s3.put_object(Bucket=BUCKET, Key="photos/new.png", Body=image_bytes("PNG"))
     time.sleep(1.1)  # S3 LastModified has one-second resolution
-    s3.put_object(Bucket=BUCKET, Key="captions/photos/done.png.json", Body=b"{}")
+    _result(s3, "photos/done.png", "captions/")
     _stack(output_prefix="captions/")
     config = _config(prefix="photos/", stack="florence", dry_run=True)
     assert backfill.run(config, backfill.Clients(s3=s3)) == 0
@@ -334,7 +341,7 @@ def test_plan_pages_past_a_thousand_keys(s3) -> None:  # noqa: F811
     for index in range(1001):
         s3.put_object(Bucket=BUCKET, Key=f"many/{index:04d}.png", Body=b"x")
     for index in range(1000):
-        s3.put_object(Bucket=BUCKET, Key=f"results/many/{index:04d}.png.json", Body=b"{}")
+        _result(s3, f"many/{index:04d}.png")
     found = backfill.plan(_config(prefix="many/"), backfill.Clients(s3=s3))
     assert [c.key for c in found.candidates] == ["many/1000.png"]
     assert found.skipped == {"has a result": 1000}
@@ -380,10 +387,53 @@ def test_with_output_bucket_each_source_bucket_has_its_own_results(s3, monkeypat
         s3.put_object(Bucket=bucket, Key="photos/a.png", Body=image_bytes("PNG"))
     assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
     assert list(_keys_in(s3, "out-bucket")) == [f"results/{BUCKET}/photos/a.png.json"]
-    assert backfill.plan(_config(), backfill.Clients(s3=s3)).skipped == {"has a result": 1}
+    assert backfill.plan(_config(prefix="photos/"), backfill.Clients(s3=s3)).skipped == {"has a result": 1}
     second = backfill.plan(_config(bucket="second-bucket"), backfill.Clients(s3=s3))
     assert [c.key for c in second.candidates] == ["photos/a.png"] and not second.skipped
 
 
 def _keys_in(client, bucket: str) -> list[str]:
     return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_a_result_without_the_tasks_asked_for_is_planned_again(s3) -> None:  # noqa: F811
+    """After `--tasks caption`, planning caption and detect counted every caption-only result as done
+    ('has a result'): no job was created and no image ever got its boxes, though the function would compute them."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--local", "--tasks", "caption"]) == 0
+    caption_only = backfill.plan(
+        _config(prefix="photos/", tasks=backfill.tasks_from("caption")), backfill.Clients(s3=s3)
+    )
+    assert caption_only.skipped == {"has a result": 1} and not caption_only.candidates
+
+    both = backfill.plan(_config(prefix="photos/"), backfill.Clients(s3=s3))
+    assert [c.key for c in both.candidates] == ["photos/a.png"] and not both.skipped
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key="results/photos/a.png.json")["Body"].read())
+    assert "caption" in stored and "detections" in stored
+    assert backfill.plan(_config(prefix="photos/"), backfill.Clients(s3=s3)).skipped == {"has a result": 1}
+
+
+def test_archived_images_are_counted_not_planned(s3) -> None:  # noqa: F811
+    """Glacier Flexible Retrieval and Deep Archive objects were planned: GetObject refuses them
+    (InvalidObjectState), so each task failed, and a bucket mostly archived failed the whole job."""
+    for key, storage_class in {
+        "old/flexible.png": "GLACIER",
+        "old/deep.png": "DEEP_ARCHIVE",
+        "old/instant.png": "GLACIER_IR",
+        "old/restored.png": "GLACIER",
+        "old/standard.png": "STANDARD",
+    }.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"), StorageClass=storage_class)
+
+    def restored(parsed: dict[str, Any], **_: Any) -> None:  # moto leaves RestoreStatus out; S3 sends it
+        for obj in parsed.get("Contents", []):
+            if obj["Key"] == "old/restored.png":
+                obj["RestoreStatus"] = {"IsRestoreInProgress": False, "RestoreExpiryDate": "2030-01-01T00:00:00Z"}
+
+    s3.meta.events.register("after-call.s3.ListObjectsV2", restored)
+    found = backfill.plan(_config(prefix="old/"), backfill.Clients(s3=s3))
+    assert sorted(c.key for c in found.candidates) == ["old/instant.png", "old/restored.png", "old/standard.png"]
+    assert found.skipped == {"archived (restore it first)": 2}
+    with pytest.raises(Exception, match="InvalidObjectState"):  # why: what each task would have met
+        s3.get_object(Bucket=BUCKET, Key="old/deep.png")
