@@ -285,7 +285,10 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     # Named by content: a rerun of the same plan rewrites the same object and sends the same request,
     # which S3 answers with the job the first run created (its ClientRequestToken is the same too).
     manifest_key = f"{config.batch_prefix}manifests/{hashlib.sha256(body).hexdigest()[:16]}.csv"
-    put = clients("s3").put_object(Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv")
+    # SSE-S3 whatever the bucket's default: Batch Operations cannot read a CSV manifest encrypted with KMS.
+    put = clients("s3").put_object(
+        Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv", ServerSideEncryption="AES256"
+    )
     request = job_request(config, manifest_key, put["ETag"].strip('"'), body)
     job_id = clients("s3control").create_job(**request)["JobId"]
     region = config.function_arn.split(":")[3] if config.function_arn else ""

@@ -437,3 +437,22 @@ def test_archived_images_are_counted_not_planned(s3) -> None:  # noqa: F811
     assert found.skipped == {"archived (restore it first)": 2}
     with pytest.raises(Exception, match="InvalidObjectState"):  # why: what each task would have met
         s3.get_object(Bucket=BUCKET, Key="old/deep.png")
+
+
+def test_the_manifest_is_sse_s3_in_a_bucket_whose_default_is_kms(s3) -> None:  # noqa: F811
+    """Batch Operations does not read CSV manifests encrypted with SSE-KMS: in a bucket whose default
+    encryption is KMS (common for existing buckets: --report-bucket defaults to --bucket) the manifest
+    inherited aws:kms and the job could not start."""
+    s3.put_bucket_encryption(
+        Bucket=BUCKET,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/x"}}]
+        },
+    )
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    control = CapturedControl()
+    config = _config(function_arn=FUNCTION_ARN, role_arn=ROLE_ARN)
+    assert backfill.run(config, backfill.Clients(s3=s3, s3control=control.client)) == 0
+    (manifest_key,) = _keys(s3, "batch/manifests/")
+    assert s3.head_object(Bucket=BUCKET, Key=manifest_key)["ServerSideEncryption"] == "AES256"
+    assert s3.head_object(Bucket=BUCKET, Key="photos/a.png")["ServerSideEncryption"] == "aws:kms"  # the default
