@@ -123,12 +123,13 @@ class Clients:
         self.region = region
         self._clients = dict(given)
 
-    def __call__(self, service: str) -> Any:
+    def __call__(self, service: str, region: str | None = None) -> Any:
+        """The client for `service`, in `region` where the call must go there, else in --region."""
         if service not in self._clients:
             import boto3
 
             make: Any = boto3.client  # its overloads are per service name; this one is any of three
-            self._clients[service] = make(service, region_name=self.region)
+            self._clients[service] = make(service, region_name=region or self.region)
         return self._clients[service]
 
 
@@ -290,8 +291,9 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
         Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv", ServerSideEncryption="AES256"
     )
     request = job_request(config, manifest_key, put["ETag"].strip('"'), body)
-    job_id = clients("s3control").create_job(**request)["JobId"]
-    region = config.function_arn.split(":")[3] if config.function_arn else ""
+    # In the function's region, where the printed describe-job looks (not the shell's, which may be another).
+    region = config.function_arn.split(":")[3] if config.function_arn else None
+    job_id = clients("s3control", region=region).create_job(**request)["JobId"]
     print(f"manifest: s3://{config.report_bucket}/{manifest_key} ({len(found.candidates)} objects)")
     print(f"job: {job_id}  (no confirmation step: New -> Preparing -> Ready -> Active -> Complete)")
     print(

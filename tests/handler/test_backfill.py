@@ -125,12 +125,14 @@ def _namespaced(path: str) -> str:
 class CapturedControl:
     """A real s3control client whose requests are recorded and answered with CreateJobResult."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: Any = None) -> None:
+        """With `session`, every s3control client that session makes later is answered so."""
         import boto3
         from botocore.awsrequest import AWSResponse
 
         self.requests: list[Any] = []
-        self.client = boto3.client("s3control", region_name="us-east-1")
+        if session is None:
+            self.client = boto3.client("s3control", region_name="us-east-1")
 
         class _Raw:
             def stream(self, **_: Any):
@@ -146,7 +148,8 @@ class CapturedControl:
             response._content = body
             return response
 
-        self.client.meta.events.register("before-send.s3-control.CreateJob", answer)
+        events = self.client.meta.events if session is None else session.events
+        events.register("before-send.s3-control.CreateJob", answer)
 
 
 def _stack(stack_name: str = "florence", upload_prefix: str = "photos/", output_prefix: str = "results/") -> None:
@@ -456,3 +459,24 @@ def test_the_manifest_is_sse_s3_in_a_bucket_whose_default_is_kms(s3) -> None:  #
     (manifest_key,) = _keys(s3, "batch/manifests/")
     assert s3.head_object(Bucket=BUCKET, Key=manifest_key)["ServerSideEncryption"] == "AES256"
     assert s3.head_object(Bucket=BUCKET, Key="photos/a.png")["ServerSideEncryption"] == "aws:kms"  # the default
+
+
+def test_the_job_is_created_in_the_function_s_region(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --stack, the s3control client took --region or the shell's default (us-east-1 here), so a
+    function in us-west-2 got its job created in us-east-1, a cross-region job, and the printed
+    describe-job command (us-west-2) could not find it."""
+    import boto3
+
+    session = boto3.Session()
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+    control = CapturedControl(session)
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    west = FUNCTION_ARN.replace("us-east-1", "us-west-2")
+    assert backfill.run(_config(function_arn=west, role_arn=ROLE_ARN), backfill.Clients("us-east-1", s3=s3)) == 0
+    (request,) = control.requests
+    assert request.url == "https://123456789012.s3-control.us-west-2.amazonaws.com/v20180820/jobs"
+    assert "describe-job --region us-west-2" in capsys.readouterr().out
