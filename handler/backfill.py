@@ -223,6 +223,16 @@ def _resolve_stack(config: BackfillConfig, clients: Clients) -> None:
     for output in (*STACK_OUTPUTS.values(), *STACK_PREFIX_OUTPUTS):
         if output not in outputs:
             raise SystemExit(f"stack {config.stack} has no output {output}; deploy the current template.yaml")
+    if config.role_arn is None and not (config.dry_run or config.local):
+        # The stack's role may invoke only its function and read and write only its bucket's BatchPrefix:
+        # a job with another report bucket or function could not even read its manifest.
+        for attribute in ("report_bucket", "function_arn"):
+            given, own = getattr(config, attribute), outputs[STACK_OUTPUTS[attribute]]
+            if given is not None and given != own:
+                raise SystemExit(
+                    f"--{attribute.replace('_', '-')} {given} is not the stack's {STACK_OUTPUTS[attribute]} ({own}),"
+                    f" the only one its BatchOperationsRole may use; leave it out, or pass --role-arn too"
+                )
     for attribute, output in STACK_OUTPUTS.items():
         if attribute == "batch_prefix" or getattr(config, attribute) is None:
             setattr(config, attribute, outputs[output])

@@ -480,3 +480,27 @@ def test_the_job_is_created_in_the_function_s_region(
     (request,) = control.requests
     assert request.url == "https://123456789012.s3-control.us-west-2.amazonaws.com/v20180820/jobs"
     assert "describe-job --region us-west-2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("report_bucket", "someone-elses-reports"), ("function_arn", FUNCTION_ARN.replace("florence", "other"))],
+)
+def test_with_the_stack_s_role_another_report_bucket_or_function_is_refused(
+    s3,  # noqa: F811
+    flag: str,
+    value: str,
+) -> None:
+    """--stack with --report-bucket elsewhere wrote the manifest there and created a job whose role (the
+    stack's, allowed only <uploads bucket>/<BatchPrefix>) could not read it: a job that fails in Preparing."""
+    s3.create_bucket(Bucket="someone-elses-reports")
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    _stack()
+    control = CapturedControl()
+    clients = backfill.Clients(s3=s3, s3control=control.client)
+    with pytest.raises(SystemExit, match=r"is not the stack's .* the only one its BatchOperationsRole may use"):
+        backfill.run(_config(prefix="photos/", stack="florence", **{flag: value}), clients)
+    assert control.requests == [] and not _keys_in(s3, "someone-elses-reports")
+    # A role of one's own may be allowed more; a dry run creates nothing.
+    assert backfill.run(_config(prefix="photos/", stack="florence", role_arn=ROLE_ARN, **{flag: value}), clients) == 0
+    assert backfill.run(_config(prefix="photos/", stack="florence", dry_run=True, **{flag: value}), clients) == 0
