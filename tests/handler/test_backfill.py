@@ -504,3 +504,58 @@ def test_with_the_stack_s_role_another_report_bucket_or_function_is_refused(
     # A role of one's own may be allowed more; a dry run creates nothing.
     assert backfill.run(_config(prefix="photos/", stack="florence", role_arn=ROLE_ARN, **{flag: value}), clients) == 0
     assert backfill.run(_config(prefix="photos/", stack="florence", dry_run=True, **{flag: value}), clients) == 0
+
+
+AWKWARD_KEYS = [
+    "k/a b.png",
+    "k/a+b.png",
+    "k/a%2Bb.png",
+    "k/100%.png",
+    "k/line\nbreak.png",
+    "k/cr\rx.png",
+    'k/comma,"quote".png',
+    "k/hash#q?.png",
+    "k/tab\tx.png",
+    "k/café.png",  # composed
+    "k/cafe\u0301.png",  # decomposed: another key
+    "k/\U0001f431.png",
+    "k/trailing space .png",
+    "k/back\\slash.png",
+    "k//double.png",
+    "k/./dot.png",
+    "k/" + "猫" * 338 + ".png",  # 1,020 bytes: the result key is cut and hashed
+    "k/" + "a" * 1014 + ".png",
+]
+
+
+def test_awkward_keys_survive_plan_manifest_task_and_rerun_in_a_versioned_bucket(s3) -> None:  # noqa: F811
+    """Every key S3 can hold reaches the function as itself through the CSV manifest (one row each,
+    percent-encoded, so no comma, quote or newline splits a row), gets its result, and a rerun plans
+    nothing; an overwritten version and a deleted key (delete marker) are not planned twice or at all."""
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    for key in AWKWARD_KEYS:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG", (40, 30)))
+    s3.put_object(Bucket=BUCKET, Key="k/a b.png", Body=image_bytes("PNG"))  # a second version
+    s3.put_object(Bucket=BUCKET, Key="k/deleted.png", Body=image_bytes("PNG"))
+    s3.delete_object(Bucket=BUCKET, Key="k/deleted.png")
+
+    found = backfill.plan(_config(prefix="k/"), backfill.Clients(s3=s3))
+    assert sorted(c.key for c in found.candidates) == sorted(AWKWARD_KEYS)
+    body = backfill.manifest_csv(BUCKET, found.candidates)
+    assert body.count(b"\n") == len(AWKWARD_KEYS) and b'"' not in body
+    rows = list(csv.reader(io.StringIO(body.decode("ascii"))))
+    assert sorted(unquote(key) for _, key in rows) == sorted(AWKWARD_KEYS)
+
+    event = json.loads((REPO_ROOT / "events" / "s3_batch_v2.json").read_text())
+    event["tasks"] = [
+        {**copy.deepcopy(event["tasks"][0]), "taskId": str(i), "s3Bucket": bucket, "s3Key": key}
+        for i, (bucket, key) in enumerate(rows)
+    ]
+    response = lambda_handler(event, Context())
+    assert [r for r in response["results"] if r["resultCode"] != "Succeeded"] == []
+    settings = backfill.BackfillConfig(bucket=BUCKET).settings
+    for key in AWKWARD_KEYS:
+        result = s3.get_object(Bucket=BUCKET, Key=backfill.result_key(BUCKET, key, settings))
+        assert json.loads(result["Body"].read())["source"]["key"] == key
+    again = backfill.plan(_config(prefix="k/"), backfill.Clients(s3=s3))
+    assert not again.candidates and again.skipped == {"has a result": len(AWKWARD_KEYS)}
