@@ -65,6 +65,8 @@ ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 """Storage classes whose objects cannot be read until restored (Glacier Instant Retrieval can be)."""
 HEAD_WORKERS = 32
 """Results whose metadata the plan reads at once: a rerun over a million done images is ~1M HEADs."""
+HEAD_SLICE = 10_000
+"""Results handed to those workers at a time."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 
@@ -157,8 +159,15 @@ def _answered(s3: Any, bucket: str, looks_done: list[tuple[str, str]], tasks: li
             raise
         return result if answers(metadata, etag, tasks) else None
 
-    with ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
-        return {result for result in pool.map(check, looks_done) if result is not None}
+    answered: set[str] = set()
+    pool = ThreadPoolExecutor(max_workers=HEAD_WORKERS)
+    try:  # a slice at a time: a million futures at once hold memory, and Ctrl-C would wait for them all
+        for start in range(0, len(looks_done), HEAD_SLICE):
+            done = pool.map(check, looks_done[start : start + HEAD_SLICE])
+            answered.update(result for result in done if result is not None)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return answered
 
 
 def _archived(obj: dict[str, Any]) -> bool:

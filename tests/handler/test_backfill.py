@@ -559,3 +559,26 @@ def test_awkward_keys_survive_plan_manifest_task_and_rerun_in_a_versioned_bucket
         assert json.loads(result["Body"].read())["source"]["key"] == key
     again = backfill.plan(_config(prefix="k/"), backfill.Clients(s3=s3))
     assert not again.candidates and again.skipped == {"has a result": len(AWKWARD_KEYS)}
+
+
+def test_ctrl_c_while_the_plan_reads_results_stops_it_at_once(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The plan's HEADs run on a thread pool; Ctrl-C must not wait for every queued HEAD to finish."""
+    for index in range(40):
+        s3.put_object(Bucket=BUCKET, Key=f"many/{index:02d}.png", Body=b"x")
+        _result(s3, f"many/{index:02d}.png")
+    monkeypatch.setattr(backfill, "HEAD_WORKERS", 2)
+    monkeypatch.setattr(backfill, "HEAD_SLICE", 10)
+    heads: list[str] = []
+    real = s3.head_object
+
+    def interrupted(**kwargs: Any) -> Any:
+        heads.append(kwargs["Key"])
+        if len(heads) == 3:
+            raise KeyboardInterrupt
+        return real(**kwargs)
+
+    monkeypatch.setattr(s3, "head_object", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # main() turns it into status 130
+        backfill.plan(_config(prefix="many/"), backfill.Clients(s3=s3))
+    time.sleep(0.5)  # what a worker had started finishes; nothing queued may start
+    assert len(heads) <= 10  # the rest of the slice is cancelled, later slices never start
