@@ -338,6 +338,11 @@ class LocalSummary:
         )
 
 
+def _one_line(text: str) -> str:
+    """`text` with control characters written as escapes: a key may hold a newline, and one failure is one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
     """The function's per-object code over the plan, in this process."""
     try:
@@ -351,12 +356,12 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
         try:
             result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
         except Exception as exc:  # one object must not stop the rest; it is listed at the end
-            summary.failed.append(f"{candidate.key}: {getattr(exc, 'message', exc)}")
+            summary.failed.append(_one_line(f"{candidate.key}: {getattr(exc, 'message', exc)}"))
             continue
         if result.disposition is Disposition.WRITTEN:
             summary.done += 1
         elif result.disposition is Disposition.REJECTED:
-            summary.failed.append(f"{candidate.key}: {(result.error or {}).get('code')}")
+            summary.failed.append(_one_line(f"{candidate.key}: {(result.error or {}).get('code')}"))
         else:
             summary.skipped += 1
     summary.seconds = time.perf_counter() - start

@@ -112,10 +112,12 @@ def test_local_runs_the_function_code_and_a_second_run_does_nothing(s3, capsys: 
 def test_local_reports_objects_that_fail(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     s3.put_object(Bucket=BUCKET, Key="in/fake.png", Body=b"shopping list")
     s3.put_object(Bucket=BUCKET, Key="in/real.png", Body=image_bytes("PNG"))
+    s3.put_object(Bucket=BUCKET, Key="in/two\nlines\u200b.png", Body=b"shopping list")  # one failure, one line
     assert backfill.main(["--bucket", BUCKET, "--prefix", "in/", "--local"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert "failed: in/fake.png: bad_image" in lines
-    assert lines[-1].startswith("done 1, skipped 0, failed 1")
+    assert "failed: in/two\\nlines\\u200b.png: bad_image" in lines  # it was split over two lines
+    assert lines[-1].startswith("done 1, skipped 0, failed 2")
 
 
 def _namespaced(path: str) -> str:
