@@ -67,6 +67,10 @@ HEAD_WORKERS = 32
 """Results whose metadata the plan reads at once: a rerun over a million done images is ~1M HEADs."""
 HEAD_SLICE = 10_000
 """Results handed to those workers at a time."""
+ENDED_JOB_STATES = frozenset({"Complete", "Failed", "Cancelled"})
+"""Batch Operations job states after which a job runs no more tasks."""
+MAX_ENDED_JOBS = 50
+"""Ended jobs of one identical request that `create_job` steps past before it gives up."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 
@@ -295,6 +299,25 @@ def job_request(config: BackfillConfig, manifest_key: str, manifest_etag: str, b
     }
 
 
+def create_job(control: Any, request: dict[str, Any]) -> str:
+    """Create the job, or find the one this very request created before, if that one has not finished.
+
+    The same request carries the same ClientRequestToken, which S3 answers with the job it created
+    for it: a retried or repeated command cannot start a second job over the same manifest. But a job
+    that already ended (all tasks failed before a fix, or `--overwrite` again after a model update)
+    would come back too, and nothing would run: then the token is renewed from that job's id.
+    """
+    for _ in range(MAX_ENDED_JOBS):
+        job_id: str = control.create_job(**request)["JobId"]
+        status = control.describe_job(AccountId=request["AccountId"], JobId=job_id)["Job"]["Status"]
+        if status not in ENDED_JOB_STATES:
+            return job_id
+        print(f"job {job_id} ran this same request before ({status}); creating a new one")
+        token = hashlib.sha256(f"{request['ClientRequestToken']}:{job_id}".encode())
+        request = {**request, "ClientRequestToken": token.hexdigest()[:64]}
+    raise SystemExit(f"{MAX_ENDED_JOBS} jobs already ran this same request; the last was {job_id}")
+
+
 def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     """Write the manifest, create the job, print how to follow it; returns the job id."""
     missing = [name for name in ("function_arn", "role_arn") if getattr(config, name) is None]
@@ -302,8 +325,8 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
         raise SystemExit(f"need --stack NAME or --{missing[0].replace('_', '-')} to create a Batch Operations job")
     config.report_bucket = config.report_bucket or config.bucket
     body = manifest_csv(config.bucket, found.candidates)
-    # Named by content: a rerun of the same plan rewrites the same object and sends the same request,
-    # which S3 answers with the job the first run created (its ClientRequestToken is the same too).
+    # Named by content: a rerun of the same plan rewrites the same object and sends the same request
+    # (create_job: the same token, so the same job while it runs).
     manifest_key = f"{config.batch_prefix}manifests/{hashlib.sha256(body).hexdigest()[:16]}.csv"
     # SSE-S3 whatever the bucket's default: Batch Operations cannot read a CSV manifest encrypted with KMS.
     put = clients("s3").put_object(
@@ -312,7 +335,7 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     request = job_request(config, manifest_key, put["ETag"].strip('"'), body)
     # In the function's region, where the printed describe-job looks (not the shell's, which may be another).
     region = config.function_arn.split(":")[3] if config.function_arn else None
-    job_id = clients("s3control", region=region).create_job(**request)["JobId"]
+    job_id = create_job(clients("s3control", region=region), request)
     print(f"manifest: s3://{config.report_bucket}/{manifest_key} ({len(found.candidates)} objects)")
     print(f"job: {job_id}  (no confirmation step: New -> Preparing -> Ready -> Active -> Complete)")
     print(

@@ -125,7 +125,10 @@ def _namespaced(path: str) -> str:
 
 
 class CapturedControl:
-    """A real s3control client whose requests are recorded and answered with CreateJobResult."""
+    """A real s3control client whose CreateJob and DescribeJob requests are recorded and answered as S3 does:
+    one job per ClientRequestToken (the same token gets the same job back), in the state `status` gives."""
+
+    FIRST_JOB = "00e123a4-c0d8-41f4-a0eb-b46f9ba5b07c"
 
     def __init__(self, session: Any = None) -> None:
         """With `session`, every s3control client that session makes later is answered so."""
@@ -133,6 +136,10 @@ class CapturedControl:
         from botocore.awsrequest import AWSResponse
 
         self.requests: list[Any] = []
+        self.jobs: dict[str, str] = {}
+        """ClientRequestToken -> job id."""
+        self.status: dict[str, str] = {}
+        """Job id -> its state (New until a test moves it on)."""
         if session is None:
             self.client = boto3.client("s3control", region_name="us-east-1")
 
@@ -140,18 +147,26 @@ class CapturedControl:
             def stream(self, **_: Any):
                 yield b""
 
-        def answer(request: Any, **_: Any) -> AWSResponse:
-            self.requests.append(request)
-            body = (
-                b'<?xml version="1.0" encoding="UTF-8"?><CreateJobResult>'
-                b"<JobId>00e123a4-c0d8-41f4-a0eb-b46f9ba5b07c</JobId></CreateJobResult>"
-            )
+        def respond(request: Any, body: bytes) -> AWSResponse:
             response = AWSResponse(request.url, 200, {"content-type": "application/xml"}, _Raw())
-            response._content = body
+            response._content = b'<?xml version="1.0" encoding="UTF-8"?>' + body
             return response
 
+        def create(request: Any, **_: Any) -> AWSResponse:
+            self.requests.append(request)
+            token = ET.fromstring(request.body).findtext(_namespaced("ClientRequestToken")) or ""
+            job_id = self.jobs.setdefault(token, self.FIRST_JOB if not self.jobs else f"job-{len(self.jobs)}")
+            self.status.setdefault(job_id, "New")
+            return respond(request, f"<CreateJobResult><JobId>{job_id}</JobId></CreateJobResult>".encode())
+
+        def describe(request: Any, **_: Any) -> AWSResponse:
+            job_id = request.url.rsplit("/", 1)[1]
+            job = f"<Job><JobId>{job_id}</JobId><Status>{self.status[job_id]}</Status></Job>"
+            return respond(request, f"<DescribeJobResult>{job}</DescribeJobResult>".encode())
+
         events = self.client.meta.events if session is None else session.events
-        events.register("before-send.s3-control.CreateJob", answer)
+        events.register("before-send.s3-control.CreateJob", create)
+        events.register("before-send.s3-control.DescribeJob", describe)
 
 
 def _stack(stack_name: str = "florence", upload_prefix: str = "photos/", output_prefix: str = "results/") -> None:
@@ -584,3 +599,34 @@ def test_ctrl_c_while_the_plan_reads_results_stops_it_at_once(s3, monkeypatch: p
         backfill.plan(_config(prefix="many/"), backfill.Clients(s3=s3))
     time.sleep(0.5)  # what a worker had started finishes; nothing queued may start
     assert len(heads) <= 10  # the rest of the slice is cancelled, later slices never start
+
+
+def test_a_rerun_after_the_job_ended_creates_a_new_job_while_a_running_one_is_found_again(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same request has the same ClientRequestToken, and S3 answers a known token with its job. After
+    a job over a manifest ended (every task failed before a fix; or --overwrite again after a model
+    update), rerunning the command got that ended job back and printed it as the job: nothing ran."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    control = CapturedControl()
+    clients = backfill.Clients(s3=s3, s3control=control.client)
+    overwrite = {"function_arn": FUNCTION_ARN, "role_arn": ROLE_ARN, "overwrite": True}
+    assert backfill.run(_config(**overwrite), clients) == 0
+    assert backfill.run(_config(**overwrite), clients) == 0  # while it runs: the same job, no second one
+    assert list(control.status) == [CapturedControl.FIRST_JOB]
+
+    control.status[CapturedControl.FIRST_JOB] = "Complete"
+    capsys.readouterr()
+    assert backfill.run(_config(**overwrite), clients) == 0
+    out = capsys.readouterr().out
+    assert f"job {CapturedControl.FIRST_JOB} ran this same request before (Complete); creating a new one" in out
+    assert "job: job-1  (no confirmation step" in out
+    assert list(control.status) == [CapturedControl.FIRST_JOB, "job-1"]
+
+    control.status["job-1"] = "Failed"  # and again: past both ended jobs, to a third
+    assert backfill.run(_config(**overwrite), clients) == 0
+    assert "job: job-2  (no confirmation step" in capsys.readouterr().out
+    assert backfill.run(_config(**overwrite), clients) == 0  # job-2 still runs: found again
+    assert "job: job-2  (no confirmation step" in capsys.readouterr().out
+    assert len(control.status) == 3
