@@ -71,6 +71,8 @@ ENDED_JOB_STATES = frozenset({"Complete", "Failed", "Cancelled"})
 """Batch Operations job states after which a job runs no more tasks."""
 MAX_ENDED_JOBS = 50
 """Ended jobs of one identical request that `create_job` steps past before it gives up."""
+LOCAL_ATTEMPTS = 3
+"""Tries `--local` gives an object that is overwritten while it is analyzed (Batch redrives such a task)."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 
@@ -377,7 +379,10 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
     start = time.perf_counter()
     for candidate in tqdm(found.candidates, desc="backfill", unit="image"):
         try:
-            result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
+            for _ in range(LOCAL_ATTEMPTS):  # overwritten while analyzed: read the new upload, as Batch redrives
+                result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
+                if result.disposition is not Disposition.SUPERSEDED:
+                    break
         except Exception as exc:  # one object must not stop the rest; it is listed at the end
             summary.failed.append(_one_line(f"{candidate.key}: {getattr(exc, 'message', exc)}"))
             continue
@@ -385,6 +390,8 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
             summary.done += 1
         elif result.disposition is Disposition.REJECTED:
             summary.failed.append(_one_line(f"{candidate.key}: {(result.error or {}).get('code')}"))
+        elif result.disposition is Disposition.SUPERSEDED:  # no result written: a rerun must pick it up
+            summary.failed.append(_one_line(f"{candidate.key}: {result.disposition.value} {LOCAL_ATTEMPTS} times"))
         else:
             summary.skipped += 1
     summary.seconds = time.perf_counter() - start

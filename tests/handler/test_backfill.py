@@ -22,8 +22,9 @@ import pytest
 
 from handler import backfill
 from handler.app import lambda_handler
+from handler.events.s3 import Disposition, ObjectResult
 from tests.conftest import REPO_ROOT, image_bytes
-from tests.handler.events.test_s3 import BUCKET, s3  # noqa: F401  (the moto fixture)
+from tests.handler.events.test_s3 import BUCKET, overwrite_during_analysis, s3  # noqa: F401  (s3: the moto fixture)
 from tests.handler.test_app import Context
 
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:florence"
@@ -630,3 +631,32 @@ def test_a_rerun_after_the_job_ended_creates_a_new_job_while_a_running_one_is_fo
     assert backfill.run(_config(**overwrite), clients) == 0  # job-2 still runs: found again
     assert "job: job-2  (no confirmation step" in capsys.readouterr().out
     assert len(control.status) == 3
+
+
+def test_local_reads_an_image_overwritten_while_it_was_analyzed_again(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The function writes no result for an image overwritten during its analysis (Batch redrives the task);
+    --local counted it 'skipped' and exited 0, leaving the image without a result."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG", (50, 40)))
+    overwrite_during_analysis(s3, monkeypatch, "photos/a.png", image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("done 1, skipped 0, failed 0")
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key="results/photos/a.png.json")["Body"].read())
+    assert stored["source"]["etag"] == s3.head_object(Bucket=BUCKET, Key="photos/a.png")["ETag"].strip('"')
+    assert stored["image"]["width"] == 96  # the second upload's
+
+
+def test_local_fails_an_image_overwritten_on_every_try(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    superseded = ObjectResult("photos/a.png", Disposition.SUPERSEDED)
+    monkeypatch.setattr(backfill, "process_object", lambda *args: superseded)
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert f"failed: photos/a.png: overwritten while it was analyzed {backfill.LOCAL_ATTEMPTS} times" in lines
