@@ -190,6 +190,15 @@ def answers(existing: dict[str, str], etag: str, tasks: list[Task]) -> bool:
     return existing.get(ETAG_METADATA) == etag and covered
 
 
+def _keeping(existing: dict[str, str] | None, etag: str, tasks: list[Task]) -> list[Task]:
+    """`tasks`, plus those the result for this same image already holds, which the new result replaces:
+    a job asking for boxes must not drop the caption an earlier caption-only job wrote."""
+    if existing is None or existing.get(ETAG_METADATA) != etag or ERROR_METADATA in existing:
+        return tasks
+    held = set(existing.get(TASKS_METADATA, "").split(","))
+    return tasks + [t for t in ALL_TASKS if t not in tasks and t.api_name in held]
+
+
 def _overwritten_since(bucket: str, key: str, read: ObjectHead) -> bool:
     """Whether the object changed (or went) after `read`: a second upload during the ~1 s of analysis.
 
@@ -265,6 +274,7 @@ def process_object(
         annotate(status="skipped")
         error = {"code": existing[ERROR_METADATA]} if ERROR_METADATA in existing else None
         return ObjectResult(key, Disposition.ALREADY_PRESENT, result_uri, error)
+    tasks = _keeping(existing, etag, tasks)
     source = {"bucket": bucket, "key": key, "etag": etag}
     if head.version_id is not None:
         source["version_id"] = head.version_id
