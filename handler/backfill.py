@@ -135,9 +135,12 @@ class Clients:
         """The client for `service`, in `region` where the call must go there, else in --region."""
         if service not in self._clients:
             import boto3
+            from botocore.config import Config
 
             make: Any = boto3.client  # its overloads are per service name; this one is any of three
-            self._clients[service] = make(service, region_name=region or self.region)
+            # A connection for each of the plan's HEAD workers (botocore keeps 10; the rest would wait).
+            config = Config(max_pool_connections=HEAD_WORKERS)
+            self._clients[service] = make(service, region_name=region or self.region, config=config)
         return self._clients[service]
 
 

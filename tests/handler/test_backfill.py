@@ -660,3 +660,8 @@ def test_local_fails_an_image_overwritten_on_every_try(
     assert backfill.main(["--bucket", BUCKET, "--local"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert f"failed: photos/a.png: overwritten while it was analyzed {backfill.LOCAL_ATTEMPTS} times" in lines
+
+
+def test_the_s3_client_has_a_connection_for_each_head_worker(s3) -> None:  # noqa: F811
+    """botocore pools 10 connections; the plan's 32 HEAD workers would queue for them (or churn connections)."""
+    assert backfill.Clients("us-east-1")("s3").meta.config.max_pool_connections >= backfill.HEAD_WORKERS
