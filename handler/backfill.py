@@ -314,7 +314,13 @@ def create_job(control: Any, request: dict[str, Any]) -> str:
     """
     for _ in range(MAX_ENDED_JOBS):
         job_id: str = control.create_job(**request)["JobId"]
-        status = control.describe_job(AccountId=request["AccountId"], JobId=job_id)["Job"]["Status"]
+        try:
+            status = control.describe_job(AccountId=request["AccountId"], JobId=job_id)["Job"]["Status"]
+        except Exception as exc:  # refused (no s3:DescribeJob): the job exists; say which, not a failure
+            if not hasattr(exc, "response"):
+                raise
+            print(f"could not read job {job_id}'s status ({exc}); if it had ended before, nothing will run")
+            return job_id
         if status not in ENDED_JOB_STATES:
             return job_id
         print(f"job {job_id} ran this same request before ({status}); creating a new one")

@@ -141,6 +141,7 @@ class CapturedControl:
         """ClientRequestToken -> job id."""
         self.status: dict[str, str] = {}
         """Job id -> its state (New until a test moves it on)."""
+        self.describe_denied = False
         if session is None:
             self.client = boto3.client("s3control", region_name="us-east-1")
 
@@ -161,6 +162,10 @@ class CapturedControl:
             return respond(request, f"<CreateJobResult><JobId>{job_id}</JobId></CreateJobResult>".encode())
 
         def describe(request: Any, **_: Any) -> AWSResponse:
+            if self.describe_denied:
+                response = respond(request, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
+                response.status_code = 403
+                return response
             job_id = request.url.rsplit("/", 1)[1]
             job = f"<Job><JobId>{job_id}</JobId><Status>{self.status[job_id]}</Status></Job>"
             return respond(request, f"<DescribeJobResult>{job}</DescribeJobResult>".encode())
@@ -665,3 +670,15 @@ def test_local_fails_an_image_overwritten_on_every_try(
 def test_the_s3_client_has_a_connection_for_each_head_worker(s3) -> None:  # noqa: F811
     """botocore pools 10 connections; the plan's 32 HEAD workers would queue for them (or churn connections)."""
     assert backfill.Clients("us-east-1")("s3").meta.config.max_pool_connections >= backfill.HEAD_WORKERS
+
+
+def test_a_job_whose_status_cannot_be_read_is_still_reported(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """Without s3:DescribeJob the job is created all the same: it is printed, and the command succeeds."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    control = CapturedControl()
+    control.describe_denied = True
+    config = _config(function_arn=FUNCTION_ARN, role_arn=ROLE_ARN)
+    assert backfill.run(config, backfill.Clients(s3=s3, s3control=control.client)) == 0
+    out = capsys.readouterr().out
+    assert f"could not read job {CapturedControl.FIRST_JOB}'s status (An error occurred (AccessDenied)" in out
+    assert f"job: {CapturedControl.FIRST_JOB}  (no confirmation step" in out
