@@ -4,8 +4,9 @@ Uploads are handled as they arrive; this is for the images that were there befor
 machine with boto3 (never in the image: the Lambda path does not import it, import-linter checks).
 
 1. Plan: list `--bucket`/`--prefix`, skip results, backfill files, non-image names, archived objects
-   and keys whose result answers `--tasks` for the image as it is now (the function's own rule, read
-   with one HEAD per result newer than its image), and print the count and size (`--dry-run` stops here).
+   not restored and keys whose result answers `--tasks` for the image as it is now (the function's own
+   rule; one HEAD per archived object and per result newer than its image), and print the count and
+   size (`--dry-run` stops here).
 2. By default, write the plan as a CSV manifest to S3 and create an S3 Batch Operations job that
    invokes the deployed function once per object (ARNs from `--stack NAME` or flags). Batch
    Operations retries `TemporaryFailure` tasks and writes a completion report.
@@ -27,6 +28,7 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -144,50 +146,42 @@ class Clients:
         return self._clients[service]
 
 
-def _objects(s3: Any, bucket: str, prefix: str, archive_status: bool = False) -> Any:
-    """Every object under `prefix`; with `archive_status`, archived ones say whether a restore made them readable."""
-    extra = {"OptionalObjectAttributes": ["RestoreStatus"]} if archive_status else {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **extra):
+def _objects(s3: Any, bucket: str, prefix: str) -> Any:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         yield from page.get("Contents", [])
 
 
-def _answered(s3: Any, bucket: str, looks_done: list[tuple[str, str]], tasks: list[Task]) -> set[str]:
-    """Of `(result key, image ETag)` pairs, the result keys whose result answers `tasks` for that ETag.
+def _heads(s3: Any, bucket: str, keys: list[str], accept: Callable[[str, dict[str, Any]], bool]) -> set[str]:
+    """The keys whose HeadObject answer `accept` takes (a key gone since the listing: not taken)."""
 
-    A listing shows that a result exists, not which tasks it holds: after a `--tasks caption` run,
-    planning caption and detect must still send those images (the function would compute the boxes).
-    """
-
-    def check(item: tuple[str, str]) -> str | None:
-        result, etag = item
+    def check(key: str) -> str | None:
         try:
-            metadata = s3.head_object(Bucket=bucket, Key=result).get("Metadata", {})
-        except Exception as exc:  # gone since the listing: the image needs one
+            head = s3.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
             if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 return None
             raise
-        return result if answers(metadata, etag, tasks) else None
+        return key if accept(key, head) else None
 
-    answered: set[str] = set()
+    taken: set[str] = set()
     pool = ThreadPoolExecutor(max_workers=HEAD_WORKERS)
     try:  # a slice at a time: a million futures at once hold memory, and Ctrl-C would wait for them all
-        for start in range(0, len(looks_done), HEAD_SLICE):
-            done = pool.map(check, looks_done[start : start + HEAD_SLICE])
-            answered.update(result for result in done if result is not None)
+        for start in range(0, len(keys), HEAD_SLICE):
+            taken.update(key for key in pool.map(check, keys[start : start + HEAD_SLICE]) if key is not None)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    return answered
+    return taken
 
 
-def _archived(obj: dict[str, Any]) -> bool:
-    """In a storage class GetObject refuses (InvalidObjectState) until a restore completes."""
-    restore = obj.get("RestoreStatus") or {}
-    restored = "RestoreExpiryDate" in restore and not restore.get("IsRestoreInProgress", False)
-    return obj.get("StorageClass") in ARCHIVED_STORAGE_CLASSES and not restored
+def _restored(_: str, head: dict[str, Any]) -> bool:
+    """Whether an archived object has a readable copy: S3's `Restore` header says `ongoing-request="false"`."""
+    return 'ongoing-request="false"' in head.get("Restore", "")
 
 
 def plan(config: BackfillConfig, clients: Clients) -> Plan:
-    """List the bucket once and the results once, then read the metadata of the results that look current."""
+    """List the bucket once and the results once, then HEAD what a listing cannot tell: whether an archived
+    object is restored, and which tasks a result newer than its image holds (a listing shows only that it
+    exists: after a `--tasks caption` run, planning caption and detect must still send those images)."""
     s3, settings = clients("s3"), config.settings
     out_bucket = settings.output_bucket or config.bucket
     listed = _objects(s3, out_bucket, result_prefix(config.bucket, settings) + config.prefix)
@@ -195,31 +189,35 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     own_files = config.batch_prefix if config.report_bucket in (None, config.bucket) else None
     suffixes = tuple(s.lower() for s in config.suffixes)
     found = Plan()
-    # In listing order: each image, with its result key and ETag where that result looks current.
-    listed_images: list[tuple[Candidate, str | None, str]] = []
-    for obj in _objects(s3, config.bucket, config.prefix, archive_status=True):
+    images: list[dict[str, Any]] = []  # in listing order
+    for obj in _objects(s3, config.bucket, config.prefix):
         key = obj["Key"]
-        result = result_key(config.bucket, key, settings)
-        done_at = results.get(result)
         if out_bucket == config.bucket and key.startswith(settings.output_prefix):
             found.skipped["result"] += 1
         elif own_files and key.startswith(own_files):
             found.skipped["manifest or report"] += 1
         elif is_folder_marker(key) or (suffixes and not key.lower().endswith(suffixes)):
             found.skipped["not an image name"] += 1
-        elif _archived(obj):
-            found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
-        elif not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
-            listed_images.append((Candidate(key, int(obj["Size"])), result, obj["ETag"].strip('"')))
         else:
-            listed_images.append((Candidate(key, int(obj["Size"])), None, ""))
-    looks_done = [(done, etag) for _, done, etag in listed_images if done is not None]
-    answered = _answered(s3, out_bucket, looks_done, config.tasks)
-    for candidate, done, _ in listed_images:
-        if done is not None and done in answered:
+            images.append(obj)
+    archived = [o["Key"] for o in images if o.get("StorageClass") in ARCHIVED_STORAGE_CLASSES]
+    readable = _heads(s3, config.bucket, archived, _restored)
+    etags = {}  # result key -> the ETag of the image it must answer, for results newer than their image
+    for obj in images:
+        done_at = results.get(result_key(config.bucket, obj["Key"], settings))
+        if not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
+            etags[result_key(config.bucket, obj["Key"], settings)] = obj["ETag"].strip('"')
+    answered = _heads(
+        s3, out_bucket, list(etags), lambda key, head: answers(head.get("Metadata", {}), etags[key], config.tasks)
+    )
+    for obj in images:
+        key = obj["Key"]
+        if obj.get("StorageClass") in ARCHIVED_STORAGE_CLASSES and key not in readable:
+            found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
+        elif result_key(config.bucket, key, settings) in answered:
             found.skipped["has a result"] += 1  # the function would skip it too
         else:
-            found.candidates.append(candidate)
+            found.candidates.append(Candidate(key, int(obj["Size"])))
     return found
 
 

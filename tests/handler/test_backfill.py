@@ -452,12 +452,7 @@ def test_archived_images_are_counted_not_planned(s3) -> None:  # noqa: F811
     }.items():
         s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"), StorageClass=storage_class)
 
-    def restored(parsed: dict[str, Any], **_: Any) -> None:  # moto leaves RestoreStatus out; S3 sends it
-        for obj in parsed.get("Contents", []):
-            if obj["Key"] == "old/restored.png":
-                obj["RestoreStatus"] = {"IsRestoreInProgress": False, "RestoreExpiryDate": "2030-01-01T00:00:00Z"}
-
-    s3.meta.events.register("after-call.s3.ListObjectsV2", restored)
+    s3.restore_object(Bucket=BUCKET, Key="old/restored.png", RestoreRequest={"Days": 1})  # done at once in moto
     found = backfill.plan(_config(prefix="old/"), backfill.Clients(s3=s3))
     assert sorted(c.key for c in found.candidates) == ["old/instant.png", "old/restored.png", "old/standard.png"]
     assert found.skipped == {"archived (restore it first)": 2}
