@@ -3,8 +3,10 @@
 Uploads are handled as they arrive; this is for the images that were there before. It runs on your
 machine with boto3 (never in the image: the Lambda path does not import it, import-linter checks).
 
-1. Plan: list `--bucket`/`--prefix`, skip results, backfill files, non-image names and keys whose
-   result is newer than the image, and print the count and size (`--dry-run` stops here).
+1. Plan: list `--bucket`/`--prefix`, skip results, backfill files, non-image names, archived objects
+   not restored and keys whose result answers `--tasks` for the image as it is now (the function's own
+   rule; one HEAD per archived object and per result newer than its image), and print the count and
+   size (`--dry-run` stops here).
 2. By default, write the plan as a CSV manifest to S3 and create an S3 Batch Operations job that
    invokes the deployed function once per object (ARNs from `--stack NAME` or flags). Batch
    Operations retries `TemporaryFailure` tasks and writes a completion report.
@@ -26,13 +28,15 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
 from handler.config import SettingError, Settings
 from handler.errors import BadRequest
-from handler.events.s3 import Disposition, is_folder_marker, process_object, result_key, result_prefix
+from handler.events.s3 import Disposition, answers, is_folder_marker, process_object, result_key, result_prefix
 from handler.florence.tasks import Task, tasks_from
 from handler.inputs.s3 import check_bucket_name
 from handler.service import ALL_TASKS
@@ -59,6 +63,18 @@ FUNCTION_ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[\w
 ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 """What `--function-arn` and `--role-arn` must look like: the job request reads partition, region and
 account out of the function ARN, so a malformed one must stop at the flag, not as a traceback."""
+ARCHIVED_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+"""Storage classes whose objects cannot be read until restored (Glacier Instant Retrieval can be)."""
+HEAD_WORKERS = 32
+"""Results whose metadata the plan reads at once: a rerun over a million done images is ~1M HEADs."""
+HEAD_SLICE = 10_000
+"""Results handed to those workers at a time."""
+ENDED_JOB_STATES = frozenset({"Complete", "Failed", "Cancelled"})
+"""Batch Operations job states after which a job runs no more tasks."""
+MAX_ENDED_JOBS = 50
+"""Ended jobs of one identical request that `create_job` steps past before it gives up."""
+LOCAL_ATTEMPTS = 3
+"""Tries `--local` gives an object that is overwritten while it is analyzed (Batch redrives such a task)."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 
@@ -117,12 +133,16 @@ class Clients:
         self.region = region
         self._clients = dict(given)
 
-    def __call__(self, service: str) -> Any:
+    def __call__(self, service: str, region: str | None = None) -> Any:
+        """The client for `service`, in `region` where the call must go there, else in --region."""
         if service not in self._clients:
             import boto3
+            from botocore.config import Config
 
             make: Any = boto3.client  # its overloads are per service name; this one is any of three
-            self._clients[service] = make(service, region_name=self.region)
+            # A connection for each of the plan's HEAD workers (botocore keeps 10; the rest would wait).
+            config = Config(max_pool_connections=HEAD_WORKERS)
+            self._clients[service] = make(service, region_name=region or self.region, config=config)
         return self._clients[service]
 
 
@@ -131,8 +151,37 @@ def _objects(s3: Any, bucket: str, prefix: str) -> Any:
         yield from page.get("Contents", [])
 
 
+def _heads(s3: Any, bucket: str, keys: list[str], accept: Callable[[str, dict[str, Any]], bool]) -> set[str]:
+    """The keys whose HeadObject answer `accept` takes (a key gone since the listing: not taken)."""
+
+    def check(key: str) -> str | None:
+        try:
+            head = s3.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise
+        return key if accept(key, head) else None
+
+    taken: set[str] = set()
+    pool = ThreadPoolExecutor(max_workers=HEAD_WORKERS)
+    try:  # a slice at a time: a million futures at once hold memory, and Ctrl-C would wait for them all
+        for start in range(0, len(keys), HEAD_SLICE):
+            taken.update(key for key in pool.map(check, keys[start : start + HEAD_SLICE]) if key is not None)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return taken
+
+
+def _restored(_: str, head: dict[str, Any]) -> bool:
+    """Whether an archived object has a readable copy: S3's `Restore` header says `ongoing-request="false"`."""
+    return 'ongoing-request="false"' in head.get("Restore", "")
+
+
 def plan(config: BackfillConfig, clients: Clients) -> Plan:
-    """List the bucket once and the results once; no request per object."""
+    """List the bucket once and the results once, then HEAD what a listing cannot tell: whether an archived
+    object is restored, and which tasks a result newer than its image holds (a listing shows only that it
+    exists: after a `--tasks caption` run, planning caption and detect must still send those images)."""
     s3, settings = clients("s3"), config.settings
     out_bucket = settings.output_bucket or config.bucket
     listed = _objects(s3, out_bucket, result_prefix(config.bucket, settings) + config.prefix)
@@ -140,17 +189,33 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     own_files = config.batch_prefix if config.report_bucket in (None, config.bucket) else None
     suffixes = tuple(s.lower() for s in config.suffixes)
     found = Plan()
+    images: list[dict[str, Any]] = []  # in listing order
     for obj in _objects(s3, config.bucket, config.prefix):
         key = obj["Key"]
-        done_at = results.get(result_key(config.bucket, key, settings))
         if out_bucket == config.bucket and key.startswith(settings.output_prefix):
             found.skipped["result"] += 1
         elif own_files and key.startswith(own_files):
             found.skipped["manifest or report"] += 1
         elif is_folder_marker(key) or (suffixes and not key.lower().endswith(suffixes)):
             found.skipped["not an image name"] += 1
-        elif not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
-            found.skipped["has a result"] += 1  # written after the image was: the function would skip it too
+        else:
+            images.append(obj)
+    archived = [o["Key"] for o in images if o.get("StorageClass") in ARCHIVED_STORAGE_CLASSES]
+    readable = _heads(s3, config.bucket, archived, _restored)
+    etags = {}  # result key -> the ETag of the image it must answer, for results newer than their image
+    for obj in images:
+        done_at = results.get(result_key(config.bucket, obj["Key"], settings))
+        if not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
+            etags[result_key(config.bucket, obj["Key"], settings)] = obj["ETag"].strip('"')
+    answered = _heads(
+        s3, out_bucket, list(etags), lambda key, head: answers(head.get("Metadata", {}), etags[key], config.tasks)
+    )
+    for obj in images:
+        key = obj["Key"]
+        if obj.get("StorageClass") in ARCHIVED_STORAGE_CLASSES and key not in readable:
+            found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
+        elif result_key(config.bucket, key, settings) in answered:
+            found.skipped["has a result"] += 1  # the function would skip it too
         else:
             found.candidates.append(Candidate(key, int(obj["Size"])))
     return found
@@ -174,6 +239,16 @@ def _resolve_stack(config: BackfillConfig, clients: Clients) -> None:
     for output in (*STACK_OUTPUTS.values(), *STACK_PREFIX_OUTPUTS):
         if output not in outputs:
             raise SystemExit(f"stack {config.stack} has no output {output}; deploy the current template.yaml")
+    if config.role_arn is None and not (config.dry_run or config.local):
+        # The stack's role may invoke only its function and read and write only its bucket's BatchPrefix:
+        # a job with another report bucket or function could not even read its manifest.
+        for attribute in ("report_bucket", "function_arn"):
+            given, own = getattr(config, attribute), outputs[STACK_OUTPUTS[attribute]]
+            if given is not None and given != own:
+                raise SystemExit(
+                    f"--{attribute.replace('_', '-')} {given} is not the stack's {STACK_OUTPUTS[attribute]} ({own}),"
+                    f" the only one its BatchOperationsRole may use; leave it out, or pass --role-arn too"
+                )
     for attribute, output in STACK_OUTPUTS.items():
         if attribute == "batch_prefix" or getattr(config, attribute) is None:
             setattr(config, attribute, outputs[output])
@@ -227,6 +302,31 @@ def job_request(config: BackfillConfig, manifest_key: str, manifest_etag: str, b
     }
 
 
+def create_job(control: Any, request: dict[str, Any]) -> str:
+    """Create the job, or find the one this very request created before, if that one has not finished.
+
+    The same request carries the same ClientRequestToken, which S3 answers with the job it created
+    for it: a retried or repeated command cannot start a second job over the same manifest. But a job
+    that already ended (all tasks failed before a fix, or `--overwrite` again after a model update)
+    would come back too, and nothing would run: then the token is renewed from that job's id.
+    """
+    for _ in range(MAX_ENDED_JOBS):
+        job_id: str = control.create_job(**request)["JobId"]
+        try:
+            status = control.describe_job(AccountId=request["AccountId"], JobId=job_id)["Job"]["Status"]
+        except Exception as exc:  # refused (no s3:DescribeJob): the job exists; say which, not a failure
+            if not hasattr(exc, "response"):
+                raise
+            print(f"could not read job {job_id}'s status ({exc}); if it had ended before, nothing will run")
+            return job_id
+        if status not in ENDED_JOB_STATES:
+            return job_id
+        print(f"job {job_id} ran this same request before ({status}); creating a new one")
+        token = hashlib.sha256(f"{request['ClientRequestToken']}:{job_id}".encode())
+        request = {**request, "ClientRequestToken": token.hexdigest()[:64]}
+    raise SystemExit(f"{MAX_ENDED_JOBS} jobs already ran this same request; the last was {job_id}")
+
+
 def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     """Write the manifest, create the job, print how to follow it; returns the job id."""
     missing = [name for name in ("function_arn", "role_arn") if getattr(config, name) is None]
@@ -234,13 +334,17 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
         raise SystemExit(f"need --stack NAME or --{missing[0].replace('_', '-')} to create a Batch Operations job")
     config.report_bucket = config.report_bucket or config.bucket
     body = manifest_csv(config.bucket, found.candidates)
-    # Named by content: a rerun of the same plan rewrites the same object and sends the same request,
-    # which S3 answers with the job the first run created (its ClientRequestToken is the same too).
+    # Named by content: a rerun of the same plan rewrites the same object and sends the same request
+    # (create_job: the same token, so the same job while it runs).
     manifest_key = f"{config.batch_prefix}manifests/{hashlib.sha256(body).hexdigest()[:16]}.csv"
-    put = clients("s3").put_object(Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv")
+    # SSE-S3 whatever the bucket's default: Batch Operations cannot read a CSV manifest encrypted with KMS.
+    put = clients("s3").put_object(
+        Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv", ServerSideEncryption="AES256"
+    )
     request = job_request(config, manifest_key, put["ETag"].strip('"'), body)
-    job_id = clients("s3control").create_job(**request)["JobId"]
-    region = config.function_arn.split(":")[3] if config.function_arn else ""
+    # In the function's region, where the printed describe-job looks (not the shell's, which may be another).
+    region = config.function_arn.split(":")[3] if config.function_arn else None
+    job_id = create_job(clients("s3control", region=region), request)
     print(f"manifest: s3://{config.report_bucket}/{manifest_key} ({len(found.candidates)} objects)")
     print(f"job: {job_id}  (no confirmation step: New -> Preparing -> Ready -> Active -> Complete)")
     print(
@@ -266,6 +370,11 @@ class LocalSummary:
         )
 
 
+def _one_line(text: str) -> str:
+    """`text` with control characters written as escapes: a key may hold a newline, and one failure is one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
     """The function's per-object code over the plan, in this process."""
     try:
@@ -277,14 +386,19 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
     start = time.perf_counter()
     for candidate in tqdm(found.candidates, desc="backfill", unit="image"):
         try:
-            result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
+            for _ in range(LOCAL_ATTEMPTS):  # overwritten while analyzed: read the new upload, as Batch redrives
+                result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
+                if result.disposition is not Disposition.SUPERSEDED:
+                    break
         except Exception as exc:  # one object must not stop the rest; it is listed at the end
-            summary.failed.append(f"{candidate.key}: {getattr(exc, 'message', exc)}")
+            summary.failed.append(_one_line(f"{candidate.key}: {getattr(exc, 'message', exc)}"))
             continue
         if result.disposition is Disposition.WRITTEN:
             summary.done += 1
         elif result.disposition is Disposition.REJECTED:
-            summary.failed.append(f"{candidate.key}: {(result.error or {}).get('code')}")
+            summary.failed.append(_one_line(f"{candidate.key}: {(result.error or {}).get('code')}"))
+        elif result.disposition is Disposition.SUPERSEDED:  # no result written: a rerun must pick it up
+            summary.failed.append(_one_line(f"{candidate.key}: {result.disposition.value} {LOCAL_ATTEMPTS} times"))
         else:
             summary.skipped += 1
     summary.seconds = time.perf_counter() - start

@@ -182,10 +182,24 @@ def _rejected(key: str, exc: ServiceError, result_uri: str | None = None) -> Obj
     return ObjectResult(key, Disposition.REJECTED, result_uri, exc.body()["error"])
 
 
-def _covers(existing: dict[str, str], tasks: list[Task]) -> bool:
-    """Whether a stored result answered every task asked for now (results before the tag ran them all)."""
+def answers(existing: dict[str, str], etag: str, tasks: list[Task]) -> bool:
+    """Whether a stored result (its user metadata) answers `tasks` for the object with `etag` (unquoted).
+
+    It must name that ETag and every task asked for now (results before the tag ran them all). The
+    function skips such objects; backfill's plan reads the same rule, so neither skips the other's work.
+    """
     done = existing.get(TASKS_METADATA)
-    return done is None or {t.api_name for t in tasks} <= set(done.split(","))
+    covered = done is None or {t.api_name for t in tasks} <= set(done.split(","))
+    return existing.get(ETAG_METADATA) == etag and covered
+
+
+def _keeping(existing: dict[str, str] | None, etag: str, tasks: list[Task]) -> list[Task]:
+    """`tasks`, plus those the result for this same image already holds, which the new result replaces:
+    a job asking for boxes must not drop the caption an earlier caption-only job wrote."""
+    if existing is None or existing.get(ETAG_METADATA) != etag or ERROR_METADATA in existing:
+        return tasks
+    held = set(existing.get(TASKS_METADATA, "").split(","))
+    return tasks + [t for t in ALL_TASKS if t not in tasks and t.api_name in held]
 
 
 def _overwritten_since(bucket: str, key: str, read: ObjectHead) -> bool:
@@ -259,10 +273,11 @@ def process_object(
         annotate(status="skipped", version_id=printable(version_id), current_version_id=head.version_id)
         return ObjectResult(key, Disposition.NOT_CURRENT_VERSION, result_uri, version_id=version_id)
     existing = None if overwrite else s3io.head_metadata(out_bucket, out_key)
-    if existing is not None and existing.get(ETAG_METADATA) == etag and _covers(existing, tasks):
+    if existing is not None and answers(existing, etag, tasks):
         annotate(status="skipped")
         error = {"code": existing[ERROR_METADATA]} if ERROR_METADATA in existing else None
         return ObjectResult(key, Disposition.ALREADY_PRESENT, result_uri, error)
+    tasks = _keeping(existing, etag, tasks)
     source = {"bucket": bucket, "key": key, "etag": etag}
     if head.version_id is not None:
         source["version_id"] = head.version_id

@@ -22,8 +22,9 @@ import pytest
 
 from handler import backfill
 from handler.app import lambda_handler
+from handler.events.s3 import Disposition, ObjectResult
 from tests.conftest import REPO_ROOT, image_bytes
-from tests.handler.events.test_s3 import BUCKET, s3  # noqa: F401  (the moto fixture)
+from tests.handler.events.test_s3 import BUCKET, overwrite_during_analysis, s3  # noqa: F401  (s3: the moto fixture)
 from tests.handler.test_app import Context
 
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:florence"
@@ -40,12 +41,19 @@ def _fill(client) -> None:
     client.put_object(Bucket=BUCKET, Key="batch/manifests/old.csv", Body=b"x,y\n")
     # done.png has a result written after it; stale.png was re-uploaded after its result.
     client.put_object(Bucket=BUCKET, Key="photos/stale.png", Body=image_bytes("PNG"))
-    client.put_object(Bucket=BUCKET, Key="results/photos/stale.png.json", Body=b"{}")
+    _result(client, "photos/stale.png")
     time.sleep(1.1)  # S3 LastModified has one-second resolution
     client.put_object(Bucket=BUCKET, Key="photos/stale.png", Body=image_bytes("PNG", (50, 40)))
     client.put_object(Bucket=BUCKET, Key="photos/done.png", Body=image_bytes("PNG"))
     time.sleep(1.1)
-    client.put_object(Bucket=BUCKET, Key="results/photos/done.png.json", Body=b"{}")
+    _result(client, "photos/done.png")
+
+
+def _result(client, key: str, prefix: str = "results/", tasks: str = "caption,detect") -> None:
+    """A result for the image now at `key`, with the metadata the function writes (its ETag, the tasks run)."""
+    etag = client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+    metadata = {"source-etag": etag, "tasks": tasks}
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}{key}.json", Body=b"{}", Metadata=metadata)
 
 
 def _config(**overrides: Any) -> backfill.BackfillConfig:
@@ -105,10 +113,12 @@ def test_local_runs_the_function_code_and_a_second_run_does_nothing(s3, capsys: 
 def test_local_reports_objects_that_fail(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     s3.put_object(Bucket=BUCKET, Key="in/fake.png", Body=b"shopping list")
     s3.put_object(Bucket=BUCKET, Key="in/real.png", Body=image_bytes("PNG"))
+    s3.put_object(Bucket=BUCKET, Key="in/two\nlines\u200b.png", Body=b"shopping list")  # one failure, one line
     assert backfill.main(["--bucket", BUCKET, "--prefix", "in/", "--local"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert "failed: in/fake.png: bad_image" in lines
-    assert lines[-1].startswith("done 1, skipped 0, failed 1")
+    assert "failed: in/two\\nlines\\u200b.png: bad_image" in lines  # it was split over two lines
+    assert lines[-1].startswith("done 1, skipped 0, failed 2")
 
 
 def _namespaced(path: str) -> str:
@@ -116,30 +126,53 @@ def _namespaced(path: str) -> str:
 
 
 class CapturedControl:
-    """A real s3control client whose requests are recorded and answered with CreateJobResult."""
+    """A real s3control client whose CreateJob and DescribeJob requests are recorded and answered as S3 does:
+    one job per ClientRequestToken (the same token gets the same job back), in the state `status` gives."""
 
-    def __init__(self) -> None:
+    FIRST_JOB = "00e123a4-c0d8-41f4-a0eb-b46f9ba5b07c"
+
+    def __init__(self, session: Any = None) -> None:
+        """With `session`, every s3control client that session makes later is answered so."""
         import boto3
         from botocore.awsrequest import AWSResponse
 
         self.requests: list[Any] = []
-        self.client = boto3.client("s3control", region_name="us-east-1")
+        self.jobs: dict[str, str] = {}
+        """ClientRequestToken -> job id."""
+        self.status: dict[str, str] = {}
+        """Job id -> its state (New until a test moves it on)."""
+        self.describe_denied = False
+        if session is None:
+            self.client = boto3.client("s3control", region_name="us-east-1")
 
         class _Raw:
             def stream(self, **_: Any):
                 yield b""
 
-        def answer(request: Any, **_: Any) -> AWSResponse:
-            self.requests.append(request)
-            body = (
-                b'<?xml version="1.0" encoding="UTF-8"?><CreateJobResult>'
-                b"<JobId>00e123a4-c0d8-41f4-a0eb-b46f9ba5b07c</JobId></CreateJobResult>"
-            )
+        def respond(request: Any, body: bytes) -> AWSResponse:
             response = AWSResponse(request.url, 200, {"content-type": "application/xml"}, _Raw())
-            response._content = body
+            response._content = b'<?xml version="1.0" encoding="UTF-8"?>' + body
             return response
 
-        self.client.meta.events.register("before-send.s3-control.CreateJob", answer)
+        def create(request: Any, **_: Any) -> AWSResponse:
+            self.requests.append(request)
+            token = ET.fromstring(request.body).findtext(_namespaced("ClientRequestToken")) or ""
+            job_id = self.jobs.setdefault(token, self.FIRST_JOB if not self.jobs else f"job-{len(self.jobs)}")
+            self.status.setdefault(job_id, "New")
+            return respond(request, f"<CreateJobResult><JobId>{job_id}</JobId></CreateJobResult>".encode())
+
+        def describe(request: Any, **_: Any) -> AWSResponse:
+            if self.describe_denied:
+                response = respond(request, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>")
+                response.status_code = 403
+                return response
+            job_id = request.url.rsplit("/", 1)[1]
+            job = f"<Job><JobId>{job_id}</JobId><Status>{self.status[job_id]}</Status></Job>"
+            return respond(request, f"<DescribeJobResult>{job}</DescribeJobResult>".encode())
+
+        events = self.client.meta.events if session is None else session.events
+        events.register("before-send.s3-control.CreateJob", create)
+        events.register("before-send.s3-control.DescribeJob", describe)
 
 
 def _stack(stack_name: str = "florence", upload_prefix: str = "photos/", output_prefix: str = "results/") -> None:
@@ -243,7 +276,7 @@ def test_the_stack_s_output_prefix_finds_the_results_not_this_machine_s_setting(
     s3.put_object(Bucket=BUCKET, Key="photos/done.png", Body=image_bytes("PNG"))
     s3.put_object(Bucket=BUCKET, Key="photos/new.png", Body=image_bytes("PNG"))
     time.sleep(1.1)  # S3 LastModified has one-second resolution
-    s3.put_object(Bucket=BUCKET, Key="captions/photos/done.png.json", Body=b"{}")
+    _result(s3, "photos/done.png", "captions/")
     _stack(output_prefix="captions/")
     config = _config(prefix="photos/", stack="florence", dry_run=True)
     assert backfill.run(config, backfill.Clients(s3=s3)) == 0
@@ -334,7 +367,7 @@ def test_plan_pages_past_a_thousand_keys(s3) -> None:  # noqa: F811
     for index in range(1001):
         s3.put_object(Bucket=BUCKET, Key=f"many/{index:04d}.png", Body=b"x")
     for index in range(1000):
-        s3.put_object(Bucket=BUCKET, Key=f"results/many/{index:04d}.png.json", Body=b"{}")
+        _result(s3, f"many/{index:04d}.png")
     found = backfill.plan(_config(prefix="many/"), backfill.Clients(s3=s3))
     assert [c.key for c in found.candidates] == ["many/1000.png"]
     assert found.skipped == {"has a result": 1000}
@@ -380,10 +413,268 @@ def test_with_output_bucket_each_source_bucket_has_its_own_results(s3, monkeypat
         s3.put_object(Bucket=bucket, Key="photos/a.png", Body=image_bytes("PNG"))
     assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
     assert list(_keys_in(s3, "out-bucket")) == [f"results/{BUCKET}/photos/a.png.json"]
-    assert backfill.plan(_config(), backfill.Clients(s3=s3)).skipped == {"has a result": 1}
+    assert backfill.plan(_config(prefix="photos/"), backfill.Clients(s3=s3)).skipped == {"has a result": 1}
     second = backfill.plan(_config(bucket="second-bucket"), backfill.Clients(s3=s3))
     assert [c.key for c in second.candidates] == ["photos/a.png"] and not second.skipped
 
 
 def _keys_in(client, bucket: str) -> list[str]:
     return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_a_result_without_the_tasks_asked_for_is_planned_again(s3) -> None:  # noqa: F811
+    """After `--tasks caption`, planning caption and detect counted every caption-only result as done
+    ('has a result'): no job was created and no image ever got its boxes, though the function would compute them."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--local", "--tasks", "caption"]) == 0
+    caption_only = backfill.plan(
+        _config(prefix="photos/", tasks=backfill.tasks_from("caption")), backfill.Clients(s3=s3)
+    )
+    assert caption_only.skipped == {"has a result": 1} and not caption_only.candidates
+
+    both = backfill.plan(_config(prefix="photos/"), backfill.Clients(s3=s3))
+    assert [c.key for c in both.candidates] == ["photos/a.png"] and not both.skipped
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key="results/photos/a.png.json")["Body"].read())
+    assert "caption" in stored and "detections" in stored
+    assert backfill.plan(_config(prefix="photos/"), backfill.Clients(s3=s3)).skipped == {"has a result": 1}
+
+
+def test_archived_images_are_counted_not_planned(s3) -> None:  # noqa: F811
+    """Glacier Flexible Retrieval and Deep Archive objects were planned: GetObject refuses them
+    (InvalidObjectState), so each task failed, and a bucket mostly archived failed the whole job."""
+    for key, storage_class in {
+        "old/flexible.png": "GLACIER",
+        "old/deep.png": "DEEP_ARCHIVE",
+        "old/instant.png": "GLACIER_IR",
+        "old/restored.png": "GLACIER",
+        "old/standard.png": "STANDARD",
+    }.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"), StorageClass=storage_class)
+
+    s3.restore_object(Bucket=BUCKET, Key="old/restored.png", RestoreRequest={"Days": 1})  # done at once in moto
+    found = backfill.plan(_config(prefix="old/"), backfill.Clients(s3=s3))
+    assert sorted(c.key for c in found.candidates) == ["old/instant.png", "old/restored.png", "old/standard.png"]
+    assert found.skipped == {"archived (restore it first)": 2}
+    with pytest.raises(Exception, match="InvalidObjectState"):  # why: what each task would have met
+        s3.get_object(Bucket=BUCKET, Key="old/deep.png")
+
+
+def test_the_manifest_is_sse_s3_in_a_bucket_whose_default_is_kms(s3) -> None:  # noqa: F811
+    """Batch Operations does not read CSV manifests encrypted with SSE-KMS: in a bucket whose default
+    encryption is KMS (common for existing buckets: --report-bucket defaults to --bucket) the manifest
+    inherited aws:kms and the job could not start."""
+    s3.put_bucket_encryption(
+        Bucket=BUCKET,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/x"}}]
+        },
+    )
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    control = CapturedControl()
+    config = _config(function_arn=FUNCTION_ARN, role_arn=ROLE_ARN)
+    assert backfill.run(config, backfill.Clients(s3=s3, s3control=control.client)) == 0
+    (manifest_key,) = _keys(s3, "batch/manifests/")
+    assert s3.head_object(Bucket=BUCKET, Key=manifest_key)["ServerSideEncryption"] == "AES256"
+    assert s3.head_object(Bucket=BUCKET, Key="photos/a.png")["ServerSideEncryption"] == "aws:kms"  # the default
+
+
+def test_the_job_is_created_in_the_function_s_region(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --stack, the s3control client took --region or the shell's default (us-east-1 here), so a
+    function in us-west-2 got its job created in us-east-1, a cross-region job, and the printed
+    describe-job command (us-west-2) could not find it."""
+    import boto3
+
+    session = boto3.Session()
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+    control = CapturedControl(session)
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    west = FUNCTION_ARN.replace("us-east-1", "us-west-2")
+    assert backfill.run(_config(function_arn=west, role_arn=ROLE_ARN), backfill.Clients("us-east-1", s3=s3)) == 0
+    (request,) = control.requests
+    assert request.url == "https://123456789012.s3-control.us-west-2.amazonaws.com/v20180820/jobs"
+    assert "describe-job --region us-west-2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("report_bucket", "someone-elses-reports"), ("function_arn", FUNCTION_ARN.replace("florence", "other"))],
+)
+def test_with_the_stack_s_role_another_report_bucket_or_function_is_refused(
+    s3,  # noqa: F811
+    flag: str,
+    value: str,
+) -> None:
+    """--stack with --report-bucket elsewhere wrote the manifest there and created a job whose role (the
+    stack's, allowed only <uploads bucket>/<BatchPrefix>) could not read it: a job that fails in Preparing."""
+    s3.create_bucket(Bucket="someone-elses-reports")
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    _stack()
+    control = CapturedControl()
+    clients = backfill.Clients(s3=s3, s3control=control.client)
+    with pytest.raises(SystemExit, match=r"is not the stack's .* the only one its BatchOperationsRole may use"):
+        backfill.run(_config(prefix="photos/", stack="florence", **{flag: value}), clients)
+    assert control.requests == [] and not _keys_in(s3, "someone-elses-reports")
+    # A role of one's own may be allowed more; a dry run creates nothing.
+    assert backfill.run(_config(prefix="photos/", stack="florence", role_arn=ROLE_ARN, **{flag: value}), clients) == 0
+    assert backfill.run(_config(prefix="photos/", stack="florence", dry_run=True, **{flag: value}), clients) == 0
+
+
+AWKWARD_KEYS = [
+    "k/a b.png",
+    "k/a+b.png",
+    "k/a%2Bb.png",
+    "k/100%.png",
+    "k/line\nbreak.png",
+    "k/cr\rx.png",
+    'k/comma,"quote".png',
+    "k/hash#q?.png",
+    "k/tab\tx.png",
+    "k/ctrl\x01\x7fx.png",  # not XML 1.0: listings must ask S3 for URL-encoded keys (botocore does)
+    "k/café.png",  # composed
+    "k/cafe\u0301.png",  # decomposed: another key
+    "k/\U0001f431.png",
+    "k/trailing space .png",
+    "k/back\\slash.png",
+    "k//double.png",
+    "k/./dot.png",
+    "k/" + "猫" * 338 + ".png",  # 1,020 bytes: the result key is cut and hashed
+    "k/" + "a" * 1014 + ".png",
+]
+
+
+def test_awkward_keys_survive_plan_manifest_task_and_rerun_in_a_versioned_bucket(s3) -> None:  # noqa: F811
+    """Every key S3 can hold reaches the function as itself through the CSV manifest (one row each,
+    percent-encoded, so no comma, quote or newline splits a row), gets its result, and a rerun plans
+    nothing; an overwritten version and a deleted key (delete marker) are not planned twice or at all."""
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    for key in AWKWARD_KEYS:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG", (40, 30)))
+    s3.put_object(Bucket=BUCKET, Key="k/a b.png", Body=image_bytes("PNG"))  # a second version
+    s3.put_object(Bucket=BUCKET, Key="k/deleted.png", Body=image_bytes("PNG"))
+    s3.delete_object(Bucket=BUCKET, Key="k/deleted.png")
+
+    found = backfill.plan(_config(prefix="k/"), backfill.Clients(s3=s3))
+    assert sorted(c.key for c in found.candidates) == sorted(AWKWARD_KEYS)
+    body = backfill.manifest_csv(BUCKET, found.candidates)
+    assert body.count(b"\n") == len(AWKWARD_KEYS) and b'"' not in body
+    rows = list(csv.reader(io.StringIO(body.decode("ascii"))))
+    assert sorted(unquote(key) for _, key in rows) == sorted(AWKWARD_KEYS)
+
+    event = json.loads((REPO_ROOT / "events" / "s3_batch_v2.json").read_text())
+    event["tasks"] = [
+        {**copy.deepcopy(event["tasks"][0]), "taskId": str(i), "s3Bucket": bucket, "s3Key": key}
+        for i, (bucket, key) in enumerate(rows)
+    ]
+    response = lambda_handler(event, Context())
+    assert [r for r in response["results"] if r["resultCode"] != "Succeeded"] == []
+    settings = backfill.BackfillConfig(bucket=BUCKET).settings
+    for key in AWKWARD_KEYS:
+        result = s3.get_object(Bucket=BUCKET, Key=backfill.result_key(BUCKET, key, settings))
+        assert json.loads(result["Body"].read())["source"]["key"] == key
+    again = backfill.plan(_config(prefix="k/"), backfill.Clients(s3=s3))
+    assert not again.candidates and again.skipped == {"has a result": len(AWKWARD_KEYS)}
+
+
+def test_ctrl_c_while_the_plan_reads_results_stops_it_at_once(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The plan's HEADs run on a thread pool; Ctrl-C must not wait for every queued HEAD to finish."""
+    for index in range(40):
+        s3.put_object(Bucket=BUCKET, Key=f"many/{index:02d}.png", Body=b"x")
+        _result(s3, f"many/{index:02d}.png")
+    monkeypatch.setattr(backfill, "HEAD_WORKERS", 2)
+    monkeypatch.setattr(backfill, "HEAD_SLICE", 10)
+    heads: list[str] = []
+    real = s3.head_object
+
+    def interrupted(**kwargs: Any) -> Any:
+        heads.append(kwargs["Key"])
+        if len(heads) == 3:
+            raise KeyboardInterrupt
+        return real(**kwargs)
+
+    monkeypatch.setattr(s3, "head_object", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # main() turns it into status 130
+        backfill.plan(_config(prefix="many/"), backfill.Clients(s3=s3))
+    time.sleep(0.5)  # what a worker had started finishes; nothing queued may start
+    assert len(heads) <= 10  # the rest of the slice is cancelled, later slices never start
+
+
+def test_a_rerun_after_the_job_ended_creates_a_new_job_while_a_running_one_is_found_again(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same request has the same ClientRequestToken, and S3 answers a known token with its job. After
+    a job over a manifest ended (every task failed before a fix; or --overwrite again after a model
+    update), rerunning the command got that ended job back and printed it as the job: nothing ran."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    control = CapturedControl()
+    clients = backfill.Clients(s3=s3, s3control=control.client)
+    overwrite = {"function_arn": FUNCTION_ARN, "role_arn": ROLE_ARN, "overwrite": True}
+    assert backfill.run(_config(**overwrite), clients) == 0
+    assert backfill.run(_config(**overwrite), clients) == 0  # while it runs: the same job, no second one
+    assert list(control.status) == [CapturedControl.FIRST_JOB]
+
+    control.status[CapturedControl.FIRST_JOB] = "Complete"
+    capsys.readouterr()
+    assert backfill.run(_config(**overwrite), clients) == 0
+    out = capsys.readouterr().out
+    assert f"job {CapturedControl.FIRST_JOB} ran this same request before (Complete); creating a new one" in out
+    assert "job: job-1  (no confirmation step" in out
+    assert list(control.status) == [CapturedControl.FIRST_JOB, "job-1"]
+
+    control.status["job-1"] = "Failed"  # and again: past both ended jobs, to a third
+    assert backfill.run(_config(**overwrite), clients) == 0
+    assert "job: job-2  (no confirmation step" in capsys.readouterr().out
+    assert backfill.run(_config(**overwrite), clients) == 0  # job-2 still runs: found again
+    assert "job: job-2  (no confirmation step" in capsys.readouterr().out
+    assert len(control.status) == 3
+
+
+def test_local_reads_an_image_overwritten_while_it_was_analyzed_again(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The function writes no result for an image overwritten during its analysis (Batch redrives the task);
+    --local counted it 'skipped' and exited 0, leaving the image without a result."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG", (50, 40)))
+    overwrite_during_analysis(s3, monkeypatch, "photos/a.png", image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("done 1, skipped 0, failed 0")
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key="results/photos/a.png.json")["Body"].read())
+    assert stored["source"]["etag"] == s3.head_object(Bucket=BUCKET, Key="photos/a.png")["ETag"].strip('"')
+    assert stored["image"]["width"] == 96  # the second upload's
+
+
+def test_local_fails_an_image_overwritten_on_every_try(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    superseded = ObjectResult("photos/a.png", Disposition.SUPERSEDED)
+    monkeypatch.setattr(backfill, "process_object", lambda *args: superseded)
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert f"failed: photos/a.png: overwritten while it was analyzed {backfill.LOCAL_ATTEMPTS} times" in lines
+
+
+def test_the_s3_client_has_a_connection_for_each_head_worker(s3) -> None:  # noqa: F811
+    """botocore pools 10 connections; the plan's 32 HEAD workers would queue for them (or churn connections)."""
+    assert backfill.Clients("us-east-1")("s3").meta.config.max_pool_connections >= backfill.HEAD_WORKERS
+
+
+def test_a_job_whose_status_cannot_be_read_is_still_reported(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """Without s3:DescribeJob the job is created all the same: it is printed, and the command succeeds."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    control = CapturedControl()
+    control.describe_denied = True
+    config = _config(function_arn=FUNCTION_ARN, role_arn=ROLE_ARN)
+    assert backfill.run(config, backfill.Clients(s3=s3, s3control=control.client)) == 0
+    out = capsys.readouterr().out
+    assert f"could not read job {CapturedControl.FIRST_JOB}'s status (An error occurred (AccessDenied)" in out
+    assert f"job: {CapturedControl.FIRST_JOB}  (no confirmation step" in out

@@ -375,3 +375,23 @@ def test_a_task_whose_object_is_overwritten_during_analysis_is_retried_not_answe
     retried = lambda_handler(batch_event("2.0", [GOOD]), Context())["results"][0]  # Batch's redrive
     assert retried["resultString"] == f"written: s3://{BUCKET}/results/{GOOD}.json"
     assert _stored(s3, GOOD)["source"]["etag"] == s3.head_object(Bucket=BUCKET, Key=GOOD)["ETag"].strip('"')
+
+
+def test_a_job_for_other_tasks_keeps_what_the_result_already_holds(s3) -> None:  # noqa: F811
+    """A detect job over results an earlier caption job wrote replaced each with boxes only: the captions
+    were lost (and a caption job after it dropped the boxes again)."""
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "caption"}), Context())
+    caption = _stored(s3, GOOD)["caption"]
+    detect = lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "detect"}), Context())
+    assert detect["results"][0]["resultString"] == f"written: s3://{BUCKET}/results/{GOOD}.json"
+    stored = _stored(s3, GOOD)
+    assert stored["caption"] == caption and isinstance(stored["detections"], list)
+    metadata = s3.head_object(Bucket=BUCKET, Key=f"results/{GOOD}.json")["Metadata"]
+    assert set(metadata["tasks"].split(",")) == {"caption", "detect"}
+    again = lambda_handler(batch_event("1.0", [GOOD]), Context())  # caption and detect: both there
+    assert again["results"][0]["resultString"].startswith("already present:")
+
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG", (50, 40)))  # a new image: nothing to keep
+    lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "detect"}), Context())
+    assert "caption" not in _stored(s3, GOOD)
