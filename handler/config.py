@@ -14,13 +14,15 @@
 | LOG_LEVEL | INFO | level of the structured JSON request log |
 | ARTIFACT_SHA256 | (empty) | when set, the sha256 of the artifact's manifest.json must equal it (docs/deploy.md) |
 | MIN_SCORE | 0 | default floor on box scores, 0..1: S3 uploads use it; a request's `min_score` overrides it |
+| CORS_ALLOW_ORIGINS | (empty) | comma-separated origins (`https://app.example.com`) or `*` that browsers may call the API from; empty sends no CORS headers |
 
 Lambda refuses a synchronous request or response over 6,291,456 bytes, and binary bodies travel as
 base64 (4 bytes per 3). With 65,536 bytes kept for the envelope (headers, request context, multipart
 boundaries, JSON keys): (6,291,456 - 65,536) // 4 * 3 = 4,669,440 bytes of image. The same bound caps
 a binary response body (the drawn PNG).
 
-A number outside its range or a LOG_LEVEL that is not a level makes every invoke answer 500
+A number outside its range, a LOG_LEVEL that is not a level or a CORS origin that is not
+`scheme://host[:port]` makes every invoke answer 500
 `misconfigured`, naming the setting (S3 events raise it, so Lambda retries them after the fix).
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +108,28 @@ def _log_level(env: dict[str, str], default: str) -> str:
     return level
 
 
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9-]+(\.[a-z0-9-]+)*)(:[0-9]{1,5})?")
+"""What a browser sends as `Origin`: scheme, host and port, no path, no trailing slash."""
+
+
+def _cors_origins(raw: str) -> tuple[str, ...]:
+    """`*`, or exact origins compared as browsers write them (lowercase).
+
+    A path or trailing slash (`https://app.example.com/`) never equals a browser's Origin, so the
+    setting would silently allow nothing: it is refused like a bad number instead.
+    """
+    origins = tuple(dict.fromkeys(item.strip().lower() for item in raw.split(",") if item.strip()))
+    if origins == ("*",):
+        return origins
+    wrong = [origin for origin in origins if not _ORIGIN.fullmatch(origin)]
+    if wrong:
+        raise SettingError(
+            f"setting CORS_ALLOW_ORIGINS={raw.strip()[:100]!r} is not '*' or comma-separated origins"
+            f" like https://app.example.com (no path, no trailing slash): {wrong[0][:100]!r}"
+        )
+    return origins
+
+
 def _csv(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
@@ -123,6 +148,7 @@ class Settings:
     log_level: str = "INFO"
     artifact_sha256: str = ""
     min_score: float = 0.0
+    cors_allow_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -141,6 +167,7 @@ class Settings:
             log_level=_log_level(env, cls.log_level),
             artifact_sha256=env.get("ARTIFACT_SHA256", "").strip().lower(),
             min_score=_number(env, "MIN_SCORE", cls.min_score, float, 0, 1),
+            cors_allow_origins=_cors_origins(env.get("CORS_ALLOW_ORIGINS", "")),
         )
 
     @property

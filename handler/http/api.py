@@ -14,13 +14,16 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handler.config import MAX_BINARY_BODY_BYTES, SettingError, Settings, settings
 from handler.errors import Misconfigured, ServiceError, error_body, validation_message
 from handler.http.demo import router as demo_router
-from handler.http.routes import router
+from handler.http.routes import DRAWN_PNG_HEADERS, router
 from handler.logs import annotate, request_id_from, request_log
 
 _log = logging.getLogger(__name__)
@@ -112,6 +115,54 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("invalid_request", validation_message(exc.errors())), status_code=422)
 
 
+CORS_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+CORS_HEADERS = ("Content-Type", "x-api-key")
+"""Content-Type makes a JSON or image POST preflighted; x-api-key is AuthType=API_KEY's header."""
+
+
+class _JsonCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, but a refused preflight answers in the one error shape, not plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        reason = bytes(response.body).decode()  # "Disallowed CORS origin, method"
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse(error_body("cors_refused", reason), status_code=response.status_code, headers=headers)
+
+
+class OptionalCors:
+    """CORS headers for the origins in CORS_ALLOW_ORIGINS; none at all while it is empty.
+
+    Outermost, so every answer carries them: error bodies (4xx, and the request log's own 500s)
+    included, or a browser hides them from the page. The setting is read per request like the
+    others; a malformed one passes through to the request log, which answers `misconfigured`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._cors: dict[tuple[str, ...], ASGIApp] = {}
+
+    def _for(self, origins: tuple[str, ...]) -> ASGIApp:
+        if origins not in self._cors:
+            self._cors[origins] = _JsonCorsMiddleware(
+                self.app,
+                allow_origins=origins,
+                allow_methods=CORS_METHODS,
+                allow_headers=CORS_HEADERS,
+                expose_headers=DRAWN_PNG_HEADERS,
+            )
+        return self._cors[origins]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            origins = settings().cors_allow_origins if scope["type"] == "http" else ()
+        except SettingError:
+            origins = ()
+        await (self._for(origins) if origins else self.app)(scope, receive, send)
+
+
 class OptionalTrailingSlash:
     """`POST /caption/` is `POST /caption`: routing sees the path without its trailing slash."""
 
@@ -136,6 +187,7 @@ def create_app() -> FastAPI:
     app.router.redirect_slashes = False
     app.add_middleware(OptionalTrailingSlash)
     app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(OptionalCors)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 router = APIRouter()
 
+DRAWN_PNG_HEADERS = ("X-Model-Sha", "X-Timings-Ms", "X-Detections", "X-Drawn-Scale")
+"""What `/detect?format=png` says about the drawing; a cross-origin caller reads them only if exposed."""
+
 _IMAGE_SCHEMA = {"type": "string", "format": "binary"}
 IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -105,12 +108,13 @@ async def detect(
     from handler.http.drawing import drawn_png
 
     drawn = await run_in_threadpool(drawn_png, result.image.image, result.detections, MAX_BINARY_BODY_BYTES)
-    headers = {
-        "X-Model-Sha": result.payload["model_sha"],
-        "X-Timings-Ms": json.dumps(result.payload["timings_ms"], separators=(",", ":")),
-        "X-Detections": str(len(result.detections)),
-        "X-Drawn-Scale": f"{drawn.scale:.4f}",
-    }
+    values = (
+        result.payload["model_sha"],
+        json.dumps(result.payload["timings_ms"], separators=(",", ":")),
+        str(len(result.detections)),
+        f"{drawn.scale:.4f}",
+    )
+    headers = dict(zip(DRAWN_PNG_HEADERS, values, strict=True))
     return Response(drawn.png, media_type="image/png", headers=headers)
 
 

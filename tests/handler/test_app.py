@@ -305,3 +305,24 @@ def test_a_setting_that_does_not_parse_answers_misconfigured_over_plain_asgi(
     response = TestClient(asgi_app()).get("/health")
     assert response.status_code == 500 and response.json()["error"]["code"] == "misconfigured"
     assert "LOG_LEVEL" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("make", [_v1, _v2], ids=["v1", "v2"])
+def test_cors_headers_reach_the_lambda_response(
+    make, ctx: Context, png_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = {"origin": "https://app.example.com"}
+    before = lambda_handler(make("POST", "/caption", b"plain text", {"content-type": "image/png", **origin}), ctx)
+    assert not any(k.lower().startswith("access-control-") for k in before["headers"])
+    monkeypatch.setenv("CORS_ALLOW_ORIGINS", "https://app.example.com")
+    error = lambda_handler(make("POST", "/caption", b"plain text", {"content-type": "image/png", **origin}), ctx)
+    assert error["statusCode"] == 400 and _json_body(error)["error"]["code"] == "bad_image"
+    assert {k.lower(): v for k, v in error["headers"].items()}["access-control-allow-origin"] == origin["origin"]
+    preflight_headers = {
+        **origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "x-api-key",
+    }
+    preflight = lambda_handler(make("OPTIONS", "/caption", b"", preflight_headers), ctx)
+    assert preflight["statusCode"] == 200
+    assert {k.lower(): v for k, v in preflight["headers"].items()}["access-control-allow-origin"] == origin["origin"]
