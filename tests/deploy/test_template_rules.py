@@ -483,3 +483,27 @@ def test_image_build_pins_the_artifacts_runtime(tiny_artifact: Path, tmp_path: P
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     mismatch = subprocess.run(["sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True)
     assert mismatch.returncode != 0 and "BASE_IMAGE" in mismatch.stderr
+
+
+def test_cors_preflight_alone_skips_auth_and_only_when_cors_is_on() -> None:
+    """A browser's preflight carries no key or signature: with CorsAllowOrigins set, OPTIONS must reach
+    the function unauthenticated (or API Gateway answers 403 without CORS headers); every other method,
+    and OPTIONS without CORS, keeps AuthType's auth."""
+    template = load_template()
+    assert template["Conditions"]["AllowCors"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CorsAllowOrigins"}, ""]}]}
+    assert template["Parameters"]["CorsAllowOrigins"]["Default"] == ""
+    variables = template["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+    assert variables["CORS_ALLOW_ORIGINS"] == {"Ref": "CorsAllowOrigins"}
+    paths = template["Resources"]["Api"]["Properties"]["DefinitionBody"]["paths"]
+    for path in _proxied_paths(template):
+        any_method, options = paths[path]["x-amazon-apigateway-any-method"], paths[path]["options"]
+        auth = {"Fn::If": ["UseIam", [{"sigv4": []}], {"Fn::If": ["UseApiKey", [{"api_key": []}], []]}]}
+        assert any_method["security"] == auth, path
+        assert options["security"] == {"Fn::If": ["AllowCors", [], auth]}, path
+        assert options["x-amazon-apigateway-integration"] == any_method["x-amazon-apigateway-integration"], path
+        assert options.get("parameters") == any_method.get("parameters"), path
+    pattern = re.compile(template["Parameters"]["CorsAllowOrigins"]["AllowedPattern"])
+    for good in ("", "*", "https://app.example.com", "https://a.example,http://localhost:5173"):
+        assert pattern.fullmatch(good), good
+    for bad in ("https://app.example.com/", "app.example.com", "*,https://a.example"):
+        assert not pattern.fullmatch(bad), bad
