@@ -21,8 +21,10 @@ def server_env(artifact: Path) -> dict[str, str]:
 
 
 @contextmanager
-def live_server(artifact: Path) -> Iterator[str]:
-    """uvicorn on a socket this process bound to a free port (no port race); yields its base URL."""
+def live_server(artifact: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """uvicorn on a socket this process bound to a free port (no port race); yields its base URL.
+
+    `env` adds settings (CORS_ALLOW_ORIGINS) to the server's environment."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -30,7 +32,7 @@ def live_server(artifact: Path) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "handler.app:app", "--fd", str(sock.fileno()), "--log-level", "warning"],
         cwd=REPO_ROOT,
-        env=server_env(artifact),
+        env={**server_env(artifact), **(env or {})},
         pass_fds=[sock.fileno()],
         stdout=subprocess.DEVNULL,
     )

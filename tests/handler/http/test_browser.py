@@ -144,3 +144,38 @@ def test_demo_page_says_when_the_model_is_unavailable(browser, tmp_path: Path) -
         browser.find_element(By.ID, "file").send_keys(str(image))
         _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
         assert browser.find_element(By.ID, "error").text.startswith("Model unavailable")
+
+
+_FETCH = """
+const [url, headers, body, done] = arguments;
+fetch(url, {method: "POST", headers, body: new Uint8Array(body)})
+  .then(async (r) => done({
+    status: r.status,
+    body: r.headers.get("content-type") === "application/json" ? await r.json() : null,
+    detections: r.headers.get("x-detections"),
+  }))
+  .catch((e) => done({failed: String(e)}));
+"""
+
+
+def test_a_page_on_another_origin_reads_answers_and_errors_only_when_allowed(
+    browser, tiny_artifact: Path, png_bytes: bytes
+) -> None:
+    """Chromium's own CORS checks: a preflighted POST (x-api-key) from the allowed origin reads a 200
+    and a 400's error body; the same page under another origin (localhost, not 127.0.0.1) cannot."""
+    with live_server(tiny_artifact) as page:
+        port = page.rsplit(":", 1)[1]
+        with live_server(tiny_artifact, {"CORS_ALLOW_ORIGINS": page}) as api:
+            browser.set_script_timeout(WAIT_S)
+            browser.get(page + "/")
+            headers = {"content-type": "image/png", "x-api-key": "k"}
+            ok = browser.execute_async_script(_FETCH, f"{api}/caption", headers, list(png_bytes))
+            assert ok["status"] == 200 and ok["body"]["caption"], ok
+            drawn = browser.execute_async_script(_FETCH, f"{api}/detect?format=png", headers, list(png_bytes))
+            assert drawn["status"] == 200 and drawn["detections"].isdigit(), drawn  # an exposed header
+            bad = browser.execute_async_script(_FETCH, f"{api}/caption", headers, list(b"not an image"))
+            assert bad["status"] == 400 and bad["body"]["error"]["code"] == "bad_image", bad  # the body is readable
+            browser.get(f"http://localhost:{port}/")
+            assert "Florence-2" in browser.title  # the same page, served to another origin
+            refused = browser.execute_async_script(_FETCH, f"{api}/caption", headers, list(png_bytes))
+            assert "failed" in refused, refused
