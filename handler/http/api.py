@@ -129,6 +129,7 @@ class _JsonCorsMiddleware(CORSMiddleware):
             return response
         reason = bytes(response.body).decode()  # "Disallowed CORS origin, method"
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        annotate(error="cors_refused")
         return JSONResponse(error_body("cors_refused", reason), status_code=response.status_code, headers=headers)
 
 
@@ -136,8 +137,9 @@ class OptionalCors:
     """CORS headers for the origins in CORS_ALLOW_ORIGINS; none at all while it is empty.
 
     Outermost, so every answer carries them: error bodies (4xx, and the request log's own 500s)
-    included, or a browser hides them from the page. The setting is read per request like the
-    others; a malformed one passes through to the request log, which answers `misconfigured`.
+    included, or a browser hides them from the page; preflights are answered (and logged) here. The
+    setting is read per request like the others; a malformed one passes through to the request log,
+    which answers `misconfigured` (without CORS headers: no origin list parsed).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -157,10 +159,27 @@ class OptionalCors:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            origins = settings().cors_allow_origins if scope["type"] == "http" else ()
+            config = settings() if scope["type"] == "http" else None
         except SettingError:
-            origins = ()
-        await (self._for(origins) if origins else self.app)(scope, receive, send)
+            config = None
+        if config is None or not config.cors_allow_origins:
+            await self.app(scope, receive, send)
+            return
+        cors = self._for(config.cors_allow_origins)
+        headers = Headers(scope=scope)
+        if not (scope["method"] == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers):
+            await cors(scope, receive, send)
+            return
+
+        async def logged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                annotate(status=message["status"])
+            await send(message)
+
+        # A preflight is answered here, before the request log middleware: it gets its line here.
+        with request_log(request_id_from(scope.get("aws.context")), "http", config.log_level) as record:
+            record.update(method="OPTIONS", path=scope.get("path"), origin=headers["origin"][:200])
+            await cors(scope, receive, logged_send)
 
 
 class OptionalTrailingSlash:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,15 @@ def test_origins_parse_as_browsers_write_them() -> None:
         "http://localhost:5173",
         "http://[::1]:8080",
     )
+
+
+def test_each_preflight_writes_one_log_line(cors: None, client: TestClient, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    client.options("/caption", headers=PREFLIGHT)
+    client.options("/caption", headers={**PREFLIGHT, "origin": "https://evil.example.net"})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(line["method"], line["path"], line["status"], line.get("error")) for line in lines] == [
+        ("OPTIONS", "/caption", 200, None),
+        ("OPTIONS", "/caption", 400, "cors_refused"),
+    ]
+    assert lines[1]["origin"] == "https://evil.example.net" and all(line["request_id"] for line in lines)
