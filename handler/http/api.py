@@ -116,8 +116,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 CORS_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
-CORS_HEADERS = ("Content-Type", "x-api-key")
-"""Content-Type makes a JSON or image POST preflighted; x-api-key is AuthType=API_KEY's header."""
+CORS_HEADERS = (
+    "Content-Type",
+    "x-api-key",
+    "Authorization",
+    "X-Amz-Date",
+    "X-Amz-Security-Token",
+    "X-Amz-Content-Sha256",
+)
+"""Content-Type makes a JSON or image POST preflighted; x-api-key is AuthType=API_KEY's header, the
+rest are the SigV4 headers a browser signing for AuthType=AWS_IAM sends (temporary credentials)."""
 
 
 class _JsonCorsMiddleware(CORSMiddleware):
@@ -144,7 +152,7 @@ class OptionalCors:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._cors: dict[tuple[str, ...], ASGIApp] = {}
+        self._cors: dict[tuple[str, ...], ASGIApp] = {}  # one per value the setting takes: one on Lambda
 
     def _for(self, origins: tuple[str, ...]) -> ASGIApp:
         if origins not in self._cors:

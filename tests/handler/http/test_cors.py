@@ -63,15 +63,16 @@ def test_the_drawn_pngs_headers_are_exposed(cors: None, client: TestClient, png_
 
 
 def test_preflight_allows_the_apis_methods_and_headers(cors: None, client: TestClient) -> None:
-    for path in ("/caption", "/detect", "/analyze", "/analyze/"):
-        preflight = client.options(path, headers=PREFLIGHT)
+    sigv4 = {**PREFLIGHT, "access-control-request-headers": "authorization,content-type,x-amz-date"}
+    for path, asked in (("/caption", PREFLIGHT), ("/detect", PREFLIGHT), ("/analyze", sigv4), ("/analyze/", sigv4)):
+        preflight = client.options(path, headers=asked)
         assert preflight.status_code == 200, preflight.text
         assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN
         assert {"GET", "POST", "OPTIONS"} <= {
             m.strip() for m in preflight.headers["access-control-allow-methods"].split(",")
         }
         allowed = {h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")}
-        assert {"content-type", "x-api-key"} <= allowed
+        assert {"content-type", "x-api-key", "authorization", "x-amz-date", "x-amz-security-token"} <= allowed
 
 
 def test_a_disallowed_origin_gets_no_cors_headers(cors: None, client: TestClient, png_bytes: bytes) -> None:
