@@ -179,15 +179,13 @@ class OptionalCors:
             await cors(scope, receive, send)
             return
 
-        async def logged_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                annotate(status=message["status"])
-            await send(message)
+        async def answer_preflight(scope: Scope, receive: Receive, send: Send) -> None:
+            annotate(origin=headers["origin"][:200])
+            await cors(scope, receive, send)
 
-        # A preflight is answered here, before the request log middleware: it gets its line here.
-        with request_log(request_id_from(scope.get("aws.context")), "http", config.log_level) as record:
-            record.update(method="OPTIONS", path=scope.get("path"), origin=headers["origin"][:200])
-            await cors(scope, receive, logged_send)
+        # A preflight is answered here, outside the app's request log middleware: it gets its line by
+        # going through that middleware here.
+        await RequestLogMiddleware(answer_preflight)(scope, receive, send)
 
 
 class OptionalTrailingSlash:
