@@ -189,7 +189,7 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     own_files = config.batch_prefix if config.report_bucket in (None, config.bucket) else None
     suffixes = tuple(s.lower() for s in config.suffixes)
     found = Plan()
-    images: list[dict[str, Any]] = []  # in listing order
+    images: list[tuple[dict[str, Any], str]] = []  # (listed object, its result's key), in listing order
     for obj in _objects(s3, config.bucket, config.prefix):
         key = obj["Key"]
         if out_bucket == config.bucket and key.startswith(settings.output_prefix):
@@ -199,25 +199,24 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
         elif is_folder_marker(key) or (suffixes and not key.lower().endswith(suffixes)):
             found.skipped["not an image name"] += 1
         else:
-            images.append(obj)
-    archived = [o["Key"] for o in images if o.get("StorageClass") in ARCHIVED_STORAGE_CLASSES]
-    readable = _heads(s3, config.bucket, archived, _restored)
+            images.append((obj, result_key(config.bucket, key, settings)))
+    archived = {o["Key"] for o, _ in images if o.get("StorageClass") in ARCHIVED_STORAGE_CLASSES}
+    unreadable = archived - _heads(s3, config.bucket, sorted(archived), _restored)
     etags = {}  # result key -> the ETag of the image it must answer, for results newer than their image
-    for obj in images:
-        done_at = results.get(result_key(config.bucket, obj["Key"], settings))
+    for obj, out_key in images:
+        done_at = results.get(out_key)
         if not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
-            etags[result_key(config.bucket, obj["Key"], settings)] = obj["ETag"].strip('"')
+            etags[out_key] = obj["ETag"].strip('"')
     answered = _heads(
         s3, out_bucket, list(etags), lambda key, head: answers(head.get("Metadata", {}), etags[key], config.tasks)
     )
-    for obj in images:
-        key = obj["Key"]
-        if obj.get("StorageClass") in ARCHIVED_STORAGE_CLASSES and key not in readable:
+    for obj, out_key in images:
+        if obj["Key"] in unreadable:
             found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
-        elif result_key(config.bucket, key, settings) in answered:
+        elif out_key in answered:
             found.skipped["has a result"] += 1  # the function would skip it too
         else:
-            found.candidates.append(Candidate(key, int(obj["Size"])))
+            found.candidates.append(Candidate(obj["Key"], int(obj["Size"])))
     return found
 
 
