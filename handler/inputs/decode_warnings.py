@@ -1,7 +1,7 @@
 """Python warnings raised while one upload is decoded, counted into its request log line, not printed.
 
 Pillow warns once per bad tag of a TIFF directory, with the tag in the text ("Tag data larger than
-file. Skipping tag 40001"), so Python prints every one of them (two stderr lines each): a 60 KB JPEG
+file. Skipping tag 40001"), so Python prints every one of them (two stderr lines each): a 62 KB JPEG
 whose EXIF block names 5,000 tags wrote 9,998 lines, a 720 KB TIFF naming 60,000 tags 119,998. On
 Lambda each is a CloudWatch line the owner pays for, and they bury the request lines.
 

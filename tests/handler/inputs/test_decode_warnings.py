@@ -2,7 +2,7 @@
 
 Each request runs through `lambda_handler` in a fresh interpreter with the process's default warning
 filters (as on Lambda, where every stdout and stderr line is a CloudWatch line), and its lines are
-counted. Before the fix a 60 KB JPEG wrote 9,998 stderr lines and a 720 KB TIFF 119,998.
+counted. Before the fix a 62 KB JPEG wrote 9,998 stderr lines and a 720 KB TIFF 119,998.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from handler.logs import request_log
 from tests.conftest import image_bytes, run_python
 
 MAX_STDERR_LINES = 4
-"""libtiff's errors for a directory it refuses (two lines, at most twice); nothing else may reach stderr."""
+"""libtiff's own error for a directory it refuses is two lines (room for twice that); nothing else may reach stderr."""
 
 
 def _tiff(entries: list[tuple[int, int, int, bytes]], tail: bytes = b"") -> bytes:
@@ -119,7 +119,7 @@ HOSTILE = {
     "gif-20000-comments": (gif_with_comment_extensions(), 200, 0),
 }
 """Before the fix, each in a fresh process, the first three wrote 9,998, 119,998 and 120,000 stderr lines
-(the last two of them libtiff's error); the others none: Pillow discards libjpeg's corrupt-data messages."""
+(two of those libtiff's error, which stays); the others none: Pillow discards libjpeg's corrupt-data messages."""
 
 _SEND = """
 import base64, json, sys
