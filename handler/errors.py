@@ -78,6 +78,24 @@ class Misconfigured(ServiceError):
     status, code = 500, "misconfigured"
 
 
+GATEWAY_ERRORS: dict[str, tuple[int | None, str]] = {
+    "MISSING_AUTHENTICATION_TOKEN": (403, "unauthenticated"),
+    "INVALID_SIGNATURE": (403, "unauthenticated"),
+    "EXPIRED_TOKEN": (403, "unauthenticated"),
+    "INVALID_API_KEY": (403, "unauthenticated"),
+    "ACCESS_DENIED": (403, "forbidden"),
+    "WAF_FILTERED": (403, "forbidden"),
+    "THROTTLED": (429, "throttled"),
+    "QUOTA_EXCEEDED": (429, "throttled"),
+    "REQUEST_TOO_LARGE": (413, "too_large"),
+    "INTEGRATION_TIMEOUT": (504, "timeout"),
+    "DEFAULT_4XX": (None, "api_gateway_refused"),
+    "DEFAULT_5XX": (None, "api_gateway_error"),
+}
+"""API Gateway's own answers, given before the function runs, by response type: (status, code). template.yaml's
+`GatewayResponses` answer each in the one shape with this code and API Gateway's own message, at this status
+(None: API Gateway's, which varies); tests/deploy/test_template_rules.py holds the template to this table."""
+
 MAX_MESSAGE_CHARS = 8_192
 """Messages quote what the caller sent (a task name, a bucket); past this they are cut. Room for any S3
 key (1,024 bytes) quoted with repr (4 characters for an escaped byte), so S3 messages stay whole; escaped

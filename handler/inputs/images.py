@@ -16,6 +16,8 @@ from PIL import Image, ImageOps
 
 from handler.errors import BadImage, TooLarge
 from handler.florence.preprocess import JPEG_FORMATS
+from handler.inputs.decode_warnings import heard_while_decoding
+from handler.logs import annotate
 
 WHITE = (255, 255, 255)
 EXIF_ORIENTATION = 0x0112
@@ -206,7 +208,17 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, draft_to: int = 0
 
     With `draft_to`, a JPEG (or MPO) is decoded by libjpeg at 1/2..1/8 scale while both sides stay
     >= `draft_to`: several times faster for phone photos, and the model resizes to 384 anyway.
+    Pillow's warnings go to the request's log line as `decode_warnings`, not to stderr (a hostile TIFF
+    directory makes one per tag).
     """
+    with heard_while_decoding() as heard:
+        try:
+            return _decode(data, max_bytes, max_pixels, draft_to)
+        finally:
+            annotate(decode_warnings=heard.summary())
+
+
+def _decode(data: bytes, max_bytes: int, max_pixels: int, draft_to: int) -> DecodedImage:
     check_byte_limit(len(data), max_bytes)
     if not data:
         raise BadImage("empty body: expected image bytes")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from handler.config import API_GATEWAY_TIMEOUT_S, Settings
+from handler.errors import GATEWAY_ERRORS, error_body
 from tests.conftest import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -136,6 +137,89 @@ def s3_invoke_problems(template: dict[str, Any], name: str) -> list[str]:
     return problems
 
 
+NO_VALUE = object()
+"""What `!Ref AWS::NoValue` evaluates to: the property is left out."""
+
+
+def evaluate(template: dict[str, Any], value: Any, parameters: dict[str, str]) -> Any:
+    """`value` as CloudFormation resolves it for these parameter values (defaults for the rest): Ref,
+    Fn::If with the template's conditions, Fn::Equals, Fn::Not, Fn::Sub, Fn::Select and Fn::Split."""
+
+    def ev(v: Any) -> Any:
+        if not isinstance(v, dict) or len(v) != 1:
+            return v
+        ((function, args),) = v.items()
+        if function == "Ref":
+            if args == "AWS::NoValue":
+                return NO_VALUE
+            return parameters.get(args, template["Parameters"][args].get("Default"))
+        if function == "Condition":
+            return ev(template["Conditions"][args])
+        if function == "Fn::If":
+            condition, then, otherwise = args
+            return ev(then) if ev(template["Conditions"][condition]) else ev(otherwise)
+        if function == "Fn::Equals":
+            return ev(args[0]) == ev(args[1])
+        if function == "Fn::Not":
+            return not ev(args[0])
+        if function == "Fn::Select":
+            return ev(args[1])[int(ev(args[0]))]
+        if function == "Fn::Split":
+            return ev(args[1]).split(ev(args[0]))
+        if function == "Fn::Sub":
+            text, names = (args, {}) if isinstance(args, str) else args
+            return re.sub(
+                r"\$\{([^}]+)\}", lambda m: str(ev(names[m[1]]) if m[1] in names else ev({"Ref": m[1]})), text
+            )
+        raise AssertionError(f"evaluate() does not know {function}")
+
+    return ev(value)
+
+
+CORS_SAMPLES = (
+    "",
+    "*",
+    "https://app.example.com",
+    "https://a.example,http://localhost:5173",
+    "https://a.example, http://b.example",
+)
+"""CorsAllowOrigins values the gateway responses are checked under: off, any origin, one, and several."""
+MESSAGE = "Too Many Requests"
+
+
+def gateway_problems(template: dict[str, Any], name: str) -> list[str]:
+    """API Gateway answers auth failures, throttling, oversized bodies and timeouts itself, before the function:
+    each needs a gateway response in the one error shape (handler/errors.py GATEWAY_ERRORS) that carries the
+    CORS header the function would send, or a browser page on another origin sees a failed fetch, no status."""
+    problems = []
+    responses = template["Resources"][name].get("Properties", {}).get("GatewayResponses", {})
+    for kind, (status, code) in GATEWAY_ERRORS.items():
+        response = responses.get(kind)
+        if response is None:
+            problems.append(f"{name}: no GatewayResponses {kind}: API Gateway answers it without CORS headers")
+            continue
+        if status is not None and str(response.get("StatusCode")) != str(status):
+            problems.append(f"{name}: {kind} answers {response.get('StatusCode')}, not {status}")
+        body = response.get("ResponseTemplates", {}).get("application/json", "")
+        try:
+            shaped = json.loads(body.replace("$context.error.messageString", json.dumps(MESSAGE)))
+        except ValueError:
+            shaped = None
+        if shaped != error_body(code, MESSAGE):
+            problems.append(f"{name}: {kind}'s body {body!r} is not the error shape with code {code!r}")
+        header = response.get("ResponseParameters", {}).get("Headers", {}).get("Access-Control-Allow-Origin", NO_VALUE)
+        for origins in CORS_SAMPLES:
+            allowed = Settings.from_env({"CORS_ALLOW_ORIGINS": origins}).cors_allow_origins
+            expected = f"'{allowed[0]}'" if allowed else NO_VALUE  # one static value: the first origin
+            got = evaluate(template, header, {"CorsAllowOrigins": origins})
+            if got != expected:
+                shown = "no header" if got is NO_VALUE else repr(got)
+                problems.append(
+                    f"{name}: {kind} sends {shown} as Access-Control-Allow-Origin with CorsAllowOrigins={origins!r}"
+                )
+    return problems
+
+
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
@@ -224,6 +308,7 @@ def template_problems(template: dict[str, Any]) -> list[str]:
         declared = set(api.get("Properties", {}).get("BinaryMediaTypes", []))
         if missing := REQUIRED_BINARY_TYPES - declared:
             problems.append(f"{name}: BinaryMediaTypes lacks {sorted(missing)}; API Gateway would mangle uploads")
+        problems += gateway_problems(template, name)
     return problems
 
 
@@ -262,6 +347,10 @@ def _function_resource(t: dict[str, Any]) -> dict[str, Any]:
     return next(iter(functions(t).values()))
 
 
+def _gateway_response(t: dict[str, Any], kind: str) -> dict[str, Any]:
+    return t["Resources"]["Api"]["Properties"]["GatewayResponses"][kind]
+
+
 BREAKAGES = {
     "memory over 10240": (lambda t: t["Parameters"]["MemorySize"].update(MaxValue=20480), "Lambda's maximum"),
     "memory too small": (lambda t: t["Parameters"]["MemorySize"].update(Default=1024), "no headroom"),
@@ -285,6 +374,26 @@ BREAKAGES = {
     "logs never expire": (lambda t: _function(t).pop("LoggingConfig"), "never expires"),
     "plain HTTP to the bucket": (lambda t: t["Resources"].pop("UploadsBucketPolicy"), "plain HTTP"),
     "no binary types": (lambda t: t["Resources"]["Api"]["Properties"].pop("BinaryMediaTypes"), "BinaryMediaTypes"),
+    "throttling in API Gateway's own answer": (
+        lambda t: t["Resources"]["Api"]["Properties"]["GatewayResponses"].pop("THROTTLED"),
+        "no GatewayResponses THROTTLED",
+    ),
+    "a gateway response without CORS": (
+        lambda t: _gateway_response(t, "INTEGRATION_TIMEOUT")["ResponseParameters"]["Headers"].clear(),
+        "sends no header as Access-Control-Allow-Origin with CorsAllowOrigins='*'",
+    ),
+    "a gateway response with CORS always on": (
+        lambda t: _gateway_response(t, "DEFAULT_4XX")["ResponseParameters"]["Headers"].update(
+            {"Access-Control-Allow-Origin": "'*'"}
+        ),
+        "with CorsAllowOrigins=''",
+    ),
+    "a gateway response in API Gateway's shape": (
+        lambda t: _gateway_response(t, "DEFAULT_5XX")["ResponseTemplates"].update(
+            {"application/json": '{"message": $context.error.messageString}'}
+        ),
+        "is not the error shape",
+    ),
     "multipart missing": (
         lambda t: t["Resources"]["Api"]["Properties"].update(BinaryMediaTypes=["image~1*"]),
         "multipart~1form-data",
@@ -505,5 +614,35 @@ def test_cors_preflight_alone_skips_auth_and_only_when_cors_is_on() -> None:
     pattern = re.compile(template["Parameters"]["CorsAllowOrigins"]["AllowedPattern"])
     for good in ("", "*", "https://app.example.com", "https://a.example,http://localhost:5173"):
         assert pattern.fullmatch(good), good
-    for bad in ("https://app.example.com/", "app.example.com", "*,https://a.example"):
+    # uppercase too: API Gateway's own answers carry the first origin as written, and browsers compare it exactly
+    for bad in ("https://app.example.com/", "app.example.com", "*,https://a.example", "https://App.example.com"):
         assert not pattern.fullmatch(bad), bad
+
+
+def test_api_gateways_own_answers_reach_a_browser_in_the_error_shape() -> None:
+    """What SAM deploys: every gateway response type in the API's OpenAPI body, at its status, in the one
+    error shape, allowing the first listed origin exactly when CorsAllowOrigins is set."""
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    template = load_template()
+    template["Resources"]["Function"]["Properties"]["ImageUri"] = "123456789012.dkr.ecr.us-east-1.amazonaws.com/f:1"
+    deployed = Translator(managed_policy_map={}, sam_parser=Parser()).translate(template, parameter_values={})
+    responses = deployed["Resources"]["Api"]["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
+    assert set(responses) == set(GATEWAY_ERRORS)
+    for kind, (status, code) in GATEWAY_ERRORS.items():
+        response = responses[kind]
+        assert response.get("statusCode") == (str(status) if status else None), kind
+        body = response["responseTemplates"]["application/json"]
+        assert json.loads(body.replace("$context.error.messageString", '"Forbidden"')) == error_body(code, "Forbidden")
+        header = response["responseParameters"]["gatewayresponse.header.Access-Control-Allow-Origin"]
+        served = {
+            origins: evaluate(deployed, header, {"CorsAllowOrigins": origins})
+            for origins in ("", "*", "https://app.example.com", "https://a.example,http://localhost:5173")
+        }
+        assert served == {
+            "": NO_VALUE,
+            "*": "'*'",
+            "https://app.example.com": "'https://app.example.com'",
+            "https://a.example,http://localhost:5173": "'https://a.example'",
+        }, kind
