@@ -53,7 +53,8 @@ def _mangum() -> Any:
 
 
 def event_kind(event: Any) -> str:
-    """Which door an event came through: http, s3, batch (S3 Batch Operations), direct, or unknown."""
+    """Which door an event came through: http, s3, sqs, sns, eventbridge (S3 notifications those deliver),
+    batch (S3 Batch Operations), direct, or unknown."""
     if not isinstance(event, dict):
         return "unknown"
     context = event.get("requestContext")
@@ -63,6 +64,11 @@ def event_kind(event: Any) -> str:
 
     if is_s3_event(event):
         return "s3"
+    from handler.events.notifications import wrapped_kind
+
+    wrapped = wrapped_kind(event)
+    if wrapped is not None:
+        return wrapped
     from handler.events.batch import is_batch_event
 
     if is_batch_event(event):
@@ -142,7 +148,8 @@ def _unsupported(event: Any) -> dict[str, Any]:
     keys = sorted(map(str, event))[:10] if isinstance(event, dict) else type(event).__name__
     return error_body(
         "unsupported_event",
-        "expected an API Gateway/Function URL event, an S3 event, an S3 Batch Operations event, or a direct invoke"
+        "expected an API Gateway/Function URL event, an S3 event (directly, or through SQS, SNS or EventBridge),"
+        " an S3 Batch Operations event, or a direct invoke"
         f' {{"task": ..., "image_base64" | "s3": ...}}; got {keys}',
     )
 
@@ -150,13 +157,15 @@ def _unsupported(event: Any) -> dict[str, Any]:
 def _misconfigured(event: Any, kind: str, request_id: str, exc: Misconfigured) -> Any:
     """A setting that does not parse: every door answers 500 `misconfigured` in its own shape.
 
-    S3 events re-raise, so Lambda retries them (and then dead-letters them) rather than dropping
-    uploads until the setting is fixed; a Batch task fails permanently, to be rerun from the report.
+    S3 events (direct or wrapped) re-raise, so Lambda retries them (and then dead-letters them) rather
+    than dropping uploads until the setting is fixed; a Batch task fails permanently, to be rerun from the report.
     """
+    from handler.events.notifications import KINDS
+
     _log.error("cannot serve a %s invoke: %s", kind, exc.message)
     with request_log(request_id, kind, Settings.log_level) as record:
         record.update(status=exc.status, error=exc.code)
-    if kind == "s3":
+    if kind == "s3" or kind in KINDS:
         raise exc
     if kind == "batch":
         from handler.events import batch
@@ -172,7 +181,7 @@ def lambda_handler(event: Any, context: Any) -> Any:
 
     The catch-all is the last line: any exception that escapes (a bug, not bad input) becomes the
     documented 500 body and a request log line with status 500, so the runtime process lives on.
-    S3 events are the exception: their handler raises on purpose so Lambda retries the event.
+    S3 events, direct or wrapped, are the exception: their handler raises on purpose so Lambda retries the event.
     """
     kind = event_kind(event)
     request_id = request_id_from(context)
@@ -184,6 +193,11 @@ def lambda_handler(event: Any, context: Any) -> Any:
         from handler.events import s3 as s3_events
 
         return s3_events.handle(event, request_id, config)
+    if kind != "http":  # the HTTP path never imports the S3 workers
+        from handler.events import notifications
+
+        if kind in notifications.KINDS:  # raises, or lists SQS messages, for what a retry may fix
+            return notifications.handle(kind, event, request_id, config)
     if kind == "batch":  # answers per task; a task that fails unexpectedly is a TemporaryFailure
         from handler.events import batch
 

@@ -9,14 +9,16 @@ where one can be written and is not retried; any other failure is retried by Lam
 raises after every record has had its turn. Result keys always fit S3's 1,024 bytes.
 
 `process_object` is the per-object work; S3 Batch Operations tasks (`handler.events.batch`) and
-`python -m handler.backfill --local` run it too, so every door writes the same result document.
+`python -m handler.backfill --local` run it too, so every door writes the same result document. Each object a
+notification names is an `ObjectNotice`, and `process_notices` gives notices their work and log lines, also
+for notifications delivered through SQS, SNS or EventBridge (`handler.events.notifications`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
@@ -30,6 +32,7 @@ from handler.errors import (
     NotFound,
     ServiceError,
     TooLarge,
+    bounded,
     error_body,
     printable,
 )
@@ -57,6 +60,8 @@ class S3BatchError(RuntimeError):
 UPLOAD_EVENTS = ("ObjectCreated:", "ObjectRestore:Completed")
 """Event names after which the object holds bytes to read. Removals, lifecycle expiry, tagging and ACL
 events carry no new image: processing a removal would fail on the missing object and be retried."""
+UPLOAD_DETAIL_TYPES = ("Object Created", "Object Restore Completed")
+"""The same two events as EventBridge names them (its `detail-type`)."""
 TEST_EVENT = "s3:TestEvent"
 """What S3 sends (without `Records`) when a notification is configured, to check it can invoke."""
 
@@ -87,6 +92,11 @@ class ObjectResult:
     """The version the event or task named, when it is not the current one."""
 
 
+MAX_SUMMARY_BYTES = 1_048_576
+"""An answer lists objects while their JSON fits in this, then counts the rest (`omitted`): a hand-written event
+of 60,000 malformed records (1.6 MB) was answered with 6.9 MB, more than the 6 MB Lambda can return."""
+
+
 @dataclass
 class Outcome:
     written: list[str] = field(default_factory=list)
@@ -105,7 +115,72 @@ class Outcome:
             self.skipped.append({"key": printable(result.key), "reason": result.disposition.value})
 
     def summary(self) -> dict[str, Any]:
-        return {"written": self.written, "skipped": self.skipped, "rejected": self.rejected, "failed": self.failed}
+        """What became of each object, as far as MAX_SUMMARY_BYTES allows; `omitted` counts the rest, if any."""
+        lists: dict[str, list[Any]] = {
+            "written": self.written,
+            "skipped": self.skipped,
+            "rejected": self.rejected,
+            "failed": self.failed,
+        }
+        summary: dict[str, Any] = {name: [] for name in lists}
+        room, omitted = MAX_SUMMARY_BYTES, 0
+        for name, entries in lists.items():
+            for entry in entries:
+                room -= len(json.dumps(entry, ensure_ascii=False).encode()) + 2  # and its ", "
+                if room < 0:
+                    omitted += 1
+                else:
+                    summary[name].append(entry)
+        if omitted:
+            summary["omitted"] = omitted
+        return summary
+
+
+@dataclass(frozen=True)
+class ObjectNotice:
+    """One object a notification names, decoded once, however it came: an S3 record (sent directly, or
+    inside an SQS message or SNS notification) or an EventBridge event."""
+
+    bucket: str
+    key: str
+    version_id: str | None
+    event_name: str
+    """As the source names it: S3's `eventName` (`ObjectCreated:Put`), EventBridge's `detail-type` (`Object Created`)."""
+    upload: bool
+    """Whether the event brings bytes to read (`UPLOAD_EVENTS`, `UPLOAD_DETAIL_TYPES`)."""
+
+    @classmethod
+    def checked(cls, bucket: Any, key: Any, version_id: Any, event_name: Any, upload: bool, what: str) -> ObjectNotice:
+        """The notice, or a 400 for a location no S3 event would carry (`what` names the event in the message)."""
+        if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
+            raise BadRequest(f"{what}'s bucket name and object key must be non-empty strings")
+        if version_id is not None and not isinstance(version_id, str):
+            raise BadRequest(f"{what}'s object version id must be a string")
+        return cls(bucket, key, version_id, printable(bounded(str(event_name))), upload)
+
+    @classmethod
+    def from_record(cls, record: Any) -> ObjectNotice:
+        """An S3 notification record, whose key arrives URL-encoded (`unquote_plus`)."""
+        try:
+            bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
+            version_id = record["s3"]["object"].get("versionId")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BadRequest(f"S3 record without s3.bucket.name and s3.object.key: missing {exc}") from exc
+        name = record.get("eventName", UPLOAD_EVENTS[0])  # hand-written events may leave it out
+        upload = isinstance(name, str) and name.startswith(UPLOAD_EVENTS)
+        notice = cls.checked(bucket, key, version_id, name, upload, "S3 record")
+        return replace(notice, key=unquote_plus(notice.key))
+
+
+def notices_in(records: list[Any]) -> list[ObjectNotice | BadRequest]:
+    """Each S3 record's notice, or the 400 that rejects that record alone."""
+    notices: list[ObjectNotice | BadRequest] = []
+    for record in records:
+        try:
+            notices.append(ObjectNotice.from_record(record))
+        except BadRequest as exc:
+            notices.append(exc)
+    return notices
 
 
 def is_test_event(event: Any) -> bool:
@@ -148,20 +223,6 @@ def result_key(bucket: str, key: str, settings: Settings) -> str:
     room = MAX_KEY_BYTES - len(prefix.encode("utf-8")) - len(tail)
     head = key.encode("utf-8", "surrogatepass")[: max(0, room)].decode("utf-8", "ignore")
     return f"{prefix}{head}{tail}"
-
-
-def _location(record: Any) -> tuple[str, str, str | None]:
-    """Bucket, decoded key and version id (versioned buckets only) of a record, or a 400 for a record S3 would never send."""
-    try:
-        bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
-        version_id = record["s3"]["object"].get("versionId")
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise BadRequest(f"S3 record without s3.bucket.name and s3.object.key: missing {exc}") from exc
-    if not isinstance(bucket, str) or not bucket or not isinstance(key, str) or not key:
-        raise BadRequest("S3 record's bucket name and object key must be non-empty strings")
-    if version_id is not None and not isinstance(version_id, str):
-        raise BadRequest("S3 record's s3.object.versionId must be a string")
-    return bucket, unquote_plus(key), version_id
 
 
 def _write(
@@ -296,18 +357,50 @@ def process_object(
     return ObjectResult(key, Disposition.WRITTEN, result_uri)
 
 
-def process_record(record: dict[str, Any], settings: Settings, outcome: Outcome) -> None:
-    try:
-        bucket, key, version_id = _location(record)
-    except BadRequest as exc:
-        outcome.add(_rejected("", exc))
+def process_notice(notice: ObjectNotice | BadRequest, settings: Settings, outcome: Outcome) -> None:
+    """One object's work, whichever door its notification came through: a malformed record is rejected,
+    an event that brings no bytes is skipped, an upload goes to `process_object`."""
+    if isinstance(notice, BadRequest):
+        annotate(reason=notice.message)  # nothing else would say what was wrong with it
+        outcome.add(_rejected("", notice))
         return
-    name = record.get("eventName", UPLOAD_EVENTS[0])  # hand-written events may leave it out
-    if not (isinstance(name, str) and name.startswith(UPLOAD_EVENTS)):
-        annotate(bucket=bucket, key=key, event_name=printable(str(name)), status="skipped")
-        outcome.add(ObjectResult(key, Disposition.NOT_AN_UPLOAD))
+    if not notice.upload:
+        annotate(bucket=notice.bucket, key=notice.key, event_name=notice.event_name, status="skipped")
+        outcome.add(ObjectResult(notice.key, Disposition.NOT_AN_UPLOAD))
         return
-    outcome.add(process_object(bucket, key, settings, version_id=version_id))
+    outcome.add(process_object(notice.bucket, notice.key, settings, version_id=notice.version_id))
+
+
+def process_notices(
+    notices: list[ObjectNotice | BadRequest],
+    request_id: str,
+    source: str,
+    settings: Settings,
+    outcome: Outcome,
+    prefix: str = "",
+    **fields: Any,
+) -> None:
+    """Every object under its own log line (`<request_id>#<prefix><index>`, plus `fields`); one that fails
+    for a reason a retry may fix is noted in `outcome.failed` and does not stop the others."""
+    for index, notice in enumerate(notices):
+        label = f"{prefix}{index}"
+        try:
+            with request_log(f"{request_id}#{label}", source, settings.log_level):
+                annotate(**fields)
+                process_notice(notice, settings, outcome)
+        except ServiceError as exc:
+            outcome.failed.append({"record": label, **exc.body()["error"]})
+        except Exception as exc:  # one bad record must not starve the rest
+            outcome.failed.append({"record": label, **error_body(type(exc).__name__, str(exc))["error"]})
+
+
+def raise_if_failed(outcome: Outcome, count: int) -> None:
+    """Raise after every record ran when any failed for a reason a retry may fix, so Lambda retries the event."""
+    if outcome.failed:
+        listed = f"{outcome.failed[:10]}" + (
+            f" and {len(outcome.failed) - 10} more" if len(outcome.failed) > 10 else ""
+        )
+        raise S3BatchError(f"{len(outcome.failed)} of {count} records failed: {listed}")
 
 
 def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[str, Any]:
@@ -318,14 +411,6 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
             annotate(status="skipped", event_name=TEST_EVENT)
         return outcome.summary()
     records = event["Records"]
-    for index, record in enumerate(records):
-        try:
-            with request_log(f"{request_id}#{index}", "s3", settings.log_level):
-                process_record(record, settings, outcome)
-        except ServiceError as exc:
-            outcome.failed.append({"record": str(index), **exc.body()["error"]})
-        except Exception as exc:  # one bad record must not starve the rest
-            outcome.failed.append({"record": str(index), **error_body(type(exc).__name__, str(exc))["error"]})
-    if outcome.failed:
-        raise S3BatchError(f"{len(outcome.failed)} of {len(records)} records failed: {outcome.failed}")
+    process_notices(notices_in(records), request_id, "s3", settings, outcome)
+    raise_if_failed(outcome, len(records))
     return outcome.summary()

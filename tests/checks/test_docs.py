@@ -200,16 +200,19 @@ def _as_models_give_it(example: dict[str, Any]) -> bool:
 
 def test_serving_md_json_examples_are_what_the_code_reads_and_answers() -> None:
     from handler.errors import InvalidRequest
-    from handler.events import batch
+    from handler.events import batch, notifications
 
     sample = json.loads((REPO_ROOT / "events" / "s3_batch_v2.json").read_text())
     batch_answer = batch.fail_every_task(sample, InvalidRequest("any"))
+    sqs_sample = json.loads((REPO_ROOT / "events" / "sqs_s3_upload.json").read_text())
     examples = _json_examples()
-    assert len(examples) >= 5
+    assert len(examples) >= 6
     for example in examples:
         if "invocationSchemaVersion" in example:
             assert set(example) == set(batch_answer), example
             assert [set(result) for result in example["results"]] == [set(batch_answer["results"][0])], example
+        elif "batchItemFailures" in example:  # SQS's partial batch response, for the sample's own message
+            assert example == notifications.batch_item_failures([sqs_sample["Records"][0]["messageId"]])
         else:
             assert _as_models_give_it(example), f"no response model or request body reads {example} as written"
 

@@ -419,6 +419,31 @@ def test_s3_event_for_missing_object_fails_the_invocation_for_retry(stack: Stack
     assert stack.emulator.invoke(test_event).payload == {"written": [], "skipped": [], "rejected": [], "failed": []}
 
 
+def test_s3_notifications_through_sqs_and_eventbridge(stack: Stack) -> None:
+    """SQS gets its partial batch response through the real runtime: only the message whose object is missing
+    is listed, not the written one nor the unreadable one; EventBridge's key is used as stored."""
+    key = "uploads/queued photo+1.jpg"
+    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("JPEG", size=(80, 60), quality=90))
+    event = json.loads((EVENTS / "sqs_s3_upload.json").read_text())
+    template = event["Records"][0]
+    bodies = [s3_put(BUCKET, key.replace("+", "%2B").replace(" ", "+"), 10), s3_put(BUCKET, "uploads/gone.jpg", 10)]
+    event["Records"] = [
+        {**template, "messageId": f"m-{index}", "body": body if isinstance(body, str) else json.dumps(body)}
+        for index, body in enumerate([*bodies, "[" * 100_000])
+    ]
+    queued = stack.emulator.invoke(event)
+    assert queued.payload == {"batchItemFailures": [{"itemIdentifier": "m-1"}]}, queued.payload
+    stored = json.loads(stack.s3.get_object(Bucket=BUCKET, Key=f"{OUTPUT_PREFIX}{key}.json")["Body"].read())
+    assert stored["source"]["key"] == key
+
+    bridged = json.loads((EVENTS / "eventbridge_object_created.json").read_text())
+    bridged["detail"]["bucket"]["name"] = BUCKET
+    bridged["detail"]["object"]["key"] = key
+    answer = stack.emulator.invoke(bridged).payload
+    assert answer["skipped"] == [{"key": key, "reason": "result exists for this ETag"}], answer
+    assert queued.report.init_ms is None and stack.emulator.process.poll() is None
+
+
 def test_malformed_events_get_clean_errors_and_the_runtime_survives(stack: Stack) -> None:
     unknown = stack.emulator.invoke({"hello": "world"})
     assert unknown.payload["error"]["code"] == "unsupported_event", unknown.payload

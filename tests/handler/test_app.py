@@ -198,7 +198,10 @@ def test_direct_invoke_errors_are_plain_dicts(ctx: Context, event: dict, code: s
     assert set(response) == {"error"} and response["error"]["code"] == code and response["error"]["message"]
 
 
-@pytest.mark.parametrize("event", [{"hello": "world"}, [], "caption", None, {"Records": [{"eventSource": "aws:sqs"}]}])
+@pytest.mark.parametrize(
+    "event",
+    [{"hello": "world"}, [], "caption", None, {"Records": [{"eventSource": "aws:kinesis"}]}, {"source": "aws.ec2"}],
+)
 def test_unknown_events_get_a_clear_error(ctx: Context, event, capsys: pytest.CaptureFixture) -> None:
     response = lambda_handler(event, ctx)
     assert response["error"]["code"] == "unsupported_event" and "expected" in response["error"]["message"]

@@ -45,6 +45,10 @@ def _written(response: dict[str, Any]) -> None:
     assert len(response["written"]) == 1 and not (response["skipped"] or response["rejected"] or response["failed"])
 
 
+def _no_failed_messages(response: dict[str, Any]) -> None:  # SQS's partial batch response
+    assert response == {"batchItemFailures": []}, response
+
+
 def _succeeded(response: dict[str, Any]) -> None:
     assert [r["resultCode"] for r in response["results"]] == ["Succeeded"], response
     assert response["results"][0]["resultString"].startswith("written: s3://")
@@ -60,11 +64,29 @@ EXPECTED: dict[str, Callable[[dict[str, Any]], None]] = {
     "s3_upload.json": _written,
     "s3_batch_v1.json": _succeeded,
     "s3_batch_v2.json": _succeeded,
+    "sqs_s3_upload.json": _no_failed_messages,
+    "sqs_sns_s3_upload.json": _no_failed_messages,
+    "sns_s3_upload.json": _written,
+    "eventbridge_object_created.json": _written,
 }
 
 
+def _unwrapped(event: dict[str, Any]) -> dict[str, Any]:
+    """The S3 notification or EventBridge event inside an SQS body and an SNS envelope, as AWS nests them."""
+    record = (event.get("Records") or [{}])[0]
+    if "body" in record:  # SQS
+        return _unwrapped(json.loads(record["body"]))
+    if "Sns" in record or event.get("Type") == "Notification":  # SNS to Lambda, or SNS to SQS
+        return _unwrapped(json.loads(record.get("Sns", event)["Message"]))
+    return event
+
+
 def _objects_named(event: dict[str, Any]) -> list[tuple[str, str]]:
-    """(bucket, key) of every object an S3 or Batch Operations sample names, keys decoded as the handler does."""
+    """(bucket, key) of every object an S3, Batch Operations or wrapped sample names, keys decoded as the handler
+    does: a notification's and a Batch task's arrive URL-encoded, EventBridge's as stored."""
+    event = _unwrapped(event)
+    if event.get("source") == "aws.s3":
+        return [(event["detail"]["bucket"]["name"], event["detail"]["object"]["key"])]
     named = [(r["s3"]["bucket"]["name"], r["s3"]["object"]["key"]) for r in event.get("Records", [])]
     for task in event.get("tasks", []):
         named.append((task.get("s3Bucket") or task["s3BucketArn"].rsplit(":", 1)[-1], task["s3Key"]))
@@ -90,3 +112,7 @@ def test_each_sample_is_answered_as_documented(
         s3.put_object(Bucket=bucket, Key=key, Body=image_bytes("JPEG", (80, 60)))
     monkeypatch.setenv("ALLOWED_BUCKETS", ",".join(sorted(buckets)) or "allowed-bucket")
     EXPECTED[sample.name](lambda_handler(event, Context()))
+    for bucket, key in _objects_named(event):  # every door writes the one result document
+        assert (
+            json.loads(s3.get_object(Bucket=bucket, Key=f"results/{key}.json")["Body"].read())["source"]["key"] == key
+        )
