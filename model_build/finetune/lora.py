@@ -209,12 +209,13 @@ def finetune(config: FinetuneConfig) -> AdapterInfo:
     import torch
 
     from model_build.base.loading import load_base
-    from model_build.data.coco import InputEncoder
+    from model_build.data.coco import InputEncoder, check_targets
     from model_build.training import check_run_dir, train
 
     check_run_dir(config.run_dir, config.resume)  # first: bad data or run folder stop before minutes of loading
     samples = training_samples(config)
     model, processor = load_base(config.base, config.image_size)
+    check_targets(samples, processor.tokenizer)  # only the base's tokenizer knows which text it reads as tokens
     check_rank(model, config.lora)
     torch.manual_seed(config.train.seed)  # LoRA A-matrix init, so a resume rebuilds identical names and shapes
     peft_model = apply_lora(model, config.lora)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ from model_build.data.coco import (
     DataError,
     ImageFrame,
     InputEncoder,
+    Sample,
     caption_samples,
+    check_targets,
     detection_samples,
     detections_by_image,
     load_samples,
@@ -268,6 +271,45 @@ def test_the_cli_prints_a_data_error_as_one_line_before_loading_any_model(tmp_pa
     assert err.endswith(f"finetune: error: {instances}: not valid JSON (Expecting value at line 1, column 13)")
     assert len(err.splitlines()) == 1
     assert "Traceback" not in err and message in err
+
+
+def test_text_that_spells_a_special_token_is_refused_not_trained_as_that_token(tmp_path: Path, capsys) -> None:
+    """The tiny tokenizer reads the text `</s>` as end-of-sequence and `<loc_5>` as a box coordinate; a
+    caption holding them would teach the model to stop or place boxes inside captions (the old code trained it)."""
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    anns = [
+        {"id": 40, "image_id": 1, "caption": "A red block."},
+        {"id": 41, "image_id": 1, "caption": "a dog </s> <loc_5> <pad>"},
+        {"id": 42, "image_id": 1, "caption": "<OD>"},
+        {"id": 43, "image_id": 1, "caption": "a sign saying <exit> and 2 < 3 > 1"},  # no token: trained as written
+    ]
+    root = write_coco(tmp_path, images, anns)
+    run = tmp_path / "run"
+    argv = ["finetune", "--data", str(root), "--run-dir", str(run), "--tasks", "caption", "--steps", "1"]
+    assert cli([*argv, "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].endswith(
+        f"finetune: error: {root / 'annotations' / f'captions_{SPLIT}.json'}: 2 captions contain the tokenizer's "
+        "special tokens as text (</s>, <OD>, <loc_5>, <pad>; first: annotation id 41, 'a dog </s> <loc_5> <pad>'), "
+        "which training would read as the tokens themselves (</s> ends a caption, <loc_N> is a box coordinate); "
+        "rewrite or remove them"
+    )
+    assert not (run / "adapter").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_a_category_name_that_spells_an_added_token_is_refused() -> None:
+    """Names cannot hold '<' or '>' (refused when read); a base whose tokenizer adds a plain word is caught here."""
+    tokenizer = build_tokenizer(caption_corpus())
+    tokenizer.add_tokens(["zebra"])
+    target = "A zebra<loc_1><loc_2><loc_3><loc_4>horse<loc_5><loc_6><loc_7><loc_8>"
+    sample = Sample(Path("z.png"), 7, 40, 30, Task.DETECT, target, Path("instances.json"), "image id 7")
+    with pytest.raises(
+        DataError, match=r"^instances\.json: 1 <OD> targets \(category names\) contain .*\(zebra; first: image id 7"
+    ):
+        check_targets([sample], tokenizer)
+    check_targets([replace(sample, target="horse<loc_5><loc_6><loc_7><loc_8>")], tokenizer)
 
 
 def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> None:
