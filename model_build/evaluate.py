@@ -106,16 +106,29 @@ def load_model(source: str | Path | None, base: str | None = None, image_size: i
     return model.eval(), processor, {"kind": "base", "base": base}
 
 
-def split_records(data_dir: Path, split: str, max_images: int | None) -> list[ImageRecord]:
-    """The usable images of a split, by id (from the instances file, else the captions file)."""
+def split_records(
+    data_dir: Path,
+    split: str,
+    max_images: int | None,
+    tasks: tuple[Task, ...] | list[Task] = (Task.CAPTION, Task.DETECT),
+    caption_style: str = "",
+) -> list[ImageRecord]:
+    """The usable images of a split, by id: from the instances file, else the captions file.
+
+    Without `<OD>` in `tasks` only the captions file is read: the instances file may list other images
+    (scoring captions on those alone) or be one the caption scores do not need at all.
+    """
     from model_build.data.coco import DataError, captions_file, id_order, read_annotation_file, usable_images
 
-    for path in (data_dir / "annotations" / f"instances_{split}.json", captions_file(data_dir, split)):
+    instances = data_dir / "annotations" / f"instances_{split}.json"
+    captions = captions_file(data_dir, split, caption_style)
+    files = (instances, captions) if Task.DETECT in tasks else (captions,)
+    for path in files:
         if path.is_file():
             images = usable_images(data_dir, split, path, read_annotation_file(path))
             records = [images[i] for i in sorted(images, key=id_order)]
             return records[:max_images] if max_images else records
-    raise DataError(f"{data_dir / 'annotations'}: no instances_{split}.json or captions_{split}.json")
+    raise DataError(f"{data_dir / 'annotations'}: no {' or '.join(path.name for path in files)}")
 
 
 def predict_split(
@@ -285,7 +298,7 @@ def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, spli
 def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict:
     """Predict a split and score it; include a few example outputs so a reader sees the style."""
     task_files(config.data_dir, config.split, config.tasks, config.caption_style)
-    records = split_records(config.data_dir, config.split, config.max_images)
+    records = split_records(config.data_dir, config.split, config.max_images, config.tasks, config.caption_style)
     predictions = predict_split(model, processor, config, records)
     report: dict = {"data": str(config.data_dir), "split": config.split, "images": len(records)}
     if Task.CAPTION in config.tasks:

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if config.model is not None and is_artifact_folder(config.model) and (config.base or config.image_size):
         raise UsageError("--base and --image-size apply to a base or an adapter; an artifact carries its own")
     task_files(config.data_dir, config.split, config.tasks, config.caption_style)  # bad data stops before loading
-    split_records(config.data_dir, config.split, config.max_images)
+    split_records(config.data_dir, config.split, config.max_images, config.tasks, config.caption_style)
     model, processor, source = load_model(config.model, base=config.base, image_size=config.image_size)
     report = {"model": source, **evaluate(model, processor, config)}
     text = json.dumps(report, indent=2)

@@ -312,6 +312,24 @@ def test_a_category_name_that_spells_an_added_token_is_refused() -> None:
     check_targets([replace(sample, target="horse<loc_5><loc_6><loc_7><loc_8>")], tokenizer)
 
 
+def test_eval_of_captions_reads_the_captions_file_alone(tmp_path: Path, capsys) -> None:
+    """`eval --tasks caption` took its images from the instances file: one listing fewer images scored the
+    captions of those only, and one that did not parse stopped a run that never needed it."""
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "val2017" / name, (40, 30), (1, 1, 9, 9))
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    captions = [{"id": 10 + i, "image_id": i, "caption": "A red block."} for i in (1, 2)]
+    (folder / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    argv = ["eval", "--base", "tiny", "--data", str(tmp_path), "--tasks", "caption"]
+    for instances in (json.dumps({"images": images[:1], "annotations": [], "categories": []}), '{"images": ['):
+        (folder / "instances_val2017.json").write_text(instances)
+        assert cli(argv) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["images"] == report["caption"]["images"] == 2
+
+
 def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> None:
     write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
     root = write_coco(
