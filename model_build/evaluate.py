@@ -285,12 +285,15 @@ def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, spli
     constant = _coco_results(predicted, category, frames, constant_score=True)
     image_ids = sorted(predicted)
     detections = sum(len(p.detections) for p in predicted.values())
+    boxes = sum(not ann["iscrowd"] for ann in truth.loadAnns(truth.getAnnIds(imgIds=image_ids)))
+    undefined = {"map": None, "map50": None}  # no box to find: COCOeval's -1, which was reported as 0.0
     return {
         "images": len(predicted),
+        "boxes": boxes,
         "detections": len(scored),
         "unknown_labels": detections - len(scored),
-        **_coco_map(truth, scored, image_ids),
-        "constant_score": _coco_map(truth, constant, image_ids),
+        **(_coco_map(truth, scored, image_ids) if boxes else undefined),
+        "constant_score": _coco_map(truth, constant, image_ids) if boxes else undefined,
         "scores": score_separation(predicted, truth, frames),
     }
 

@@ -330,6 +330,21 @@ def test_eval_of_captions_reads_the_captions_file_alone(tmp_path: Path, capsys) 
         assert report["images"] == report["caption"]["images"] == 2
 
 
+def test_map_without_a_ground_truth_box_is_undefined_not_zero(tmp_path: Path) -> None:
+    """Every box of the split skipped (here: written as text) left nothing to find; mAP read 0.0 as if the
+    model had missed them all."""
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    root = write_coco(tmp_path, images, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": ["1", "1", "8", "8"]}])
+    predicted = {1: Prediction(Task.DETECT, "", detections=[Detection("block", (1.0, 1.0, 9.0, 9.0), 0.9)])}
+    report = detection_metrics(predicted, root, SPLIT)
+    assert report["boxes"] == 0 and report["detections"] == 1
+    assert report["map"] is report["map50"] is None
+    assert report["constant_score"] == {"map": None, "map50": None}
+    write_coco(tmp_path, images, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}])
+    assert detection_metrics(predicted, root, SPLIT)["map50"] == pytest.approx(1.0)
+
+
 def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> None:
     write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
     root = write_coco(
