@@ -5,7 +5,7 @@ Works on real COCO 2017 (`annotations/captions_train2017.json`, `instances_train
 Label Studio, Roboflow, FiftyOne) export in it. Every input rule lives here and docs/build.md lists it:
 
 - a file that cannot be used as a whole (missing, not JSON, no `images` list, an image without an
-  id or file name, a duplicate id, a category name the `<OD>` format cannot carry, and, once the base's
+  id or file name, a duplicate id, an instances file listing one file under two ids, a category name the `<OD>` format cannot carry, and, once the base's
   tokenizer is known, a caption spelling one of its added tokens: `check_targets`) stops the command
   with a `DataError` naming the file and the problem;
 - an item that cannot be used is left out and counted, one warning line per reason with the first
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -417,6 +418,15 @@ def read_instances(root: str | Path, split: str) -> Instances:
     names = _category_names(path, data)
     first_id = {name: category_id for category_id, name in reversed(names.items())}
     images = usable_images(root, split, path, data)
+    listed: dict[Path, ImageId] = {}
+    for record in images.values():
+        first = listed.setdefault(Path(os.path.normpath(record.path)), record.id)
+        if first != record.id:  # each id would get part of the picture's boxes as its whole <OD> answer
+            raise DataError(
+                f"{path}: images {first!r} and {record.id!r} are both {record.path}: training would learn two "
+                "partial box lists for one picture, and eval would count each one's boxes as missed on the other; "
+                "list it once, with all its boxes"
+            )
     skipped = Skipped(path)
     annotations: list[dict] = []
     clipped = from_segmentation = 0

@@ -146,11 +146,12 @@ def test_a_json_size_of_another_shape_than_the_file_skips_the_image(tmp_path: Pa
 def test_bad_annotations_are_skipped_counted_or_clipped(tmp_path: Path, caplog) -> None:
     write_image(tmp_path / SPLIT / "sub" / "a.png", (100, 50), (0, 0, 1, 1))
     write_image(tmp_path / "elsewhere" / "b.png", (100, 50), (0, 0, 1, 1))
+    write_image(tmp_path / SPLIT / "sub" / "d.png", (100, 50), (0, 0, 1, 1))
     images = [
         {"id": 1, "file_name": "sub/a.png", "width": 100, "height": 50},
         {"id": "b", "file_name": str(tmp_path / "elsewhere" / "b.png"), "width": 100, "height": 50},
         {"id": 3, "file_name": "missing.png", "width": 100, "height": 50},
-        {"id": 4.0, "file_name": "sub/a.png", "width": 100, "height": 50},  # no annotations: no <OD> sample
+        {"id": 4.0, "file_name": "sub/d.png", "width": 100, "height": 50},  # no annotations: no <OD> sample
     ]
     categories = [{"id": 1, "name": "  Red\tCar "}, {"id": 2, "name": "Red  Car"}, {"id": 7, "name": "Ünïcode 象"}]
     boxes: list = [
@@ -218,6 +219,13 @@ def broken(name: str, root: Path) -> tuple[Path, str]:
         "images not a list": ([image], [ann], None, '{"images": {}, "annotations": []}', "no 'images' list"),
         "no annotations": ([image], [ann], None, '{"images": [{"id": 1, "file_name": "a.png"}]}', "no 'annotations'"),
         "duplicate image": ([image, image], [ann], None, None, "image id 1 is listed twice"),
+        "one file, two ids": (
+            [image, {**image, "id": 7, "file_name": "./a.png"}],
+            [ann, {**ann, "id": 2, "image_id": 7, "bbox": [20, 10, 8, 8]}],
+            None,
+            None,
+            f"images 1 and 7 are both {root / SPLIT / 'a.png'}: training would learn two partial box lists",
+        ),
         "bad image id": ([{**image, "id": [1]}], [ann], None, None, "images[0] has no usable 'id'"),
         "no file_name": ([{"id": 1}], [ann], None, None, "image 1 has no 'file_name'"),
         "task token name": ([image], [ann], [{"id": 1, "name": "<OD>"}], None, "'<' and '>' delimit"),
@@ -245,6 +253,7 @@ BROKEN = [
     "images not a list",
     "no annotations",
     "duplicate image",
+    "one file, two ids",
     "bad image id",
     "no file_name",
     "task token name",
