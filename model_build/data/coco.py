@@ -568,13 +568,18 @@ def caption_samples(root: str | Path, split: str, style: str = "") -> list[Sampl
     return samples
 
 
+def _task_file(root: Path, split: str, task: Task, caption_style: str = "") -> Path:
+    return (
+        captions_file(root, split, caption_style)
+        if task is Task.CAPTION
+        else root / "annotations" / f"instances_{split}.json"
+    )
+
+
 def task_files(root: str | Path, split: str, tasks: list[Task] | tuple[Task, ...], caption_style: str = "") -> None:
     """Stop before any work when a task's annotation file is missing, saying how to leave that task out."""
     root = Path(root)
-    files = {
-        Task.CAPTION: captions_file(root, split, caption_style),
-        Task.DETECT: root / "annotations" / f"instances_{split}.json",
-    }
+    files = {task: _task_file(root, split, task, caption_style) for task in Task}
     for task in tasks:
         if not files[task].is_file():
             others = [t.api_name for t in tasks if t is not task and files[t].is_file()]
@@ -583,17 +588,24 @@ def task_files(root: str | Path, split: str, tasks: list[Task] | tuple[Task, ...
 
 
 def load_samples(root: str | Path, split: str, tasks: list[Task], caption_style: str = "") -> list[Sample]:
+    """Every task's samples; a task asked for that has none stops here, since training the others alone would
+    make the model forget it (caption-only fine-tuning erased `<OD>`, docs/build.md)."""
     root = Path(root)
     task_files(root, split, tasks, caption_style)
-    samples: list[Sample] = []
+    by_task: dict[Task, list[Sample]] = {}
     if Task.CAPTION in tasks:
-        samples += caption_samples(root, split, caption_style)
+        by_task[Task.CAPTION] = caption_samples(root, split, caption_style)
     if Task.DETECT in tasks:
-        samples += detection_samples(root, split)
-    if not samples:
-        names = " or ".join(t.api_name for t in tasks)
-        raise DataError(f"{root / 'annotations'}: no usable {names} samples for {split}")
-    return samples
+        by_task[Task.DETECT] = detection_samples(root, split)
+    for task, samples in by_task.items():
+        if not samples:
+            others = [t.api_name for t in by_task if by_task[t]]
+            hint = f"; to train without it, pass --tasks {','.join(others)}" if others else ""
+            raise DataError(
+                f"{_task_file(root, split, task, caption_style)}: no usable {task.api_name} samples "
+                f"(the warnings above say what was skipped){hint}"
+            )
+    return [sample for samples in by_task.values() for sample in samples]
 
 
 _LOC_RUN = re.compile(r"(?:<loc_\d+>)+")

@@ -365,6 +365,31 @@ def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> N
     assert [s.task for s in load_samples(root, SPLIT, [Task.DETECT])] == [Task.DETECT]
 
 
+def test_a_task_asked_for_without_a_usable_sample_stops_training(tmp_path: Path, capsys, caplog) -> None:
+    """Every box with a category id the file does not list: `finetune` (caption,detect) trained captions
+    alone, which erases `<OD>`, with only a warning about skipped annotations."""
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 1, 8, 8]},
+        {"id": 2, "image_id": 1, "caption": "A red block."},
+    ]
+    root = write_coco(tmp_path, [{"id": 1, "file_name": "a.png"}], anns)
+    run = tmp_path / "run"
+    assert cli(["finetune", "--data", str(root), "--run-dir", str(run), "--batch-size", "1", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "skipped 1 annotations with an unknown category_id (first: annotations[0] category_id 5)" in caplog.text
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"finetune: error: {root / 'annotations' / f'instances_{SPLIT}.json'}: no usable detect samples "
+            "(the warnings above say what was skipped); to train without it, pass --tasks caption"
+        )
+    )
+    assert not run.exists()
+    assert [s.task for s in load_samples(root, SPLIT, [Task.CAPTION])] == [Task.CAPTION]
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK", "1"])
 def test_training_decodes_every_image_mode_as_serving_does(tmp_path: Path, mode: str) -> None:
     from handler.inputs.images import decode_image
