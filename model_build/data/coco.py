@@ -395,18 +395,22 @@ class Instances:
     def coco_dataset(self) -> tuple[dict, dict[ImageId, int]]:
         """The cleaned file as a COCO dataset dict for pycocotools, and each image id's number in it.
 
-        Images are numbered 1..N in id order: pycocotools sorts ids, which fails on a file mixing
-        integer and string ids.
+        Images and categories are numbered 1..N in id order: pycocotools sorts ids, which fails on a file
+        mixing integer and string ids.
         """
         number = {image_id: n for n, image_id in enumerate(sorted(self.images, key=id_order), start=1)}
         merged = {name: category_id for category_id, name in reversed(self.categories.items())}
+        category = {category_id: n for n, category_id in enumerate(sorted(merged.values(), key=id_order), start=1)}
         dataset = {
             "images": [
                 {"id": number[i], "width": r.frame.width, "height": r.frame.height, "file_name": str(r.path)}
                 for i, r in self.images.items()
             ],
-            "categories": [{"id": category_id, "name": name} for name, category_id in merged.items()],
-            "annotations": [{**ann, "image_id": number[ann["image_id"]]} for ann in self.annotations],
+            "categories": [{"id": category[category_id], "name": name} for name, category_id in merged.items()],
+            "annotations": [
+                {**ann, "image_id": number[ann["image_id"]], "category_id": category[ann["category_id"]]}
+                for ann in self.annotations
+            ],
         }
         return dataset, number
 

@@ -354,6 +354,21 @@ def test_map_without_a_ground_truth_box_is_undefined_not_zero(tmp_path: Path) ->
     assert detection_metrics(predicted, root, SPLIT)["map50"] == pytest.approx(1.0)
 
 
+def test_map_scores_a_file_mixing_integer_and_string_category_ids(tmp_path: Path) -> None:
+    """pycocotools sorts category ids: `1` beside `"x7"` was a TypeError traceback out of `eval`."""
+    write_image(tmp_path / SPLIT / "a.png", (100, 80), (10, 10, 50, 60))
+    images = [{"id": 1, "file_name": "a.png", "width": 100, "height": 80}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 50]},
+        {"id": 2, "image_id": 1, "category_id": "x7", "bbox": [60, 10, 20, 20]},
+    ]
+    root = write_coco(tmp_path, images, anns, [{"id": 1, "name": "block"}, {"id": "x7", "name": "circle"}])
+    truth = [Detection("block", (10.0, 10.0, 50.0, 60.0), 0.9), Detection("circle", (60.0, 10.0, 80.0, 30.0), 0.8)]
+    report = detection_metrics({1: Prediction(Task.DETECT, "", detections=truth)}, root, SPLIT)
+    assert report["boxes"] == 2 and report["map"] == pytest.approx(1.0)
+    assert report["scores"]["correct"] == 2
+
+
 def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> None:
     write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
     root = write_coco(
