@@ -605,9 +605,10 @@ def load_samples(root: str | Path, split: str, tasks: list[Task], caption_style:
         if not samples:
             others = [t.api_name for t in by_task if by_task[t]]
             hint = f"; to train without it, pass --tasks {','.join(others)}" if others else ""
+            what = "a box to train on (crowd regions are not)" if task is Task.DETECT else "a caption"
             raise DataError(
-                f"{_task_file(root, split, task, caption_style)}: no usable {task.api_name} samples "
-                f"(the warnings above say what was skipped){hint}"
+                f"{_task_file(root, split, task, caption_style)}: no usable {task.api_name} samples: no image has "
+                f"{what}; the warnings above count what was skipped{hint}"
             )
     return [sample for samples in by_task.values() for sample in samples]
 
