@@ -53,7 +53,7 @@ class TrainConfig:
     grad_accum: int = setting(1, help="micro-batches per optimizer step", minimum=1)
     lr: float = setting(1e-3, help=f"peak learning rate, above 0 and at most {MAX_LR:g}", check=_a_learning_rate)
     weight_decay: float = setting(
-        0.0, help="AdamW weight decay", minimum=0, maximum=1
+        0.0, help="AdamW weight decay, at most 1", minimum=0, maximum=1
     )  # each step scales weights by 1 - lr x decay: above 1, with lr up to 1, that flips their signs
     warmup_steps: int = setting(20, help="linear warm-up steps before the cosine decay", minimum=0)
     seed: int = setting(0, help="random seed (batch order, LoRA init, the tiny model's init)", **SEED_BOUNDS)
