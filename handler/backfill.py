@@ -446,6 +446,15 @@ def _bucket(text: str) -> str:
     return text
 
 
+def _folder(text: str) -> str:
+    """A `--batch-prefix`: `jobs` made the keys `jobsmanifests/...` and `jobsreports/...`, beside the folder meant."""
+    if not text.endswith("/") or text.startswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a folder: it must end in '/' and not start with one (manifests/ and reports/ go under it)"
+        )
+    return text
+
+
 def _matching(pattern: re.Pattern[str], what: str) -> Any:
     def check(text: str) -> str:
         if not pattern.fullmatch(text):
@@ -498,6 +507,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
     )
     parser.add_argument(
         "--batch-prefix",
+        type=_folder,
         help=f"manifests/ and reports/ go under it (default: the stack's BatchPrefix, else {DEFAULT_BATCH_PREFIX})",
     )
     parser.add_argument(

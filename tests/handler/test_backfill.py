@@ -323,6 +323,10 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN, "--role-arn", FUNCTION_ARN], "is not an IAM role ARN"),
         (["--bucket", BUCKET, "--priority", "high"], "argument --priority: invalid int value: 'high'"),
         (["--bucket", BUCKET, "--priority", "-1"], "argument --priority: must be 0 or more"),
+        # It wrote the manifest as jobsmanifests/<sha>.csv, the reports under jobsreports/.
+        (["--bucket", BUCKET, "--local", "--batch-prefix", "jobs"], "argument --batch-prefix: 'jobs' is not a folder"),
+        (["--bucket", BUCKET, "--local", "--batch-prefix", ""], "argument --batch-prefix: '' is not a folder"),
+        (["--bucket", BUCKET, "--local", "--batch-prefix", "/jobs/"], "must end in '/' and not start with one"),
         # A job without its ARNs listed the whole bucket first, then exited 1.
         (["--bucket", BUCKET], "a Batch Operations job needs --stack, or --function-arn and --role-arn"),
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN], "needs --stack, or --function-arn and --role-arn"),
