@@ -23,7 +23,7 @@ from tqdm import tqdm
 from handler.florence.engine import Prediction, predict_batch
 from handler.florence.tasks import IMAGE_SIZE, Task
 from model_build.base.loading import check_base, check_image_size
-from model_build.data.coco import ImageFrame, ImageId, ImageRecord, task_files
+from model_build.data.coco import ImageFrame, ImageId, ImageRecord, Instances, task_files
 from model_build.finetune.lora import check_adapter
 from model_build.settings import output_file, setting
 
@@ -262,7 +262,9 @@ def score_separation(predicted: dict[ImageId, Prediction], truth, frames: dict[I
     }
 
 
-def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, split: str) -> dict:
+def detection_metrics(
+    predicted: dict[ImageId, Prediction], data_dir: Path, split: str, instances: Instances | None = None
+) -> dict:
     """mAP@[.5:.95] and mAP@.5 ranked by score and with a constant score, on the evaluated images only.
 
     The truth is the instances file as training reads it (`read_instances`: boxes clipped, bad ones
@@ -272,7 +274,7 @@ def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, spli
 
     from model_build.data.coco import read_instances
 
-    instances = read_instances(data_dir, split)
+    instances = read_instances(data_dir, split) if instances is None else instances
     dataset, number = instances.coco_dataset()
     predicted = {number[i]: p for i, p in predicted.items() if i in number}
     frames = {number[i]: record.frame for i, record in instances.images.items()}
@@ -298,15 +300,41 @@ def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, spli
     }
 
 
-def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict:
-    """Predict a split and score it; include a few example outputs so a reader sees the style."""
+@dataclass
+class EvalData:
+    """What a split is scored against, read whole before any model loads: a data error after hours of
+    predictions on a CPU would waste them."""
+
+    records: list[ImageRecord]
+    references: dict[ImageId, list[str]] | None
+    instances: Instances | None
+
+
+def read_eval_data(config: EvalConfig) -> EvalData:
+    """The split's images and the truth of each task of `config`, or a DataError naming the file."""
+    from model_build.data.coco import read_instances
+
     task_files(config.data_dir, config.split, config.tasks, config.caption_style)
     records = split_records(config.data_dir, config.split, config.max_images, config.tasks, config.caption_style)
+    references = None
+    if Task.CAPTION in config.tasks:
+        references = read_references(config.data_dir, config.split, config.caption_style)
+    instances = read_instances(config.data_dir, config.split) if Task.DETECT in config.tasks else None
+    return EvalData(records, references, instances)
+
+
+def evaluate(model, processor, config: EvalConfig, samples_out: int = 5, data: EvalData | None = None) -> dict:
+    """Predict a split and score it; include a few example outputs so a reader sees the style.
+
+    `data` is the split as `read_eval_data` read it (read here if not given).
+    """
+    data = data or read_eval_data(config)
+    records = data.records
     predictions = predict_split(model, processor, config, records)
     report: dict = {"data": str(config.data_dir), "split": config.split, "images": len(records)}
-    if Task.CAPTION in config.tasks:
+    if Task.CAPTION in config.tasks and data.references is not None:
         captions = {i: p.caption or "" for i, p in predictions[Task.CAPTION].items()}
-        references = read_references(config.data_dir, config.split, config.caption_style)
+        references = data.references
         report["caption"] = {
             "references": config.caption_style or "coco",
             **caption_metrics(captions, references),
@@ -316,5 +344,5 @@ def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict
             ],
         }
     if Task.DETECT in config.tasks:
-        report["detect"] = detection_metrics(predictions[Task.DETECT], config.data_dir, config.split)
+        report["detect"] = detection_metrics(predictions[Task.DETECT], config.data_dir, config.split, data.instances)
     return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -271,6 +272,33 @@ def test_an_unusable_file_stops_with_an_error_naming_it(tmp_path: Path, name: st
     with pytest.raises(DataError) as caught:
         load_samples(tmp_path, SPLIT, [Task.DETECT])
     assert str(caught.value).startswith(f"{instances}: ") and message in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["task token name", "one file, two ids", "captions not json"])
+def test_eval_reads_every_truth_it_scores_against_before_any_model(tmp_path: Path, name: str, capsys) -> None:
+    """The instances file's categories and boxes, and with both tasks the captions file, were read only after
+    the whole split was predicted: on real COCO on a CPU, hours before the data error. Here a base that
+    cannot load shows the order."""
+    from safetensors.numpy import load_file, save_file
+
+    from model_build.base.tiny import EMBEDDED_DIR
+
+    base = shutil.copytree(EMBEDDED_DIR, tmp_path / "base")
+    tensors = load_file(str(base / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "encoder.layers.1." not in k}, str(base / "model.safetensors"))
+    root = tmp_path / "data"
+    if name == "captions not json":
+        write_image(root / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+        write_coco(
+            root, [{"id": 1, "file_name": "a.png"}], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}]
+        )
+        broken_file, message = root / "annotations" / f"captions_{SPLIT}.json", "not valid JSON"
+        broken_file.write_text('{"images": [')
+    else:
+        broken_file, message = broken(name, root)
+    assert cli(["eval", "--base", str(base), "--data", str(root), "--split", SPLIT]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"eval: error: {broken_file}: " in last and message in last
 
 
 def test_the_cli_prints_a_data_error_as_one_line_before_loading_any_model(tmp_path: Path, capsys) -> None:
