@@ -76,9 +76,9 @@ MAX_ENDED_JOBS = 50
 LOCAL_ATTEMPTS = 3
 """Tries `--local` gives an object that is overwritten while it is analyzed (Batch redrives such a task)."""
 INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 DEFAULT_BATCH_PREFIX = "batch/"
 """Manifests and reports without `--stack` or `--batch-prefix`: the template's own `BatchPrefix` default."""
-"""Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
 
 
 @dataclass

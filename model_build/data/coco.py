@@ -5,9 +5,10 @@ Works on real COCO 2017 (`annotations/captions_train2017.json`, `instances_train
 Label Studio, Roboflow, FiftyOne) export in it. Every input rule lives here and docs/build.md lists it:
 
 - a file that cannot be used as a whole (missing, not JSON, no `images` list, an image without an
-  id or file name, a duplicate id, an instances file listing one file under two ids, a category name the `<OD>` format cannot carry, and, once the base's
-  tokenizer is known, a caption spelling one of its added tokens: `check_targets`) stops the command
-  with a `DataError` naming the file and the problem;
+  id or file name, a duplicate id, an instances file listing one file under two ids, a category name
+  the `<OD>` format cannot carry, no sample for a task asked for, and, once the base's tokenizer is
+  known, a caption spelling one of its added tokens: `check_targets`) stops the command with a
+  `DataError` naming the file and the problem;
 - an item that cannot be used is left out and counted, one warning line per reason with the first
   example: annotations on unknown images or categories, boxes that are not 4 finite numbers, have no
   area or lie outside the image, blank captions, image files that are missing, unreadable or of more
@@ -510,7 +511,7 @@ def detection_samples(root: str | Path, split: str) -> list[Sample]:
     Images without boxes are not trained on: an empty `<OD>` target would teach the model to stop early.
     """
     images, boxes = detections_by_image(root, split)
-    path = Path(root) / "annotations" / f"instances_{split}.json"
+    path = _task_file(Path(root), split, Task.DETECT)
     samples = []
     for image_id in sorted(boxes, key=id_order):
         record = images[image_id]
