@@ -328,7 +328,7 @@ def evaluate(model, processor, config: EvalConfig, samples_out: int = 5, data: E
 
     `data` is the split as `read_eval_data` read it (read here if not given).
     """
-    data = data or read_eval_data(config)
+    data = read_eval_data(config) if data is None else data
     records = data.records
     predictions = predict_split(model, processor, config, records)
     report: dict = {"data": str(config.data_dir), "split": config.split, "images": len(records)}

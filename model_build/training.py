@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 
 MAX_LR = 1.0
-"""The largest `--lr`: an Adam step moves each weight by about lr, so above 1 nothing trains (and past float32's
-range, ~3.4e38, torch's step itself overflows)."""
+"""The largest `--lr`: an Adam step moves each weight by about lr, so above 1 a step outweighs the weights it
+tunes (and past float32's range, ~3.4e38, torch's step itself overflows)."""
 
 
 def _a_learning_rate(lr: float) -> None:
