@@ -424,11 +424,11 @@ def read_instances(root: str | Path, split: str) -> Instances:
     first_id = {name: category_id for category_id, name in reversed(names.items())}
     images = usable_images(root, split, path, data)
     listed: dict[Path, ImageId] = {}
-    for record in images.values():
-        first = listed.setdefault(Path(os.path.normpath(record.path)), record.id)
-        if first != record.id:  # each id would get part of the picture's boxes as its whole <OD> answer
+    for image in images.values():
+        first = listed.setdefault(Path(os.path.normpath(image.path)), image.id)
+        if first != image.id:  # each id would get part of the picture's boxes as its whole <OD> answer
             raise DataError(
-                f"{path}: images {first!r} and {record.id!r} are both {record.path}: training would learn two "
+                f"{path}: images {first!r} and {image.id!r} are both {image.path}: training would learn two "
                 "partial box lists for one picture, and eval would count each one's boxes as missed on the other; "
                 "list it once, with all its boxes"
             )
