@@ -77,6 +77,8 @@ LOCAL_ATTEMPTS = 3
 """Tries `--local` gives an object that is overwritten while it is analyzed (Batch redrives such a task)."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
+DEFAULT_BATCH_PREFIX = "batch/"
+"""Manifests and reports without `--stack` or `--batch-prefix`: the template's own `BatchPrefix` default."""
 
 
 @dataclass
@@ -94,11 +96,17 @@ class BackfillConfig:
     role_arn: str | None = None
     report_bucket: str | None = None
     """Bucket for the manifest and the completion report (the stack's uploads bucket; its role may use it)."""
-    batch_prefix: str = "batch/"
+    batch_prefix: str | None = None
+    """`--batch-prefix`; None: the stack's `BatchPrefix`, else `DEFAULT_BATCH_PREFIX` (read it as `batch_folder`)."""
     suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     priority: int = 10
     settings: Settings = field(default_factory=Settings.from_env)
     """OUTPUT_PREFIX / OUTPUT_BUCKET as the function sees them, and the model for `--local`."""
+
+    @property
+    def batch_folder(self) -> str:
+        """Where manifests/ and reports/ go."""
+        return DEFAULT_BATCH_PREFIX if self.batch_prefix is None else self.batch_prefix
 
 
 @dataclass(frozen=True)
@@ -186,7 +194,7 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     out_bucket = settings.output_bucket or config.bucket
     listed = _objects(s3, out_bucket, result_prefix(config.bucket, settings) + config.prefix)
     results = {o["Key"]: o["LastModified"] for o in listed}
-    own_files = config.batch_prefix if config.report_bucket in (None, config.bucket) else None
+    own_files = config.batch_folder if config.report_bucket in (None, config.bucket) else None
     suffixes = tuple(s.lower() for s in config.suffixes)
     found = Plan()
     images: list[tuple[dict[str, Any], str]] = []  # (listed object, its result's key), in listing order
@@ -240,8 +248,8 @@ def _resolve_stack(config: BackfillConfig, clients: Clients) -> None:
             raise SystemExit(f"stack {config.stack} has no output {output}; deploy the current template.yaml")
     if config.role_arn is None and not (config.dry_run or config.local):
         # The stack's role may invoke only its function and read and write only its bucket's BatchPrefix:
-        # a job with another report bucket or function could not even read its manifest.
-        for attribute in ("report_bucket", "function_arn"):
+        # a job with another report bucket, function or prefix could not even read its manifest.
+        for attribute in ("report_bucket", "function_arn", "batch_prefix"):
             given, own = getattr(config, attribute), outputs[STACK_OUTPUTS[attribute]]
             if given is not None and given != own:
                 raise SystemExit(
@@ -249,7 +257,7 @@ def _resolve_stack(config: BackfillConfig, clients: Clients) -> None:
                     f" the only one its BatchOperationsRole may use; leave it out, or pass --role-arn too"
                 )
     for attribute, output in STACK_OUTPUTS.items():
-        if attribute == "batch_prefix" or getattr(config, attribute) is None:
+        if getattr(config, attribute) is None:  # a flag given is kept: with the stack's role, checked above
             setattr(config, attribute, outputs[output])
     config.settings = replace(config.settings, output_prefix=outputs["OutputPrefix"])
     upload_prefix = outputs["UploadPrefix"]
@@ -282,7 +290,7 @@ def job_request(config: BackfillConfig, manifest_key: str, manifest_etag: str, b
         },
         "Report": {
             "Bucket": f"arn:{partition}:s3:::{config.report_bucket}",
-            "Prefix": f"{config.batch_prefix}reports",
+            "Prefix": f"{config.batch_folder}reports",
             "Format": REPORT_FORMAT,
             "Enabled": True,
             "ReportScope": "AllTasks",
@@ -335,7 +343,7 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     body = manifest_csv(config.bucket, found.candidates)
     # Named by content: a rerun of the same plan rewrites the same object and sends the same request
     # (create_job: the same token, so the same job while it runs).
-    manifest_key = f"{config.batch_prefix}manifests/{hashlib.sha256(body).hexdigest()[:16]}.csv"
+    manifest_key = f"{config.batch_folder}manifests/{hashlib.sha256(body).hexdigest()[:16]}.csv"
     # SSE-S3 whatever the bucket's default: Batch Operations cannot read a CSV manifest encrypted with KMS.
     put = clients("s3").put_object(
         Bucket=config.report_bucket, Key=manifest_key, Body=body, ContentType="text/csv", ServerSideEncryption="AES256"
@@ -350,7 +358,7 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
         f"follow: aws s3control describe-job --region {region} --account-id {request['AccountId']} --job-id {job_id}"
         " --query 'Job.[Status,ProgressSummary]'"
     )
-    print(f"report: s3://{config.report_bucket}/{config.batch_prefix}reports/job-{job_id}/ when the job completes")
+    print(f"report: s3://{config.report_bucket}/{config.batch_folder}reports/job-{job_id}/ when the job completes")
     return job_id
 
 
@@ -438,6 +446,15 @@ def _bucket(text: str) -> str:
     return text
 
 
+def _folder(text: str) -> str:
+    """A `--batch-prefix`: `jobs` made the keys `jobsmanifests/...` and `jobsreports/...`, beside the folder meant."""
+    if not text.endswith("/") or text.startswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a folder: it must end in '/' and not start with one (manifests/ and reports/ go under it)"
+        )
+    return text
+
+
 def _matching(pattern: re.Pattern[str], what: str) -> Any:
     def check(text: str) -> str:
         if not pattern.fullmatch(text):
@@ -490,8 +507,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
     )
     parser.add_argument(
         "--batch-prefix",
-        default=defaults.batch_prefix,
-        help=f"manifests/ and reports/ go under it (default: {defaults.batch_prefix})",
+        type=_folder,
+        help=f"manifests/ and reports/ go under it (default: the stack's BatchPrefix, else {DEFAULT_BATCH_PREFIX})",
     )
     parser.add_argument(
         "--suffixes",

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from handler.florence.engine import Prediction, predict_batch
 from handler.florence.tasks import IMAGE_SIZE, Task
 from model_build.base.loading import check_base, check_image_size
-from model_build.data.coco import ImageFrame, ImageId, ImageRecord, task_files
+from model_build.data.coco import ImageFrame, ImageId, ImageRecord, Instances, task_files
 from model_build.finetune.lora import check_adapter
 from model_build.settings import output_file, setting
 
@@ -106,16 +106,29 @@ def load_model(source: str | Path | None, base: str | None = None, image_size: i
     return model.eval(), processor, {"kind": "base", "base": base}
 
 
-def split_records(data_dir: Path, split: str, max_images: int | None) -> list[ImageRecord]:
-    """The usable images of a split, by id (from the instances file, else the captions file)."""
+def split_records(
+    data_dir: Path,
+    split: str,
+    max_images: int | None,
+    tasks: tuple[Task, ...] | list[Task] = (Task.CAPTION, Task.DETECT),
+    caption_style: str = "",
+) -> list[ImageRecord]:
+    """The usable images of a split, by id: from the instances file, else the captions file.
+
+    Without `<OD>` in `tasks` only the captions file is read: the instances file may list other images
+    (scoring captions on those alone) or be one the caption scores do not need at all.
+    """
     from model_build.data.coco import DataError, captions_file, id_order, read_annotation_file, usable_images
 
-    for path in (data_dir / "annotations" / f"instances_{split}.json", captions_file(data_dir, split)):
+    instances = data_dir / "annotations" / f"instances_{split}.json"
+    captions = captions_file(data_dir, split, caption_style)
+    files = (instances, captions) if Task.DETECT in tasks else (captions,)
+    for path in files:
         if path.is_file():
             images = usable_images(data_dir, split, path, read_annotation_file(path))
             records = [images[i] for i in sorted(images, key=id_order)]
             return records[:max_images] if max_images else records
-    raise DataError(f"{data_dir / 'annotations'}: no instances_{split}.json or captions_{split}.json")
+    raise DataError(f"{data_dir / 'annotations'}: no {' or '.join(path.name for path in files)}")
 
 
 def predict_split(
@@ -249,7 +262,9 @@ def score_separation(predicted: dict[ImageId, Prediction], truth, frames: dict[I
     }
 
 
-def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, split: str) -> dict:
+def detection_metrics(
+    predicted: dict[ImageId, Prediction], data_dir: Path, split: str, instances: Instances | None = None
+) -> dict:
     """mAP@[.5:.95] and mAP@.5 ranked by score and with a constant score, on the evaluated images only.
 
     The truth is the instances file as training reads it (`read_instances`: boxes clipped, bad ones
@@ -259,7 +274,7 @@ def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, spli
 
     from model_build.data.coco import read_instances
 
-    instances = read_instances(data_dir, split)
+    instances = read_instances(data_dir, split) if instances is None else instances
     dataset, number = instances.coco_dataset()
     predicted = {number[i]: p for i, p in predicted.items() if i in number}
     frames = {number[i]: record.frame for i, record in instances.images.items()}
@@ -272,25 +287,54 @@ def detection_metrics(predicted: dict[ImageId, Prediction], data_dir: Path, spli
     constant = _coco_results(predicted, category, frames, constant_score=True)
     image_ids = sorted(predicted)
     detections = sum(len(p.detections) for p in predicted.values())
+    boxes = sum(not ann["iscrowd"] for ann in truth.loadAnns(truth.getAnnIds(imgIds=image_ids)))
+    undefined = {"map": None, "map50": None}  # no box to find: COCOeval's -1, which was reported as 0.0
     return {
         "images": len(predicted),
+        "boxes": boxes,
         "detections": len(scored),
         "unknown_labels": detections - len(scored),
-        **_coco_map(truth, scored, image_ids),
-        "constant_score": _coco_map(truth, constant, image_ids),
+        **(_coco_map(truth, scored, image_ids) if boxes else undefined),
+        "constant_score": _coco_map(truth, constant, image_ids) if boxes else undefined,
         "scores": score_separation(predicted, truth, frames),
     }
 
 
-def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict:
-    """Predict a split and score it; include a few example outputs so a reader sees the style."""
+@dataclass
+class EvalData:
+    """What a split is scored against, read whole before any model loads: a data error after hours of
+    predictions on a CPU would waste them."""
+
+    records: list[ImageRecord]
+    references: dict[ImageId, list[str]] | None
+    instances: Instances | None
+
+
+def read_eval_data(config: EvalConfig) -> EvalData:
+    """The split's images and the truth of each task of `config`, or a DataError naming the file."""
+    from model_build.data.coco import read_instances
+
     task_files(config.data_dir, config.split, config.tasks, config.caption_style)
-    records = split_records(config.data_dir, config.split, config.max_images)
+    records = split_records(config.data_dir, config.split, config.max_images, config.tasks, config.caption_style)
+    references = None
+    if Task.CAPTION in config.tasks:
+        references = read_references(config.data_dir, config.split, config.caption_style)
+    instances = read_instances(config.data_dir, config.split) if Task.DETECT in config.tasks else None
+    return EvalData(records, references, instances)
+
+
+def evaluate(model, processor, config: EvalConfig, samples_out: int = 5, data: EvalData | None = None) -> dict:
+    """Predict a split and score it; include a few example outputs so a reader sees the style.
+
+    `data` is the split as `read_eval_data` read it (read here if not given).
+    """
+    data = read_eval_data(config) if data is None else data
+    records = data.records
     predictions = predict_split(model, processor, config, records)
     report: dict = {"data": str(config.data_dir), "split": config.split, "images": len(records)}
-    if Task.CAPTION in config.tasks:
+    if Task.CAPTION in config.tasks and data.references is not None:
         captions = {i: p.caption or "" for i, p in predictions[Task.CAPTION].items()}
-        references = read_references(config.data_dir, config.split, config.caption_style)
+        references = data.references
         report["caption"] = {
             "references": config.caption_style or "coco",
             **caption_metrics(captions, references),
@@ -300,5 +344,5 @@ def evaluate(model, processor, config: EvalConfig, samples_out: int = 5) -> dict
             ],
         }
     if Task.DETECT in config.tasks:
-        report["detect"] = detection_metrics(predictions[Task.DETECT], config.data_dir, config.split)
+        report["detect"] = detection_metrics(predictions[Task.DETECT], config.data_dir, config.split, data.instances)
     return report

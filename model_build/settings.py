@@ -19,6 +19,12 @@ SEED_BOUNDS: dict[str, float] = {"minimum": -(2**63), "maximum": 2**63 - 1}
 """A seed flag's range: what `torch.manual_seed` takes (larger is an overflow traceback)."""
 
 
+def below_one(share: float) -> None:
+    """`check` for a share or probability that must leave something over: at least 0 and below 1."""
+    if not 0 <= share < 1:
+        raise ValueError(f"must be at least 0 and below 1, not {share:g}")
+
+
 class UsageError(ValueError):
     """The command line asks for something that cannot run; the CLI answers it as a usage error (exit 2)."""
 

@@ -29,6 +29,17 @@ DATA_ORDER = ("batch_size", "grad_accum", "seed")
 log = logging.getLogger(__name__)
 
 
+MAX_LR = 1.0
+"""The largest `--lr`: an Adam step moves each weight by about lr, so above 1 a step outweighs the weights it
+tunes (and past float32's range, ~3.4e38, torch's step itself overflows)."""
+
+
+def _a_learning_rate(lr: float) -> None:
+    """`check` for --lr: 0 trains nothing (LoRA's B starts at zero, so the adapter would do nothing)."""
+    if not 0 < lr <= MAX_LR:
+        raise ValueError(f"must be above 0 and at most {MAX_LR:g}, not {lr:g}")
+
+
 class TrainingDiverged(RuntimeError):
     """An optimizer step made the weights NaN or infinite; the last checkpoint is kept, nothing else is written."""
 
@@ -40,8 +51,10 @@ class TrainConfig:
     steps: int = setting(200, help="optimizer steps", minimum=1)
     batch_size: int = setting(8, help="samples per micro-batch", minimum=1)
     grad_accum: int = setting(1, help="micro-batches per optimizer step", minimum=1)
-    lr: float = setting(1e-3, help="peak learning rate", minimum=0)
-    weight_decay: float = setting(0.0, help="AdamW weight decay", minimum=0)
+    lr: float = setting(1e-3, help=f"peak learning rate, above 0 and at most {MAX_LR:g}", check=_a_learning_rate)
+    weight_decay: float = setting(
+        0.0, help="AdamW weight decay, at most 1", minimum=0, maximum=1
+    )  # each step scales weights by 1 - lr x decay: above 1, with lr up to 1, that flips their signs
     warmup_steps: int = setting(20, help="linear warm-up steps before the cosine decay", minimum=0)
     seed: int = setting(0, help="random seed (batch order, LoRA init, the tiny model's init)", **SEED_BOUNDS)
     log_every: int = setting(10, help="steps between logged figures", minimum=1)
@@ -195,6 +208,14 @@ def train(
             "give more data (--data, --max-images) or a smaller --batch-size"
         )
     check_run_dir(run_dir, resume)
+    if config.warmup_steps > config.steps:  # a run that never reaches its --lr trains less than asked, silently
+        log.warning(
+            "--warmup-steps %d is more than --steps %d: the learning rate peaks at %.3g, not --lr %g",
+            config.warmup_steps,
+            config.steps,
+            config.lr * config.steps / config.warmup_steps,
+            config.lr,
+        )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device()

@@ -15,18 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_build.data.coco import task_files
-    from model_build.evaluate import evaluate, is_artifact_folder, load_model, split_records
+    from model_build.evaluate import evaluate, is_artifact_folder, load_model, read_eval_data
 
     config = config_from(args, EvalConfig())
     if config.model is None and config.base is None:
         raise UsageError("give a model folder (an artifact or a finetune run) or --base")
     if config.model is not None and is_artifact_folder(config.model) and (config.base or config.image_size):
         raise UsageError("--base and --image-size apply to a base or an adapter; an artifact carries its own")
-    task_files(config.data_dir, config.split, config.tasks, config.caption_style)  # bad data stops before loading
-    split_records(config.data_dir, config.split, config.max_images)
+    data = read_eval_data(config)  # bad data stops before loading, not after predicting the whole split
     model, processor, source = load_model(config.model, base=config.base, image_size=config.image_size)
-    report = {"model": source, **evaluate(model, processor, config)}
+    report = {"model": source, **evaluate(model, processor, config, data=data)}
     text = json.dumps(report, indent=2)
     if config.out:
         config.out.parent.mkdir(parents=True, exist_ok=True)

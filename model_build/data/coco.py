@@ -5,8 +5,10 @@ Works on real COCO 2017 (`annotations/captions_train2017.json`, `instances_train
 Label Studio, Roboflow, FiftyOne) export in it. Every input rule lives here and docs/build.md lists it:
 
 - a file that cannot be used as a whole (missing, not JSON, no `images` list, an image without an
-  id or file name, a duplicate id, a category name the `<OD>` format cannot carry) stops the command
-  with a `DataError` naming the file and the problem;
+  id or file name, a duplicate id, an instances file listing one file under two ids, a category name
+  the `<OD>` format cannot carry, no sample for a task asked for, and, once the base's tokenizer is
+  known, a caption spelling one of its added tokens: `check_targets`) stops the command with a
+  `DataError` naming the file and the problem;
 - an item that cannot be used is left out and counted, one warning line per reason with the first
   example: annotations on unknown images or categories, boxes that are not 4 finite numbers, have no
   area or lie outside the image, blank captions, image files that are missing, unreadable or of more
@@ -22,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -51,6 +55,9 @@ class Sample:
     """The upright decoded image's size, which the sample's boxes are in."""
     task: Task
     target: str
+    source: Path | None = field(default=None, compare=False)
+    """The annotation file the target was read from, and which entry of it, for an error naming them."""
+    entry: str = field(default="", compare=False)
 
 
 class Skipped:
@@ -389,18 +396,22 @@ class Instances:
     def coco_dataset(self) -> tuple[dict, dict[ImageId, int]]:
         """The cleaned file as a COCO dataset dict for pycocotools, and each image id's number in it.
 
-        Images are numbered 1..N in id order: pycocotools sorts ids, which fails on a file mixing
-        integer and string ids.
+        Images and categories are numbered 1..N in id order: pycocotools sorts ids, which fails on a file
+        mixing integer and string ids.
         """
         number = {image_id: n for n, image_id in enumerate(sorted(self.images, key=id_order), start=1)}
         merged = {name: category_id for category_id, name in reversed(self.categories.items())}
+        category = {category_id: n for n, category_id in enumerate(sorted(merged.values(), key=id_order), start=1)}
         dataset = {
             "images": [
                 {"id": number[i], "width": r.frame.width, "height": r.frame.height, "file_name": str(r.path)}
                 for i, r in self.images.items()
             ],
-            "categories": [{"id": category_id, "name": name} for name, category_id in merged.items()],
-            "annotations": [{**ann, "image_id": number[ann["image_id"]]} for ann in self.annotations],
+            "categories": [{"id": category[category_id], "name": name} for name, category_id in merged.items()],
+            "annotations": [
+                {**ann, "image_id": number[ann["image_id"]], "category_id": category[ann["category_id"]]}
+                for ann in self.annotations
+            ],
         }
         return dataset, number
 
@@ -412,6 +423,15 @@ def read_instances(root: str | Path, split: str) -> Instances:
     names = _category_names(path, data)
     first_id = {name: category_id for category_id, name in reversed(names.items())}
     images = usable_images(root, split, path, data)
+    listed: dict[Path, ImageId] = {}
+    for image in images.values():
+        first = listed.setdefault(Path(os.path.normpath(image.path)), image.id)
+        if first != image.id:  # each id would get part of the picture's boxes as its whole <OD> answer
+            raise DataError(
+                f"{path}: images {first!r} and {image.id!r} are both {image.path}: training would learn two "
+                "partial box lists for one picture, and eval would count each one's boxes as missed on the other; "
+                "list it once, with all its boxes"
+            )
     skipped = Skipped(path)
     annotations: list[dict] = []
     clipped = from_segmentation = 0
@@ -491,12 +511,15 @@ def detection_samples(root: str | Path, split: str) -> list[Sample]:
     Images without boxes are not trained on: an empty `<OD>` target would teach the model to stop early.
     """
     images, boxes = detections_by_image(root, split)
+    path = _task_file(Path(root), split, Task.DETECT)
     samples = []
     for image_id in sorted(boxes, key=id_order):
         record = images[image_id]
         width, height = record.frame.upright
         target = serialize_detections(boxes[image_id], width, height)
-        samples.append(Sample(record.path, image_id, width, height, Task.DETECT, target))
+        samples.append(
+            Sample(record.path, image_id, width, height, Task.DETECT, target, path, f"image id {image_id!r}")
+        )
     return samples
 
 
@@ -506,11 +529,19 @@ def captions_file(root: str | Path, split: str, style: str = "") -> Path:
 
 def read_captions(root: str | Path, split: str, style: str = "") -> tuple[dict[ImageId, ImageRecord], dict]:
     """(usable images, image id -> its captions with whitespace collapsed); blank captions are skipped."""
+    _path, images, captions = _captions_with_entries(root, split, style)
+    return images, {image_id: [text for text, _entry in texts] for image_id, texts in captions.items()}
+
+
+def _captions_with_entries(
+    root: str | Path, split: str, style: str = ""
+) -> tuple[Path, dict[ImageId, ImageRecord], dict[ImageId, list[tuple[str, str]]]]:
+    """`read_captions`, each caption with the entry it came from (`annotation id 7`), and the file read."""
     path = captions_file(root, split, style)
     data = read_annotation_file(path)
     images = usable_images(Path(root), split, path, data)
     skipped = Skipped(path)
-    captions: dict[ImageId, list[str]] = defaultdict(list)
+    captions: dict[ImageId, list[tuple[str, str]]] = defaultdict(list)
     for index, ann in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
         image_id = _coco_id(ann.get("image_id")) if isinstance(ann, dict) else None
@@ -522,29 +553,38 @@ def read_captions(root: str | Path, split: str, style: str = "") -> tuple[dict[I
         if not text:
             skipped.add("captions that are missing, blank or not text", where)
             continue
-        captions[image_id].append(text)  # type: ignore[index]
+        entry = f"annotation id {ann['id']!r}" if "id" in ann else where
+        captions[image_id].append((text, entry))  # type: ignore[index]
     skipped.log()
-    return images, dict(captions)
+    return path, images, dict(captions)
 
 
 def caption_samples(root: str | Path, split: str, style: str = "") -> list[Sample]:
     """One sample per (image, caption). `style="base"` reads our synthetic `captions_base_*` file."""
-    images, captions = read_captions(root, split, style)
+    path, images, captions = _captions_with_entries(root, split, style)
     samples = []
     for image_id in sorted(captions, key=id_order):
         record = images[image_id]
         width, height = record.frame.upright
-        samples += [Sample(record.path, image_id, width, height, Task.CAPTION, text) for text in captions[image_id]]
+        samples += [
+            Sample(record.path, image_id, width, height, Task.CAPTION, text, path, entry)
+            for text, entry in captions[image_id]
+        ]
     return samples
+
+
+def _task_file(root: Path, split: str, task: Task, caption_style: str = "") -> Path:
+    return (
+        captions_file(root, split, caption_style)
+        if task is Task.CAPTION
+        else root / "annotations" / f"instances_{split}.json"
+    )
 
 
 def task_files(root: str | Path, split: str, tasks: list[Task] | tuple[Task, ...], caption_style: str = "") -> None:
     """Stop before any work when a task's annotation file is missing, saying how to leave that task out."""
     root = Path(root)
-    files = {
-        Task.CAPTION: captions_file(root, split, caption_style),
-        Task.DETECT: root / "annotations" / f"instances_{split}.json",
-    }
+    files = {task: _task_file(root, split, task, caption_style) for task in Task}
     for task in tasks:
         if not files[task].is_file():
             others = [t.api_name for t in tasks if t is not task and files[t].is_file()]
@@ -553,17 +593,65 @@ def task_files(root: str | Path, split: str, tasks: list[Task] | tuple[Task, ...
 
 
 def load_samples(root: str | Path, split: str, tasks: list[Task], caption_style: str = "") -> list[Sample]:
+    """Every task's samples; a task asked for that has none stops here, since training the others alone would
+    make the model forget it (caption-only fine-tuning erased `<OD>`, docs/build.md)."""
     root = Path(root)
     task_files(root, split, tasks, caption_style)
-    samples: list[Sample] = []
+    by_task: dict[Task, list[Sample]] = {}
     if Task.CAPTION in tasks:
-        samples += caption_samples(root, split, caption_style)
+        by_task[Task.CAPTION] = caption_samples(root, split, caption_style)
     if Task.DETECT in tasks:
-        samples += detection_samples(root, split)
-    if not samples:
-        names = " or ".join(t.api_name for t in tasks)
-        raise DataError(f"{root / 'annotations'}: no usable {names} samples for {split}")
-    return samples
+        by_task[Task.DETECT] = detection_samples(root, split)
+    for task, samples in by_task.items():
+        if not samples:
+            others = [t.api_name for t in by_task if by_task[t]]
+            hint = f"; to train without it, pass --tasks {','.join(others)}" if others else ""
+            what = "a box to train on (crowd regions are not)" if task is Task.DETECT else "a caption"
+            raise DataError(
+                f"{_task_file(root, split, task, caption_style)}: no usable {task.api_name} samples: no image has "
+                f"{what}; the warnings above count what was skipped{hint}"
+            )
+    return [sample for samples in by_task.values() for sample in samples]
+
+
+_LOC_RUN = re.compile(r"(?:<loc_\d+>)+")
+"""The box coordinates of an `<OD>` target, which are meant as tokens; the labels between them are text."""
+
+
+def check_targets(samples: list[Sample], tokenizer) -> None:
+    """A DataError when a target's text spells one of the tokenizer's added tokens (`</s>`, `<loc_5>`, `<OD>`).
+
+    The tokenizer reads such text as the token itself, so the model would learn to end a caption there or
+    write box coordinates inside it; splitting them (`split_special_tokens`) covers `</s>` and `<pad>` but not
+    `<loc_N>` or task tokens, and the served caption drops `</s>`, `<pad>` and `<loc_N>` text anyway. So such
+    data is neither trained nor served as written: it is refused, counted, naming the first entry.
+    """
+    added = tokenizer.get_added_vocab()
+    if not added:
+        return
+    spelled = re.compile("|".join(re.escape(token) for token in sorted(added, key=len, reverse=True)))
+    added_ids = set(added.values())
+    found: dict[tuple[Path | None, Task], list[tuple[Sample, list[str]]]] = defaultdict(list)
+    for sample in samples:
+        texts = [sample.target] if sample.task is Task.CAPTION else _LOC_RUN.split(sample.target)
+        for text in texts:
+            if not spelled.search(text):  # cheap: most texts hold no '<'; the tokenizer confirms the rest
+                continue
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            tokens = sorted({tokenizer.convert_ids_to_tokens(i) for i in ids if i in added_ids})
+            if tokens:
+                found[sample.source, sample.task].append((sample, tokens))
+                break
+    for (source, task), hits in found.items():
+        first, tokens = hits[0]
+        kinds = "captions" if task is Task.CAPTION else "<OD> targets (category names)"
+        every = sorted({token for _, tokens in hits for token in tokens})
+        raise DataError(
+            f"{source}: {len(hits)} {kinds} contain the tokenizer's special tokens as text "
+            f"({', '.join(every[:5])}{', ...' if len(every) > 5 else ''}; first: {first.entry}, {first.target!r}), "
+            "which training would read as the tokens themselves (</s> ends a caption, <loc_N> is a box "
+            "coordinate); rewrite or remove them"
+        )
 
 
 def open_rgb(path: Path):

@@ -15,13 +15,15 @@ from pathlib import Path
 from handler.florence.artifact import sha256_file
 from handler.florence.tasks import IMAGE_SIZE, Task
 from model_build.base.loading import check_base, check_image_size
-from model_build.settings import UsageError, output_folder, setting
+from model_build.settings import UsageError, below_one, output_folder, setting
 from model_build.training import TrainConfig
 
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_INFO = "build_info.json"
+MAX_LORA_ALPHA = 2**16
+"""Far above any published LoRA setting (alpha = 2r at most ranks); 10^309 and more overflowed `alpha / r`."""
 
 
 @dataclass
@@ -30,9 +32,15 @@ class LoraSettings:
 
     r: int = setting(8, help="LoRA rank", flag="--lora-r", minimum=1)
     alpha: int = setting(
-        16, help="LoRA alpha (scale = alpha / r; 0 would make the adapter do nothing)", flag="--lora-alpha", minimum=1
+        16,
+        help="LoRA alpha (scale = alpha / r; 0 would make the adapter do nothing)",
+        flag="--lora-alpha",
+        minimum=1,
+        maximum=MAX_LORA_ALPHA,
     )
-    dropout: float = setting(0.05, help="dropout on the LoRA input", flag="--lora-dropout", minimum=0, maximum=1)
+    dropout: float = setting(
+        0.05, help="dropout on the LoRA input, below 1", flag="--lora-dropout", check=below_one
+    )  # 1 zeroes every input the adapter sees: it would learn nothing
     target_modules: list[str] = setting(
         factory=lambda: ["q_proj", "v_proj"], help="comma-separated module names (language-model attention)"
     )
@@ -87,6 +95,27 @@ def apply_lora(model, settings: LoraSettings):
         bias="none",
     )
     return get_peft_model(model, config)
+
+
+def check_rank(model, settings: LoraSettings) -> None:
+    """A UsageError when `--lora-r` is above a target layer's smaller side, before peft allocates the matrices.
+
+    B @ A can have no higher rank than that, so a larger r only adds weights (a huge one fails to allocate).
+    Only the loaded base knows its layers; a name matching no layer is left to peft to report.
+    """
+    import torch
+
+    sides = [
+        min(module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and any(name == target or name.endswith("." + target) for target in settings.target_modules)
+    ]
+    if sides and settings.r > min(sides):
+        raise UsageError(
+            f"--lora-r {settings.r} is more than the rank a target layer can have on this base ({min(sides)}, "
+            "its smaller side): a larger r adds weights, not rank"
+        )
 
 
 def adapter_dir(path: str | Path) -> Path:
@@ -180,12 +209,14 @@ def finetune(config: FinetuneConfig) -> AdapterInfo:
     import torch
 
     from model_build.base.loading import load_base
-    from model_build.data.coco import InputEncoder
+    from model_build.data.coco import InputEncoder, check_targets
     from model_build.training import check_run_dir, train
 
     check_run_dir(config.run_dir, config.resume)  # first: bad data or run folder stop before minutes of loading
     samples = training_samples(config)
     model, processor = load_base(config.base, config.image_size)
+    check_targets(samples, processor.tokenizer)  # only the base's tokenizer knows which text it reads as tokens
+    check_rank(model, config.lora)
     torch.manual_seed(config.train.seed)  # LoRA A-matrix init, so a resume rebuilds identical names and shapes
     peft_model = apply_lora(model, config.lora)
     positions = getattr(getattr(model.config, "text_config", model.config), "max_position_embeddings", None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from handler.florence.tasks import IMAGE_SIZE, Task
 from model_build.data.synth import check_synth_out
 from model_build.outputs import replaceable_folder, write_folder
-from model_build.settings import output_folder, setting
+from model_build.settings import below_one, output_folder, setting
 from model_build.training import TrainConfig
 
 PROVENANCE_FILE = "PROVENANCE.json"
@@ -28,12 +28,6 @@ TINY_MODEL = "a model written by pretrain-tiny"
 def _pretrain_training() -> TrainConfig:
     # The settings the embedded model was trained with (its PROVENANCE.json): ~18 min on 2 cores.
     return TrainConfig(steps=2500, batch_size=24, lr=3e-4, warmup_steps=50, log_every=10, checkpoint_every=100)
-
-
-def _a_share_below_one(share: float) -> None:
-    """`check` for --easy-share: the full scenes are repeated share / (1 - share) times, so 1 has no meaning."""
-    if not 0 <= share < 1:
-        raise ValueError(f"must be at least 0 and below 1, not {share:g}")
 
 
 @dataclass
@@ -57,8 +51,8 @@ class PretrainConfig:
     full_scenes: int = setting(3000, help="scenes like the val split: one or two shapes on a noisy gradient", minimum=1)
     easy_scenes: int = setting(1000, help="scenes of one large shape on a flat background", minimum=0)
     easy_share: float = setting(
-        0.5, help="share of samples drawn from the easy scenes, below 1", check=_a_share_below_one
-    )
+        0.5, help="share of samples drawn from the easy scenes, below 1", check=below_one
+    )  # the full scenes are repeated share / (1 - share) times, so 1 has no meaning
     dense_weight: float = setting(
         1.0, help="weight of the per-cell grid loss next to the text loss; 0 = off", minimum=0
     )

@@ -175,14 +175,19 @@ class CapturedControl:
         events.register("before-send.s3-control.DescribeJob", describe)
 
 
-def _stack(stack_name: str = "florence", upload_prefix: str = "photos/", output_prefix: str = "results/") -> None:
+def _stack(
+    stack_name: str = "florence",
+    upload_prefix: str = "photos/",
+    output_prefix: str = "results/",
+    batch_prefix: str = "batch/",
+) -> None:
     import boto3
 
     outputs = {
         "FunctionArn": FUNCTION_ARN,
         "BatchOperationsRoleArn": ROLE_ARN,
         "UploadsBucketName": BUCKET,
-        "BatchPrefix": "batch/",
+        "BatchPrefix": batch_prefix,
         "UploadPrefix": upload_prefix,
         "OutputPrefix": output_prefix,
     }
@@ -318,6 +323,10 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN, "--role-arn", FUNCTION_ARN], "is not an IAM role ARN"),
         (["--bucket", BUCKET, "--priority", "high"], "argument --priority: invalid int value: 'high'"),
         (["--bucket", BUCKET, "--priority", "-1"], "argument --priority: must be 0 or more"),
+        # It wrote the manifest as jobsmanifests/<sha>.csv, the reports under jobsreports/.
+        (["--bucket", BUCKET, "--local", "--batch-prefix", "jobs"], "argument --batch-prefix: 'jobs' is not a folder"),
+        (["--bucket", BUCKET, "--local", "--batch-prefix", ""], "argument --batch-prefix: '' is not a folder"),
+        (["--bucket", BUCKET, "--local", "--batch-prefix", "/jobs/"], "must end in '/' and not start with one"),
         # A job without its ARNs listed the whole bucket first, then exited 1.
         (["--bucket", BUCKET], "a Batch Operations job needs --stack, or --function-arn and --role-arn"),
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN], "needs --stack, or --function-arn and --role-arn"),
@@ -522,6 +531,35 @@ def test_with_the_stack_s_role_another_report_bucket_or_function_is_refused(
     # A role of one's own may be allowed more; a dry run creates nothing.
     assert backfill.run(_config(prefix="photos/", stack="florence", role_arn=ROLE_ARN, **{flag: value}), clients) == 0
     assert backfill.run(_config(prefix="photos/", stack="florence", dry_run=True, **{flag: value}), clients) == 0
+
+
+def test_an_explicit_batch_prefix_is_kept_or_refused_never_replaced_by_the_stack_s(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--stack florence --batch-prefix mine/` wrote the manifest under the stack's `jobs/` instead, saying nothing."""
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    _stack(batch_prefix="jobs/")
+    argv = ["--bucket", BUCKET, "--prefix", "photos/", "--stack", "florence"]
+    assert backfill.parse_args(argv)[0].batch_prefix is None  # left out: the stack's
+    with pytest.raises(SystemExit) as refused:  # the stack's role may read manifests only under jobs/
+        backfill.main([*argv, "--batch-prefix", "mine/"])
+    assert str(refused.value.code) == (
+        "--batch-prefix mine/ is not the stack's BatchPrefix (jobs/), the only one its BatchOperationsRole may use;"
+        " leave it out, or pass --role-arn too"
+    )
+    assert _keys(s3, "jobs/") == {} and _keys(s3, "mine/") == {}
+    control = CapturedControl()
+    clients = backfill.Clients(s3=s3, s3control=control.client)
+    assert backfill.run(_config(prefix="photos/", stack="florence"), clients) == 0
+    assert list(_keys(s3, "jobs/manifests/"))
+    [request] = control.requests
+    assert ET.fromstring(request.body).findtext(_namespaced("Report/Prefix")) == "jobs/reports"
+    own_role = _config(prefix="photos/", stack="florence", batch_prefix="mine/", role_arn=ROLE_ARN, overwrite=True)
+    assert backfill.run(own_role, clients) == 0  # a role of one's own: the prefix given is the one used
+    assert list(_keys(s3, "mine/manifests/"))
+    assert ET.fromstring(control.requests[-1].body).findtext(_namespaced("Report/Prefix")) == "mine/reports"
+    assert f"report: s3://{BUCKET}/mine/reports/job-" in capsys.readouterr().out
 
 
 AWKWARD_KEYS = [

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,9 @@ from model_build.data.coco import (
     DataError,
     ImageFrame,
     InputEncoder,
+    Sample,
     caption_samples,
+    check_targets,
     detection_samples,
     detections_by_image,
     load_samples,
@@ -143,11 +147,12 @@ def test_a_json_size_of_another_shape_than_the_file_skips_the_image(tmp_path: Pa
 def test_bad_annotations_are_skipped_counted_or_clipped(tmp_path: Path, caplog) -> None:
     write_image(tmp_path / SPLIT / "sub" / "a.png", (100, 50), (0, 0, 1, 1))
     write_image(tmp_path / "elsewhere" / "b.png", (100, 50), (0, 0, 1, 1))
+    write_image(tmp_path / SPLIT / "sub" / "d.png", (100, 50), (0, 0, 1, 1))
     images = [
         {"id": 1, "file_name": "sub/a.png", "width": 100, "height": 50},
         {"id": "b", "file_name": str(tmp_path / "elsewhere" / "b.png"), "width": 100, "height": 50},
         {"id": 3, "file_name": "missing.png", "width": 100, "height": 50},
-        {"id": 4.0, "file_name": "sub/a.png", "width": 100, "height": 50},  # no annotations: no <OD> sample
+        {"id": 4.0, "file_name": "sub/d.png", "width": 100, "height": 50},  # no annotations: no <OD> sample
     ]
     categories = [{"id": 1, "name": "  Red\tCar "}, {"id": 2, "name": "Red  Car"}, {"id": 7, "name": "Ünïcode 象"}]
     boxes: list = [
@@ -215,6 +220,13 @@ def broken(name: str, root: Path) -> tuple[Path, str]:
         "images not a list": ([image], [ann], None, '{"images": {}, "annotations": []}', "no 'images' list"),
         "no annotations": ([image], [ann], None, '{"images": [{"id": 1, "file_name": "a.png"}]}', "no 'annotations'"),
         "duplicate image": ([image, image], [ann], None, None, "image id 1 is listed twice"),
+        "one file, two ids": (
+            [image, {**image, "id": 7, "file_name": "./a.png"}],
+            [ann, {**ann, "id": 2, "image_id": 7, "bbox": [20, 10, 8, 8]}],
+            None,
+            None,
+            f"images 1 and 7 are both {root / SPLIT / 'a.png'}: training would learn two partial box lists",
+        ),
         "bad image id": ([{**image, "id": [1]}], [ann], None, None, "images[0] has no usable 'id'"),
         "no file_name": ([{"id": 1}], [ann], None, None, "image 1 has no 'file_name'"),
         "task token name": ([image], [ann], [{"id": 1, "name": "<OD>"}], None, "'<' and '>' delimit"),
@@ -242,6 +254,7 @@ BROKEN = [
     "images not a list",
     "no annotations",
     "duplicate image",
+    "one file, two ids",
     "bad image id",
     "no file_name",
     "task token name",
@@ -261,6 +274,33 @@ def test_an_unusable_file_stops_with_an_error_naming_it(tmp_path: Path, name: st
     assert str(caught.value).startswith(f"{instances}: ") and message in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["task token name", "one file, two ids", "captions not json"])
+def test_eval_reads_every_truth_it_scores_against_before_any_model(tmp_path: Path, name: str, capsys) -> None:
+    """The instances file's categories and boxes, and with both tasks the captions file, were read only after
+    the whole split was predicted: on real COCO on a CPU, hours before the data error. Here a base that
+    cannot load shows the order."""
+    from safetensors.numpy import load_file, save_file
+
+    from model_build.base.tiny import EMBEDDED_DIR
+
+    base = shutil.copytree(EMBEDDED_DIR, tmp_path / "base")
+    tensors = load_file(str(base / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "encoder.layers.1." not in k}, str(base / "model.safetensors"))
+    root = tmp_path / "data"
+    if name == "captions not json":
+        write_image(root / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+        write_coco(
+            root, [{"id": 1, "file_name": "a.png"}], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}]
+        )
+        broken_file, message = root / "annotations" / f"captions_{SPLIT}.json", "not valid JSON"
+        broken_file.write_text('{"images": [')
+    else:
+        broken_file, message = broken(name, root)
+    assert cli(["eval", "--base", str(base), "--data", str(root), "--split", SPLIT]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"eval: error: {broken_file}: " in last and message in last
+
+
 def test_the_cli_prints_a_data_error_as_one_line_before_loading_any_model(tmp_path: Path, capsys) -> None:
     instances, message = broken("not json", tmp_path)
     assert cli(["finetune", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--tasks", "detect"]) == 2
@@ -268,6 +308,93 @@ def test_the_cli_prints_a_data_error_as_one_line_before_loading_any_model(tmp_pa
     assert err.endswith(f"finetune: error: {instances}: not valid JSON (Expecting value at line 1, column 13)")
     assert len(err.splitlines()) == 1
     assert "Traceback" not in err and message in err
+
+
+def test_text_that_spells_a_special_token_is_refused_not_trained_as_that_token(tmp_path: Path, capsys) -> None:
+    """The tiny tokenizer reads the text `</s>` as end-of-sequence and `<loc_5>` as a box coordinate; a
+    caption holding them would teach the model to stop or place boxes inside captions (the old code trained it)."""
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    anns = [
+        {"id": 40, "image_id": 1, "caption": "A red block."},
+        {"id": 41, "image_id": 1, "caption": "a dog </s> <loc_5> <pad>"},
+        {"id": 42, "image_id": 1, "caption": "<OD>"},
+        {"id": 43, "image_id": 1, "caption": "a sign saying <exit> and 2 < 3 > 1"},  # no token: trained as written
+    ]
+    root = write_coco(tmp_path, images, anns)
+    run = tmp_path / "run"
+    argv = ["finetune", "--data", str(root), "--run-dir", str(run), "--tasks", "caption", "--steps", "1"]
+    assert cli([*argv, "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].endswith(
+        f"finetune: error: {root / 'annotations' / f'captions_{SPLIT}.json'}: 2 captions contain the tokenizer's "
+        "special tokens as text (</s>, <OD>, <loc_5>, <pad>; first: annotation id 41, 'a dog </s> <loc_5> <pad>'), "
+        "which training would read as the tokens themselves (</s> ends a caption, <loc_N> is a box coordinate); "
+        "rewrite or remove them"
+    )
+    assert not (run / "adapter").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_a_category_name_that_spells_an_added_token_is_refused() -> None:
+    """Names cannot hold '<' or '>' (refused when read); a base whose tokenizer adds a plain word is caught here."""
+    tokenizer = build_tokenizer(caption_corpus())
+    tokenizer.add_tokens(["zebra"])
+    target = "A zebra<loc_1><loc_2><loc_3><loc_4>horse<loc_5><loc_6><loc_7><loc_8>"
+    sample = Sample(Path("z.png"), 7, 40, 30, Task.DETECT, target, Path("instances.json"), "image id 7")
+    with pytest.raises(
+        DataError, match=r"^instances\.json: 1 <OD> targets \(category names\) contain .*\(zebra; first: image id 7"
+    ):
+        check_targets([sample], tokenizer)
+    check_targets([replace(sample, target="horse<loc_5><loc_6><loc_7><loc_8>")], tokenizer)
+
+
+def test_eval_of_captions_reads_the_captions_file_alone(tmp_path: Path, capsys) -> None:
+    """`eval --tasks caption` took its images from the instances file: one listing fewer images scored the
+    captions of those only, and one that did not parse stopped a run that never needed it."""
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "val2017" / name, (40, 30), (1, 1, 9, 9))
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}]
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    captions = [{"id": 10 + i, "image_id": i, "caption": "A red block."} for i in (1, 2)]
+    (folder / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    argv = ["eval", "--base", "tiny", "--data", str(tmp_path), "--tasks", "caption"]
+    for instances in (json.dumps({"images": images[:1], "annotations": [], "categories": []}), '{"images": ['):
+        (folder / "instances_val2017.json").write_text(instances)
+        assert cli(argv) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["images"] == report["caption"]["images"] == 2
+
+
+def test_map_without_a_ground_truth_box_is_undefined_not_zero(tmp_path: Path) -> None:
+    """Every box of the split skipped (here: written as text) left nothing to find; mAP read 0.0 as if the
+    model had missed them all."""
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    root = write_coco(tmp_path, images, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": ["1", "1", "8", "8"]}])
+    predicted = {1: Prediction(Task.DETECT, "", detections=[Detection("block", (1.0, 1.0, 9.0, 9.0), 0.9)])}
+    report = detection_metrics(predicted, root, SPLIT)
+    assert report["boxes"] == 0 and report["detections"] == 1
+    assert report["map"] is report["map50"] is None
+    assert report["constant_score"] == {"map": None, "map50": None}
+    write_coco(tmp_path, images, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8]}])
+    assert detection_metrics(predicted, root, SPLIT)["map50"] == pytest.approx(1.0)
+
+
+def test_map_scores_a_file_mixing_integer_and_string_category_ids(tmp_path: Path) -> None:
+    """pycocotools sorts category ids: `1` beside `"x7"` was a TypeError traceback out of `eval`."""
+    write_image(tmp_path / SPLIT / "a.png", (100, 80), (10, 10, 50, 60))
+    images = [{"id": 1, "file_name": "a.png", "width": 100, "height": 80}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 50]},
+        {"id": 2, "image_id": 1, "category_id": "x7", "bbox": [60, 10, 20, 20]},
+    ]
+    root = write_coco(tmp_path, images, anns, [{"id": 1, "name": "block"}, {"id": "x7", "name": "circle"}])
+    truth = [Detection("block", (10.0, 10.0, 50.0, 60.0), 0.9), Detection("circle", (60.0, 10.0, 80.0, 30.0), 0.8)]
+    report = detection_metrics({1: Prediction(Task.DETECT, "", detections=truth)}, root, SPLIT)
+    assert report["boxes"] == 2 and report["map"] == pytest.approx(1.0)
+    assert report["scores"]["correct"] == 2
 
 
 def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> None:
@@ -279,6 +406,28 @@ def test_a_missing_task_file_says_how_to_leave_the_task_out(tmp_path: Path) -> N
     with pytest.raises(DataError, match=r"captions_train2017\.json: file not found .* pass --tasks detect$"):
         load_samples(root, SPLIT, [Task.CAPTION, Task.DETECT])
     assert [s.task for s in load_samples(root, SPLIT, [Task.DETECT])] == [Task.DETECT]
+
+
+def test_a_task_asked_for_without_a_usable_sample_stops_training(tmp_path: Path, capsys, caplog) -> None:
+    """Every box with a category id the file does not list: `finetune` (caption,detect) trained captions
+    alone, which erases `<OD>`, with only a warning about skipped annotations."""
+    write_image(tmp_path / SPLIT / "a.png", (40, 30), (1, 1, 9, 9))
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 1, 8, 8]},
+        {"id": 2, "image_id": 1, "caption": "A red block."},
+    ]
+    root = write_coco(tmp_path, [{"id": 1, "file_name": "a.png"}], anns)
+    run = tmp_path / "run"
+    assert cli(["finetune", "--data", str(root), "--run-dir", str(run), "--batch-size", "1", "--steps", "1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "skipped 1 annotations with an unknown category_id (first: annotations[0] category_id 5)" in caplog.text
+    instances = root / "annotations" / f"instances_{SPLIT}.json"
+    assert last.endswith(
+        f"finetune: error: {instances}: no usable detect samples: no image has a box to train on (crowd regions "
+        "are not); the warnings above count what was skipped; to train without it, pass --tasks caption"
+    )
+    assert not run.exists()
+    assert [s.task for s in load_samples(root, SPLIT, [Task.CAPTION])] == [Task.CAPTION]
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "CMYK", "1"])

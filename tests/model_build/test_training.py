@@ -120,3 +120,11 @@ def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path: Path, caplog)
     assert "no checkpoint to resume from; starting at step 0" in caplog.text
     with pytest.raises(UsageError, match=r"holds an earlier run's checkpoint\.pt"):
         train(Line(), [1.0, 2.0], _collate, config, tmp_path / "new")
+
+
+def test_a_warmup_longer_than_the_run_says_the_rate_it_peaks_at(tmp_path: Path, caplog) -> None:
+    config = TrainConfig(steps=2, batch_size=2, lr=0.1, warmup_steps=10**29)
+    train(Line(), [1.0, 2.0], _collate, config, tmp_path)  # trained at ~0 with no word before
+    assert (
+        f"--warmup-steps {10**29} is more than --steps 2: the learning rate peaks at 2e-30, not --lr 0.1" in caplog.text
+    )

@@ -122,6 +122,14 @@ USAGE_ERRORS = [
     ("finetune --lr nan", "--lr", "must be a finite number, not nan"),
     ("finetune --lr inf", "--lr", "must be a finite number, not inf"),
     ("finetune --lr abc", "--lr", "invalid float value: 'abc'"),
+    ("finetune --lr 1e300", "--lr", "must be above 0 and at most 1, not 1e+300"),  # was the optimizer's overflow
+    ("finetune --lr 1e40", "--lr", "must be above 0 and at most 1, not 1e+40"),
+    ("finetune --lr 0", "--lr", "must be above 0 and at most 1, not 0"),  # was an adapter that does nothing
+    ("finetune --lr=-1", "--lr", "must be above 0 and at most 1, not -1"),
+    ("pretrain-tiny --lr 1e300", "--lr", "must be above 0 and at most 1, not 1e+300"),
+    ("finetune --weight-decay 1e300", "--weight-decay", "must be at most 1, not 1e300"),
+    ("finetune --lora-dropout 1", "--lora-dropout", "must be at least 0 and below 1, not 1"),
+    ("finetune --lora-alpha 1" + "0" * 400, "--lora-alpha", "must be at most 65536"),  # was alpha / r's overflow
     ("finetune --weight-decay inf", "--weight-decay", "must be a finite number, not inf"),
     ("finetune --lora-dropout nan", "--lora-dropout", "must be a finite number, not nan"),
     ("fuse --base tiny --min-box-iou nan", "--min-box-iou", "must be a finite number, not nan"),
@@ -394,6 +402,10 @@ def test_what_only_the_loaded_base_and_data_can_judge_is_a_usage_error(
     status, err = cli_failure([*argv, "--batch-size", "1", "--steps", "1", "--target-modules", "no_such_proj"], capsys)
     assert status == 2
     assert "--target-modules: Target modules {'no_such_proj'} not found" in err.strip().splitlines()[-1]
+    status, err = cli_failure([*argv, "--batch-size", "1", "--steps", "1", "--lora-r", "1000000000"], capsys)
+    assert status == 2  # peft would allocate 512 GB for it: a traceback
+    rank = "--lora-r 1000000000 is more than the rank a target layer can have on this base (128, its smaller side)"
+    assert err.strip().splitlines()[-1].endswith(f"{rank}: a larger r adds weights, not rank")
 
 
 def test_an_adapter_that_does_not_fit_its_base_is_a_usage_error(
