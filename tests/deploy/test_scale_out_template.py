@@ -157,7 +157,7 @@ def test_batch_prefix_is_guarded_like_the_other_prefixes() -> None:
     assert re.fullmatch(pattern, "batch/") and not re.fullmatch(pattern, "") and not re.fullmatch(pattern, "batch")
     assertion = json.dumps(template["Rules"]["BatchPrefixIsItsOwn"])
     assert '"Ref": "UploadPrefix"' in assertion and '"Ref": "OutputPrefix"' in assertion
-    assert template["Parameters"]["BatchPrefix"]["Default"] == backfill.BackfillConfig(bucket="b").batch_prefix
+    assert template["Parameters"]["BatchPrefix"]["Default"] == backfill.BackfillConfig(bucket="b").batch_folder
 
 
 def test_alarm_topic_is_optional() -> None:
