@@ -7,25 +7,29 @@ a 500, an exception, or an answer Lambda cannot return.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
 from handler.app import app, lambda_handler
 from handler.config import LAMBDA_PAYLOAD_BYTES
+from handler.logs import logger
 from tests.conftest import image_bytes
-from tests.handler.test_app import Context, _v1, _v2
+from tests.handler.test_app import Context, _multipart, _v1, _v2
 
 PNG = image_bytes("PNG", (48, 32))
 
 
 def _alb(method: str, path: str, body: bytes, headers: dict[str, str], query: dict[str, str] | None = None) -> dict:
     """An Application Load Balancer target event (single-value headers), the shape Mangum serves as ALB."""
-    import base64
-
     return {
         "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/t/1"}},
         "httpMethod": method,
@@ -107,7 +111,11 @@ def _asgi_post(path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tu
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    loop = asyncio.new_event_loop()  # not asyncio.run: it leaves the thread without a loop, which Mangum needs
+    try:
+        loop.run_until_complete(app(scope, receive, send))
+    finally:
+        loop.close()
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
@@ -117,3 +125,125 @@ def test_a_content_length_of_superscript_digits_is_not_a_number(serving_env: Pat
     headers = [(b"content-type", b"image/png"), (b"content-length", declared)]
     status, body = _asgi_post("/caption", headers, PNG)
     assert status == 200 and json.loads(body)["caption"], body
+
+
+# ------------------------------------------------------------------ property: any envelope, never a 5xx but 503
+
+HEADER_NAMES = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "expect",
+    "origin",
+    "host",
+    "x-forwarded-for",
+    "access-control-request-method",
+    "accept",
+    "cookie",
+]
+DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=50)
+CONTENT_LENGTHS = st.one_of(
+    st.integers(0, 10_000_000).map(str),
+    st.integers(4_000, 6_000).map(lambda n: "9" * n),  # past int()'s 4,300 digits
+    st.text(max_size=10),
+)
+HEADER_VALUES = st.one_of(
+    st.text(max_size=40),
+    DIGITS,
+    st.sampled_from(
+        ["image/png", "application/json", "multipart/form-data; boundary=b", "gzip", "identity", "-1", "²"]
+    ),
+    st.builds(
+        str.__add__,
+        st.sampled_from(["image/png; ", "application/json; ", "multipart/form-data; "]),
+        st.text(max_size=60),
+    ),
+)
+QUERY_VALUES = st.one_of(
+    st.text(max_size=30), DIGITS, st.sampled_from(["png", "json", "caption", "caption,detect", "0.5", "nan", "1e999"])
+)
+_MULTIPART, _MULTIPART_TYPE = _multipart(PNG, "photo.png")
+BODIES = st.one_of(
+    st.just(PNG),
+    st.binary(max_size=200),
+    st.just(json.dumps({"image_base64": base64.b64encode(PNG).decode()}).encode()),
+    st.just(_MULTIPART),
+)
+ENVELOPE = settings(
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+class _LogLines(logging.Handler):
+    """The request log's JSON lines, to hold the logged status to the returned one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(record.getMessage()))
+
+
+@pytest.fixture
+def log_lines(serving_env: Path) -> Iterator[_LogLines]:
+    lines = _LogLines()
+    logger().addHandler(lines)
+    try:
+        yield lines
+    finally:
+        logger().removeHandler(lines)
+
+
+@ENVELOPE
+@given(
+    entry=st.sampled_from(sorted(EVENTS)),
+    method=st.one_of(st.just("POST"), st.sampled_from(["GET", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT"])),
+    path=st.one_of(
+        st.sampled_from(["/caption", "/detect", "/analyze", "/caption/"]),
+        st.sampled_from(["/health", "/", "/openapi.json", "/nope", "/caption/../health", "/caption%2F"]),
+        st.text(max_size=30).map(lambda text: "/" + text),
+    ),
+    content_length=st.one_of(st.none(), CONTENT_LENGTHS),
+    body=BODIES,
+    headers=st.dictionaries(st.one_of(st.sampled_from(HEADER_NAMES), st.text(max_size=20)), HEADER_VALUES, max_size=6),
+    query=st.dictionaries(
+        st.one_of(st.sampled_from(["format", "min_score", "tasks"]), st.text(max_size=10)), QUERY_VALUES, max_size=4
+    ),
+)
+@example(  # the Content-Length that was a 500
+    entry="apigw-v2",
+    method="POST",
+    path="/caption",
+    body=PNG,
+    headers={"content-type": "image/png"},
+    query={},
+    content_length="9" * 5000,
+)
+def test_any_envelope_is_answered_in_the_error_shape_never_a_500(
+    log_lines: _LogLines,
+    entry: str,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    query: dict[str, str],
+    content_length: str | None,
+) -> None:
+    """Methods, paths, header and query values, and Content-Length past int()'s limit, through v1, v2 and ALB."""
+    if content_length is not None:
+        headers = {**headers, "content-length": content_length}
+    log_lines.lines.clear()
+    response = lambda_handler(EVENTS[entry](method, path, body, headers, query), Context())
+    status = response["statusCode"]
+    assert status < 500 or status == 503, response
+    assert [line["status"] for line in log_lines.lines] == [status], (status, log_lines.lines)
+    assert len(json.dumps(response, ensure_ascii=False).encode()) <= LAMBDA_PAYLOAD_BYTES
+    if status >= 400:
+        _error(response, status, json.loads(response["body"])["error"]["code"])
