@@ -247,3 +247,39 @@ def test_any_envelope_is_answered_in_the_error_shape_never_a_500(
     assert len(json.dumps(response, ensure_ascii=False).encode()) <= LAMBDA_PAYLOAD_BYTES
     if status >= 400:
         _error(response, status, json.loads(response["body"])["error"]["code"])
+
+
+# ------------------------------------------------------------------ shapes that were already answered well
+
+FILENAMES = {
+    b"../../etc/passwd": 200,  # the filename is never used: no path is built from it
+    b"a/b\\c.png": 200,
+    b"\x00\x01\x1b[31m.png": 200,
+    b"\xff\xfe": 200,
+    b"": 200,
+    b"x" * 10_240: 422,  # python-multipart refuses a part header line over 4,224 bytes
+    b"a\r\nb": 422,
+}
+
+
+@pytest.mark.parametrize("filename", sorted(FILENAMES))
+def test_multipart_filenames_are_never_used(ctx: Context, filename: bytes) -> None:
+    part = b'Content-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n\r\n' + PNG
+    body = b"--b\r\n" + part + b"\r\n--b--\r\n"
+    response = lambda_handler(_v1("POST", "/caption", body, {"content-type": "multipart/form-data; boundary=b"}), ctx)
+    if FILENAMES[filename] == 200:
+        assert response["statusCode"] == 200 and json.loads(response["body"])["caption"], response
+    else:
+        _error(response, 422, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [({"format": "%ZZ"}, 422), ({"format": "%70ng"}, 200), ({"min_score": "%F0"}, 422), ({"%ZZ": "%"}, 200)],
+)
+def test_alb_query_strings_are_decoded_once(ctx: Context, query: dict[str, str], status: int) -> None:
+    """An ALB passes the query string as the client sent it, percent-encoded; Mangum decodes it once."""
+    response = lambda_handler(_alb("POST", "/detect", PNG, {"content-type": "image/png"}, query), ctx)
+    assert response["statusCode"] == status, response
+    if status >= 400:
+        _error(response, status, "invalid_request")
