@@ -283,3 +283,27 @@ def test_alb_query_strings_are_decoded_once(ctx: Context, query: dict[str, str],
     assert response["statusCode"] == status, response
     if status >= 400:
         _error(response, status, "invalid_request")
+
+
+def test_an_app_that_cannot_be_built_is_ours_a_500_not_a_bad_event(
+    log_lines: _LogLines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building FastAPI is our code: its failure was answered 400 `bad_event`, "malformed HTTP event"."""
+    import handler.app
+    import handler.http.api
+
+    def broken() -> Any:
+        raise ImportError("cannot import name 'FastAPI'")
+
+    monkeypatch.setattr(handler.http.api, "create_app", broken)
+    handler.app._asgi_app.cache_clear()
+    handler.app._mangum.cache_clear()
+    try:
+        response = lambda_handler(_v2("POST", "/caption", PNG, {"content-type": "image/png"}), Context())
+    finally:
+        monkeypatch.undo()
+        handler.app._asgi_app.cache_clear()
+        handler.app._mangum.cache_clear()
+    body = _error(response, 500, "internal_error")
+    assert "FastAPI" not in body["error"]["message"]  # the cause goes to the log, not to the caller
+    assert [line["status"] for line in log_lines.lines] == [500]
