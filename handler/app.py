@@ -130,12 +130,13 @@ def _serve_http(event: dict[str, Any], context: Any, request_id: str, log_level:
     from handler.logs import annotate
 
     fault = _http_event_fault(event)
-    try:
-        if fault is None:
-            return _mangum()(event, context)
-    except Exception as exc:  # a malformed API Gateway event Mangum cannot parse
-        _log.warning("unparseable HTTP event: %s", exc)
-        fault = f"{type(exc).__name__}: {exc}"
+    if fault is None:
+        adapter = _mangum()  # building the app is ours: a failure is the boundary's 500, not the event's fault
+        try:
+            return adapter(event, context)
+        except Exception as exc:  # a malformed API Gateway event Mangum cannot parse
+            _log.warning("unparseable HTTP event: %s", exc)
+            fault = f"{type(exc).__name__}: {exc}"
     with request_log(request_id, "http", log_level):
         annotate(status=400, error="bad_event")
         return _http_response(400, "bad_event", f"malformed HTTP event: {fault}")
