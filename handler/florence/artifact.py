@@ -51,8 +51,8 @@ MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
 """A manifest is about 1 KiB; a larger one is read no further (a huge or endless file costs nothing)."""
 MAX_PICKLE_BYTES = 16 << 20
-"""`data.pkl` inside `model.pt` (the module tree, prompt ids and the 1.6 MiB tokenizer JSON) is about
-2 MiB at base size. Unpickling costs time and memory in proportion to it (80 MB of list entries took
+"""`data.pkl` inside `model.pt` (the module tree, prompt ids and the tokenizer JSON: 0.9 MiB at
+Florence-2's size, without its BPE merges) is about 1.1 MiB at base size. Unpickling costs time and memory in proportion to it (80 MB of list entries took
 32 s and 900 MB), so a larger one is refused before the unpickler starts."""
 
 
@@ -455,7 +455,7 @@ def load_artifact(artifact_dir: str | Path, pinned_sha256: str = "") -> LoadedAr
 
     model = load_model(model_path)
     model.eval()
-    pack_int8_layers(model)
+    pack_int8_layers(model, mapped_from=model_path)
     # Packing copied the int8 weights; the mapped pickle pages it read are now mostly dead.
     # Pages still in use fault back in from the file, which holds the bytes the sha256 check read.
     drop_file_pages(model_path)

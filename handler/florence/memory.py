@@ -74,24 +74,32 @@ def _drop(libc: ctypes.CDLL, start: int, end: int) -> int:
     return end - start if end > start and libc.madvise(start, end - start, MADV_DONTNEED) == 0 else 0
 
 
+def file_mappings(path: str | Path) -> list[Mapping]:
+    """The clean private mappings of `path` now (read once, for many `drop_tensor_pages` calls)."""
+    target = os.path.realpath(path)
+    return [m for m in mappings() if m.path == target and m.clean_file]
+
+
 def drop_file_pages(path: str | Path) -> int:
     """Drop the resident pages of the clean private mappings of `path`; return the bytes advised."""
     libc = _libc()
     if libc is None:
         return 0
-    target = os.path.realpath(path)
-    return sum(_drop(libc, m.start, m.end) for m in mappings() if m.path == target and m.clean_file)
+    return sum(_drop(libc, m.start, m.end) for m in file_mappings(path))
 
 
-def drop_tensor_pages(tensor: torch.Tensor) -> int:
-    """Drop the whole pages under `tensor`'s data if they come from a clean file mapping (else nothing)."""
+def drop_tensor_pages(tensor: torch.Tensor, among: list[Mapping] | None = None) -> int:
+    """Drop the whole pages under `tensor`'s data if they come from a clean file mapping (else nothing).
+
+    `among`: the mappings to look in (`file_mappings`), instead of reading /proc/self/smaps per call.
+    """
     libc = _libc()
     if libc is None:
         return 0
     start = tensor.data_ptr()
     end = start + tensor.numel() * tensor.element_size()
     first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-    for m in mappings():
+    for m in mappings() if among is None else among:
         if m.start <= first and last <= m.end and m.clean_file:
             return _drop(libc, first, last)
     return 0

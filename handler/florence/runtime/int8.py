@@ -11,6 +11,7 @@ packed weights, so outputs are bit-identical to it.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,11 +85,31 @@ class Int8Linear(CachesNotPickled, nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def pack_int8_layers(model: nn.Module, threads: int | None = None) -> int:
-    """Pack every `Int8Linear` of `model` on `threads` threads (torch's intra-op count by default),
-    largest first; returns how many."""
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+def pack_int8_layers(model: nn.Module, threads: int | None = None, mapped_from: str | Path | None = None) -> int:
+    """Pack every int8 layer of `model` (each `Int8Linear`, and the tied embedding / `lm_head`, anything
+    with `weight_int8` and `packed()`) on `threads` threads (torch's intra-op count by default), largest
+    first; returns how many.
+
+    `mapped_from`: the file the weights are memory-mapped from (the artifact's `model.pt`). Each layer's
+    mapped pages are dropped as soon as it is packed, as the loader drops the whole file afterwards: with
+    every layer's pages resident until then, the load was the process's peak (650 MiB at base size,
+    against 637 for the first caption and `/analyze` after it; docs/profile.md).
+    """
+    from handler.florence.memory import drop_tensor_pages, file_mappings
+
+    layers: list[Any] = [
+        m
+        for m in model.modules()
+        if callable(getattr(m, "packed", None)) and isinstance(getattr(m, "weight_int8", None), torch.Tensor)
+    ]
     layers.sort(key=lambda m: m.weight_int8.numel(), reverse=True)
+    among = file_mappings(mapped_from) if mapped_from is not None else []
+
+    def pack(layer: Any) -> None:
+        layer.packed()
+        if among:
+            drop_tensor_pages(layer.weight_int8, among)
+
     with ThreadPoolExecutor(max_workers=max(1, threads or torch.get_num_threads())) as pool:
-        list(pool.map(lambda layer: layer.packed(), layers))
+        list(pool.map(pack, layers))
     return len(layers)

@@ -28,8 +28,8 @@ class TiedInt8Head(CachesNotPickled, nn.Module):
     """The tied token embedding and `lm_head` as one int8 matrix (stored once in the artifact).
 
     Embedding lookups (`decoder_step.embedding_rows`) dequantize only the rows they need. Logits run
-    through fbgemm's dynamic int8 GEMM on a copy packed from the same matrix on first use; the packed
-    form is never pickled.
+    through fbgemm's dynamic int8 GEMM on a copy packed from the same matrix at load (`pack_int8_layers`)
+    or on first use; the packed form is never pickled.
     """
 
     weight_int8: torch.Tensor

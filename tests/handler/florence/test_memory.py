@@ -94,3 +94,37 @@ def test_freed_request_buffers_are_reused_without_page_faults(mode: str) -> None
         assert refaults < pages // 10
     else:
         assert refaults > pages // 2
+
+
+def test_packing_drops_each_layers_mapped_pages_and_packs_the_head(tiny_artifact: Path) -> None:
+    """The loader packs every int8 layer, the tied head too, and each layer's mapped pages leave RSS as soon
+    as it is packed: held until the end, they made the load the process's peak at base size."""
+    from handler.florence.artifact import load_model
+    from handler.florence.runtime.int8 import pack_int8_layers
+
+    def int8_layers(model: torch.nn.Module) -> list:
+        return [m for m in model.modules() if isinstance(getattr(m, "weight_int8", None), torch.Tensor)]
+
+    resident_after = {}
+    for mapped_from in (None, tiny_artifact / "model.pt"):
+        model = load_model(tiny_artifact / "model.pt")
+        layers = int8_layers(model)
+        # What packing can drop; the tied head drops its own table before packing, with or without.
+        whole_pages = sum(_whole_pages(layer.weight_int8) for layer in layers if layer is not model.text.lm_head)
+        assert sum(int(layer.weight_int8.sum()) for layer in layers) is not None  # every int8 page resident
+        assert pack_int8_layers(model, threads=2, mapped_from=mapped_from) == len(layers)
+        assert all(layer._packed is not None for layer in layers)
+        assert model.text.lm_head in layers
+        resident_after[mapped_from is not None] = _resident_kb(tiny_artifact / "model.pt") * 1024
+        del model, layers
+    assert whole_pages > 0
+    assert resident_after[False] - resident_after[True] >= whole_pages * 0.9, (resident_after, whole_pages)
+
+
+def _whole_pages(tensor: torch.Tensor) -> int:
+    """Bytes of the whole pages inside `tensor`'s data: the edges share pages with other tensors."""
+    import mmap
+
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    return max(0, end // mmap.PAGESIZE * mmap.PAGESIZE - -(-start // mmap.PAGESIZE) * mmap.PAGESIZE)
