@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
-from handler.errors import InvalidRequest, ServiceError
+from handler.errors import InvalidRequest, ServiceError, bounded, printable
 from handler.events.s3 import Disposition, ObjectResult, process_object
 from handler.florence.tasks import Task
 from handler.inputs.payload import check_bucket
@@ -134,10 +134,22 @@ class BatchTask:
         return cls(task["taskId"], bucket, unquote_plus(key), version_id)
 
 
+def echoed(value: Any) -> str | None:
+    """A string the event carries (`invocationId`, `invocationSchemaVersion`, a `taskId`) as the answer repeats it:
+    cut to MAX_MESSAGE_CHARS, with what UTF-8 cannot carry escaped; anything but a string is not repeated.
+
+    The runtime posts the answer as UTF-8 (escaped to ASCII where AWS_EXECUTION_ENV is not a python3.12+ runtime,
+    as in this image: 6 bytes per accented letter): a taskId of "\\ud800" made an answer it could not encode, and one
+    of 2.9 million "é" an answer of 17 MB; either way the runtime process exited without answering.
+    """
+    return printable(bounded(value)) if isinstance(value, str) else None
+
+
 def _result(task_id: str, code: ResultCode, text: str) -> dict[str, str]:
+    text = printable(text)
     if len(text) > RESULT_STRING_LIMIT:
         text = text[: RESULT_STRING_LIMIT - 1] + "…"
-    return {"taskId": task_id, "resultCode": code.value, "resultString": text}
+    return {"taskId": echoed(task_id) or "", "resultCode": code.value, "resultString": text}
 
 
 def _succeeded(task_id: str, result: ObjectResult) -> dict[str, str]:
@@ -224,9 +236,9 @@ def _task_id(raw: Any, index: int) -> str:
 
 def _response(event: dict[str, Any], results: list[dict[str, str]]) -> dict[str, Any]:
     return {
-        "invocationSchemaVersion": event.get("invocationSchemaVersion"),
+        "invocationSchemaVersion": echoed(event.get("invocationSchemaVersion")),
         "treatMissingKeysAs": TREAT_MISSING_KEYS_AS,
-        "invocationId": event.get("invocationId"),
+        "invocationId": echoed(event.get("invocationId")),
         "results": results,
     }
 
@@ -251,13 +263,14 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
     except InvalidRequest as exc:
         options = exc
     results = []
+    job_id, named_schema = echoed(job.get("id")), echoed(schema)  # as logged: bounded, as the answer repeats them
     if not tasks:  # Batch sends one task per invocation; an empty list still gets a log line
         with request_log(request_id, "batch", settings.log_level):
-            annotate(job_id=job.get("id"), schema=schema, status=400, error="invalid_request", tasks=0)
+            annotate(job_id=job_id, schema=named_schema, status=400, error="invalid_request", tasks=0)
     for index, raw in enumerate(tasks):
         task_id = _task_id(raw, index)
         with request_log(f"{request_id}#{index}", "batch", settings.log_level):
-            annotate(job_id=job.get("id"), task_id=task_id, schema=schema)
+            annotate(job_id=job_id, task_id=echoed(task_id), schema=named_schema)
             try:
                 if isinstance(options, InvalidRequest):
                     raise options

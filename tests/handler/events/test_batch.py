@@ -192,6 +192,65 @@ def test_an_answer_never_outgrows_its_event(s3) -> None:  # noqa: F811
     assert {r["resultCode"] for r in answer["results"]} == {"PermanentFailure"}
 
 
+def runtime_posts(answer: dict, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The bytes awslambdaric posts for `answer`: escaped to ASCII, as in this image (no AWS_EXECUTION_ENV), and as
+    UTF-8, as on AWS's python3.12+ runtimes. Its own `.encode("utf-8")` fails on a lone surrogate, and a post over
+    6 MB is refused: either way the runtime process exits (tests/deploy/test_emulator.py sees it)."""
+    from awslambdaric.lambda_runtime_marshaller import to_json
+
+    posts = []
+    for execution_env in (None, "AWS_Lambda_python3.12"):
+        if execution_env is None:
+            monkeypatch.delenv("AWS_EXECUTION_ENV", raising=False)
+        else:
+            monkeypatch.setenv("AWS_EXECUTION_ENV", execution_env)
+        posts.append(to_json(answer).encode("utf-8"))
+    monkeypatch.delenv("AWS_EXECUTION_ENV", raising=False)
+    return posts
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("taskId", "\ud800"),
+        ("invocationId", "\udfff"),
+        ("invocationSchemaVersion", "2.0\ud800"),
+        ("taskId", "é" * 2_900_000),
+        ("invocationId", "é" * 2_900_000),
+        ("invocationSchemaVersion", [0] * 2_000_000),
+    ],
+    ids=[
+        "surrogate-taskId",
+        "surrogate-invocationId",
+        "surrogate-schema",
+        "huge-taskId",
+        "huge-invocationId",
+        "list-schema",
+    ],
+)
+def test_fields_the_answer_repeats_are_posted_whole_and_small(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    field: str,
+    value: object,
+) -> None:
+    """A taskId "\\ud800" was repeated as is, which the runtime cannot encode as UTF-8 (on python3.12+ runtimes its
+    process exited: a 502); 2.9 million "é" made a 17 MB post in this image, a 2,000,000-item list schema a 6 MB one."""
+    event = batch_event("2.0", [MISSING])
+    if field == "taskId":
+        event["tasks"][0][field] = value
+    else:
+        event[field] = value
+    answer = lambda_handler(event, Context())
+    for post in runtime_posts(answer, monkeypatch):
+        assert len(post) < 200_000, post[:300]
+    assert [r["resultCode"] for r in answer["results"]] == ["PermanentFailure"], str(answer)[:300]
+    repeated = answer["results"][0]["taskId"] if field == "taskId" else answer[field]
+    if isinstance(value, str) and len(value) < 100:
+        assert repeated == value.encode("utf-8", "backslashreplace").decode()  # escaped, not dropped
+    assert answer["invocationId"] == (batch_event("2.0", [])["invocationId"] if field != "invocationId" else repeated)
+
+
 @pytest.mark.parametrize(
     "error, code",
     [
