@@ -251,6 +251,28 @@ def test_fields_the_answer_repeats_are_posted_whole_and_small(
     assert answer["invocationId"] == (batch_event("2.0", [])["invocationId"] if field != "invocationId" else repeated)
 
 
+def test_tasks_past_max_tasks_are_left_out_so_the_answer_stays_small(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Batch sends one task; 100,000 hand-written ones (a 3.6 MB event) were each answered, 15 MB in UTF-8 and 19 MB
+    as this image posts it: the runtime could not post that, and exited (a 502; the next invoke started cold)."""
+    event = batch_event("2.0", [MISSING])
+    event["tasks"] = [{**event["tasks"][0], "taskId": "é" * 10}] * 100_000
+    capsys.readouterr()
+    answer = lambda_handler(event, Context())
+    for post in runtime_posts(answer, monkeypatch):
+        assert len(post) < 20_000, len(post)
+    assert [r["taskId"] for r in answer["results"]] == ["é" * 10] * batch.MAX_TASKS
+    assert {r["resultCode"] for r in answer["results"]} == {"PermanentFailure"}  # the object is missing
+    log = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(log) == batch.MAX_TASKS + 1  # the tasks left out were not run
+    assert [(line["status"], line["tasks"], line["tasks_left_out"]) for line in log if "tasks" in line] == [
+        (400, 100_000, 100_000 - batch.MAX_TASKS)
+    ]
+
+
 @pytest.mark.parametrize(
     "error, code",
     [
