@@ -526,6 +526,36 @@ def test_s3_batch_operations_events_of_both_schemas(stack: Stack) -> None:
     assert [r["resultCode"] for r in v1.payload["results"]] == codes
 
 
+def test_hostile_non_http_events_get_answers_the_runtime_can_post_and_it_lives_on(stack: Stack) -> None:
+    """What the runtime client refuses before our handler runs (50,000 nested `[`, a 100,000-digit integer, NaN)
+    is its own Runtime.UnmarshalError; the rest is answered in the documented shapes. A Batch event of 100,000
+    tasks was answered with 21 MB: the runtime could not post it and exited, and the next invoke started cold."""
+    from handler.events.batch import MAX_TASKS
+    from tests.handler.events.test_batch import MISSING, batch_event
+
+    for raw in (b"[" * 50_000, b'{"task": "caption", "min_score": ' + b"9" * 100_000 + b"}", b'{"min_score": NaN}'):
+        refused = stack.emulator.invoke(None, raw=raw).payload
+        assert refused["errorType"] == "Runtime.UnmarshalError" and refused["stackTrace"] == [], refused
+    for event in ([1, 2], "caption", 3, True, None, {}):
+        assert stack.emulator.invoke(event).payload["error"]["code"] == "unsupported_event"
+
+    surrogate = batch_event("2.0", [MISSING], bucket=BUCKET)
+    surrogate["tasks"][0]["taskId"] = "\ud800"
+    answer = stack.emulator.invoke(surrogate).payload
+    assert [(r["taskId"], r["resultCode"]) for r in answer["results"]] == [("\\ud800", "PermanentFailure")], answer
+
+    many = batch_event("2.0", [MISSING], bucket=BUCKET)
+    many["tasks"] = [{"taskId": "é" * 10}] * 100_000  # each malformed: no key, a PermanentFailure
+    wire = json.dumps(many, ensure_ascii=False).encode()  # 3.6 MB: with ASCII escapes it would not be an event
+    assert len(wire) <= LAMBDA_RESPONSE_LIMIT
+    posted = stack.emulator.invoke(None, raw=wire)
+    assert len(posted.raw) <= LAMBDA_RESPONSE_LIMIT and len(posted.payload["results"]) == MAX_TASKS
+
+    health = stack.emulator.invoke(api_v2("GET", "/health", b"", "application/json"))
+    assert json_body(health.payload)["load_count"] == 1, "the runtime restarted and loaded the model again"
+    assert stack.emulator.process.poll() is None
+
+
 def test_nothing_is_written_outside_tmp(stack: Stack) -> None:
     assert _tree(stack.task_root) == stack.before["task_root"], "the function wrote next to its code"
     assert _tree(stack.artifact) == stack.before["artifact"], "the function wrote into the artifact"
