@@ -13,7 +13,7 @@ from handler.app import event_kind, lambda_handler
 from handler.config import LAMBDA_PAYLOAD_BYTES
 from handler.errors import ModelUnavailable, UpstreamError
 from handler.events import batch
-from tests.conftest import REPO_ROOT, image_bytes
+from tests.conftest import REPO_ROOT, image_bytes, runtime_posts
 from tests.handler.events.test_s3 import (  # noqa: F401  (s3: the moto fixture)
     BUCKET,
     S3_FAULTS,
@@ -192,23 +192,6 @@ def test_an_answer_never_outgrows_its_event(s3) -> None:  # noqa: F811
     assert {r["resultCode"] for r in answer["results"]} == {"PermanentFailure"}
 
 
-def runtime_posts(answer: dict, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The bytes awslambdaric posts for `answer`: escaped to ASCII, as in this image (no AWS_EXECUTION_ENV), and as
-    UTF-8, as on AWS's python3.12+ runtimes. Its own `.encode("utf-8")` fails on a lone surrogate, and a post over
-    6 MB is refused: either way the runtime process exits (tests/deploy/test_emulator.py sees it)."""
-    from awslambdaric.lambda_runtime_marshaller import to_json
-
-    posts = []
-    for execution_env in (None, "AWS_Lambda_python3.12"):
-        if execution_env is None:
-            monkeypatch.delenv("AWS_EXECUTION_ENV", raising=False)
-        else:
-            monkeypatch.setenv("AWS_EXECUTION_ENV", execution_env)
-        posts.append(to_json(answer).encode("utf-8"))
-    monkeypatch.delenv("AWS_EXECUTION_ENV", raising=False)
-    return posts
-
-
 @pytest.mark.parametrize(
     "field, value",
     [
@@ -230,7 +213,6 @@ def runtime_posts(answer: dict, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 )
 def test_fields_the_answer_repeats_are_posted_whole_and_small(
     s3,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
     field: str,
     value: object,
 ) -> None:
@@ -242,7 +224,7 @@ def test_fields_the_answer_repeats_are_posted_whole_and_small(
     else:
         event[field] = value
     answer = lambda_handler(event, Context())
-    for post in runtime_posts(answer, monkeypatch):
+    for post in runtime_posts(answer):
         assert len(post) < 200_000, post[:300]
     assert [r["resultCode"] for r in answer["results"]] == ["PermanentFailure"], str(answer)[:300]
     repeated = answer["results"][0]["taskId"] if field == "taskId" else answer[field]
@@ -253,7 +235,6 @@ def test_fields_the_answer_repeats_are_posted_whole_and_small(
 
 def test_tasks_past_max_tasks_are_left_out_so_the_answer_stays_small(
     s3,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Batch sends one task; 100,000 hand-written ones (a 3.6 MB event) were each answered, 15 MB in UTF-8 and 19 MB
@@ -262,7 +243,7 @@ def test_tasks_past_max_tasks_are_left_out_so_the_answer_stays_small(
     event["tasks"] = [{**event["tasks"][0], "taskId": "é" * 10}] * 100_000
     capsys.readouterr()
     answer = lambda_handler(event, Context())
-    for post in runtime_posts(answer, monkeypatch):
+    for post in runtime_posts(answer):
         assert len(post) < 20_000, len(post)
     assert [r["taskId"] for r in answer["results"]] == ["é" * 10] * batch.MAX_TASKS
     assert {r["resultCode"] for r in answer["results"]} == {"PermanentFailure"}  # the object is missing
