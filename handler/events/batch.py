@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
-from handler.errors import InvalidRequest, ServiceError, bounded, printable
+from handler.errors import MAX_LISTED_ERRORS, InvalidRequest, ServiceError, bounded, printable
 from handler.events.s3 import Disposition, ObjectResult, process_object
 from handler.florence.tasks import Task
 from handler.inputs.payload import check_bucket
@@ -217,6 +217,14 @@ def run_task(task: BatchTask, options: JobOptions, settings: Settings) -> dict[s
     return _succeeded(task.task_id, result)
 
 
+def _ignored_fields(ignored: dict[str, str]) -> dict[str, Any]:
+    """The log fields naming unknown userArguments keys: the first MAX_LISTED_ERRORS, each cut to 100 characters,
+    and how many there were when that is more (300,000 keys made a 3 MB log line for every task)."""
+    names = [printable(name[:100]) for name in sorted(ignored)[:MAX_LISTED_ERRORS]]
+    count = len(ignored) if len(ignored) > MAX_LISTED_ERRORS else None
+    return {"ignored_user_arguments": names, "ignored_user_argument_count": count}
+
+
 def _job_options(event: dict[str, Any], job: dict[str, Any]) -> JobOptions:
     """The job's options, or InvalidRequest (for an unknown schema too), which fails every task alike."""
     schema = event.get("invocationSchemaVersion")
@@ -289,6 +297,6 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
                 results.append(_result(task_id, ResultCode.PERMANENT_FAILURE, f"{exc.code}: {exc.message}"))
                 continue
             if options.ignored:
-                annotate(ignored_user_arguments=sorted(options.ignored))
+                annotate(**_ignored_fields(options.ignored))
             results.append(run_task(task, options, settings))
     return _response(event, results)

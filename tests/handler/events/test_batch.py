@@ -254,6 +254,24 @@ def test_tasks_past_max_tasks_are_left_out_so_the_answer_stays_small(
     ]
 
 
+def test_unknown_user_arguments_are_logged_by_their_first_names_and_a_count(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """300,000 unknown userArguments keys, one of them 2 MB long, were all logged on the task's line: 5.3 MB."""
+    from handler.errors import MAX_LISTED_ERRORS
+
+    arguments = {f"k{index:06d}": "v" for index in range(300_000)} | {"a" + "x" * 2_000_000: "v", "tasks": "caption"}
+    capsys.readouterr()
+    answer = lambda_handler(batch_event("2.0", [MISSING], user_arguments=arguments), Context())
+    assert [r["resultCode"] for r in answer["results"]] == ["PermanentFailure"]  # the missing object, as ever
+    out = capsys.readouterr().out
+    assert len(out) < 10_000, len(out)
+    (line,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert line["ignored_user_arguments"] == ["a" + "x" * 99] + [f"k{index:06d}" for index in range(9)]
+    assert line["ignored_user_argument_count"] == 300_001 and len(line["ignored_user_arguments"]) == MAX_LISTED_ERRORS
+
+
 @pytest.mark.parametrize(
     "error, code",
     [
