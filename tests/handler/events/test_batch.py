@@ -475,3 +475,16 @@ def test_a_job_for_other_tasks_keeps_what_the_result_already_holds(s3) -> None: 
     s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG", (50, 40)))  # a new image: nothing to keep
     lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "detect"}), Context())
     assert "caption" not in _stored(s3, GOOD)
+
+
+def test_a_version_id_utf8_cannot_carry_is_answered_escaped(s3) -> None:  # noqa: F811
+    """A task naming s3VersionId "\\ud800" of an object in a versioned bucket is skipped as not current, and its
+    resultString quoted the version as is: a post the runtime cannot encode where it posts UTF-8."""
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    event = batch_event("2.0", [GOOD])
+    event["tasks"][0]["s3VersionId"] = "\ud800"
+    answer = lambda_handler(event, Context())
+    (result,) = answer["results"]
+    assert result["resultCode"] == "Succeeded" and result["resultString"].startswith("skipped: version \\ud800 of")
+    runtime_posts(answer)  # raises UnicodeEncodeError where the runtime could not post it
