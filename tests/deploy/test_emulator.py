@@ -556,6 +556,32 @@ def test_hostile_non_http_events_get_answers_the_runtime_can_post_and_it_lives_o
     assert stack.emulator.process.poll() is None
 
 
+def test_a_10000_message_sqs_batch_of_hostile_bodies_standard_and_fifo(stack: Stack) -> None:
+    """Lambda's largest SQS batch, through the runtime: a lone surrogate, an SNS Message encoded twice and plain
+    garbage are dropped (logged); a notification padded with 1,000,000 spaces is read, and its missing object is
+    listed for retry. On a FIFO queue every message after it is held back and listed too (9,998 ids)."""
+    from tests.handler.events.test_notifications import sns_envelope
+
+    template = json.loads((EVENTS / "sqs_s3_upload.json").read_text())["Records"][0]
+    padded = " " * 1_000_000 + json.dumps(s3_put(BUCKET, "uploads/never-queued.jpg", 10))
+    twice = json.dumps(sns_envelope(json.dumps(json.dumps(s3_put(BUCKET, "uploads/never-queued.jpg", 10)))))
+    bodies = ["\ud800", padded, twice] + ["x"] * 9_997
+    for queue, listed in (("florence-uploads", 1), ("florence-uploads.fifo", 9_999)):
+        records = [
+            {
+                "messageId": f"m-{index}",
+                "body": body,
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"{template['eventSourceARN'].rsplit(':', 1)[0]}:{queue}",
+            }
+            for index, body in enumerate(bodies)
+        ]
+        answered = stack.emulator.invoke({"Records": records})
+        assert answered.payload == {"batchItemFailures": [{"itemIdentifier": f"m-{i}"} for i in range(1, 1 + listed)]}
+        assert answered.report.duration_ms < 29_000 and len(answered.raw) <= LAMBDA_RESPONSE_LIMIT
+        print(f"SQS {queue}: 10,000 messages in {answered.report.duration_ms:.0f} ms, {len(answered.raw)} bytes back")
+
+
 def test_nothing_is_written_outside_tmp(stack: Stack) -> None:
     assert _tree(stack.task_root) == stack.before["task_root"], "the function wrote next to its code"
     assert _tree(stack.artifact) == stack.before["artifact"], "the function wrote into the artifact"
