@@ -179,11 +179,22 @@ class ObjectNotice:
         return replace(notice, key=unquote_plus(notice.key))
 
 
+MAX_RECORDS = 10
+"""S3 names one object per notification. A hand-written one's records past this many are rejected unread: 2,000
+records naming objects cost 2,000 S3 calls one after another (2.6 s against moto in process; at 10 ms a call from
+Lambda, near the 29 s timeout, and a 6 MB synchronous event holds 60,000), repeated by each retry. Ten uploads at
+~1 s each (docs/deploy.md §8) fit the timeout."""
+
+
 def notices_in(records: list[Any]) -> list[ObjectNotice | BadRequest]:
-    """Each S3 record's notice, or the 400 that rejects that record alone."""
+    """Each S3 record's notice, or the 400 that rejects that record alone; records past MAX_RECORDS are rejected."""
     notices: list[ObjectNotice | BadRequest] = []
-    for record in records:
+    for index, record in enumerate(records):
         try:
+            if index >= MAX_RECORDS:
+                raise BadRequest(
+                    f"S3 names one object per notification; records past the first {MAX_RECORDS} are not read"
+                )
             notices.append(ObjectNotice.from_record(record))
         except BadRequest as exc:
             notices.append(exc)

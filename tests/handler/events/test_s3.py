@@ -414,3 +414,19 @@ def test_a_record_naming_a_huge_key_or_version_logs_a_bounded_line(s3, capsys: p
     assert len(lines) == 2 and all(len(line) < 7 * MAX_MESSAGE_CHARS for line in lines), [len(x) for x in lines]
     rejected, skipped = (json.loads(line) for line in lines)
     assert rejected["key"].startswith("é" * MAX_MESSAGE_CHARS) and skipped["version_id"].startswith("é" * 100)
+
+
+def test_records_past_max_records_are_rejected_unread(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 sends one record; a hand-written event of 2,000 naming missing objects made 2,000 S3 calls one after
+    another (each retry again), which from Lambda outlasts the 29 s timeout. Only the first MAX_RECORDS are read."""
+    from handler.events.s3 import MAX_RECORDS
+
+    heads: list[str] = []
+    head = s3io.head
+    monkeypatch.setattr(s3io, "head", lambda bucket, key, *rest: heads.append(key) or head(bucket, key, *rest))
+    with pytest.raises(S3BatchError, match=f"^{MAX_RECORDS} of 2000 records failed"):
+        lambda_handler(s3_event(*(f"gone/{index}.png" for index in range(2_000))), Context())
+    assert heads == [f"gone/{index}.png" for index in range(MAX_RECORDS)]
+    summary = lambda_handler(s3_event(*["folder/"] * 2_000), Context())  # folder markers: skipped, never read
+    assert len(summary["skipped"]) == MAX_RECORDS and len(summary["rejected"]) == 2_000 - MAX_RECORDS
+    assert summary["rejected"][0]["message"].endswith(f"records past the first {MAX_RECORDS} are not read")
