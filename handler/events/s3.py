@@ -184,6 +184,7 @@ MAX_RECORDS = 10
 records naming objects cost 2,000 S3 calls one after another (2.6 s against moto in process; at 10 ms a call from
 Lambda, near the 29 s timeout, and a 6 MB synchronous event holds 60,000), repeated by each retry. Ten uploads at
 ~1 s each (docs/deploy.md §8) fit the timeout."""
+PAST_MAX_RECORDS = f"S3 names one object per notification; records past the first {MAX_RECORDS} are not read"
 
 
 def notices_in(records: list[Any]) -> list[ObjectNotice | BadRequest]:
@@ -192,9 +193,7 @@ def notices_in(records: list[Any]) -> list[ObjectNotice | BadRequest]:
     for index, record in enumerate(records):
         try:
             if index >= MAX_RECORDS:
-                raise BadRequest(
-                    f"S3 names one object per notification; records past the first {MAX_RECORDS} are not read"
-                )
+                raise BadRequest(PAST_MAX_RECORDS)
             notices.append(ObjectNotice.from_record(record))
         except BadRequest as exc:
             notices.append(exc)
