@@ -181,8 +181,8 @@ class ObjectNotice:
 
 MAX_RECORDS = 10
 """S3 names one object per notification. A hand-written one's records past this many are rejected unread: 2,000
-records naming objects cost 2,000 S3 calls one after another (2.6 s against moto in process; at 10 ms a call from
-Lambda, near the 29 s timeout, and a 6 MB synchronous event holds 60,000), repeated by each retry. Ten uploads at
+records naming objects cost 2,000 S3 calls one after another (1.3 ms each against moto in process; at 10 ms a call
+from Lambda, near the 29 s timeout, and a 6 MB synchronous event holds 60,000), repeated by each retry. Ten uploads at
 ~1 s each (docs/deploy.md §8) fit the timeout."""
 PAST_MAX_RECORDS = f"S3 names one object per notification; records past the first {MAX_RECORDS} are not read"
 
