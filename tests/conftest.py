@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,31 @@ def run_python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[
         timeout=timeout,
         check=False,
     )
+
+
+RUNTIME_EXECUTION_ENVS = (None, "AWS_Lambda_python3.12")
+"""awslambdaric escapes its answers to ASCII unless AWS_EXECUTION_ENV names a python3.12+ runtime: this image sets
+none (6 bytes per accented letter, 12 per emoji), AWS's own python3.12+ base images post UTF-8."""
+
+
+def runtime_posts(answer: Any) -> list[bytes]:
+    """The bytes awslambdaric would post for `answer`, once per RUNTIME_EXECUTION_ENVS, made by its own `to_json` and
+    `.encode("utf-8")`. A lone surrogate fails that encode and a post over 6 MB is refused: either way the runtime
+    process exits (tests/deploy/test_emulator.py sees it)."""
+    from awslambdaric.lambda_runtime_marshaller import to_json
+
+    saved = os.environ.pop("AWS_EXECUTION_ENV", None)
+    try:
+        posts = []
+        for execution_env in RUNTIME_EXECUTION_ENVS:
+            if execution_env is not None:
+                os.environ["AWS_EXECUTION_ENV"] = execution_env
+            posts.append(to_json(answer).encode("utf-8"))
+        return posts
+    finally:
+        os.environ.pop("AWS_EXECUTION_ENV", None)
+        if saved is not None:
+            os.environ["AWS_EXECUTION_ENV"] = saved
 
 
 def _build_tiny_artifact(out: Path) -> Path:

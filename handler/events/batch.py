@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
-from handler.errors import InvalidRequest, ServiceError
+from handler.errors import MAX_LISTED_ERRORS, InvalidRequest, ServiceError, bounded, printable
 from handler.events.s3 import Disposition, ObjectResult, process_object
 from handler.florence.tasks import Task
 from handler.inputs.payload import check_bucket
@@ -38,6 +38,12 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 RESULT_STRING_LIMIT = 1024
 """Batch Operations keeps `resultString` in the completion report; keep it short and whole."""
+
+MAX_TASKS = 10
+"""Batch Operations sends one task per invocation. A hand-written event's tasks past this many are neither run nor
+answered (`treatMissingKeysAs` fails them): 100,000 tasks took two minutes, past the 29 s timeout, and their answer
+of 21 MB was more than the runtime can post (it exited; the next invoke started cold). Ten images at ~1 s each
+(docs/deploy.md §8) fit the timeout."""
 
 
 class ResultCode(str, Enum):
@@ -134,10 +140,22 @@ class BatchTask:
         return cls(task["taskId"], bucket, unquote_plus(key), version_id)
 
 
+def echoed(value: Any) -> str | None:
+    """A string the event carries (`invocationId`, `invocationSchemaVersion`, a `taskId`) as the answer repeats it:
+    cut to MAX_MESSAGE_CHARS, with what UTF-8 cannot carry escaped; anything but a string is not repeated.
+
+    The runtime posts the answer as UTF-8 (escaped to ASCII where AWS_EXECUTION_ENV is not a python3.12+ runtime,
+    as in this image: 6 bytes per accented letter): a taskId of "\\ud800" made an answer it could not encode, and one
+    of 2.9 million "é" an answer of 17 MB; either way the runtime process exited without answering.
+    """
+    return printable(bounded(value)) if isinstance(value, str) else None
+
+
 def _result(task_id: str, code: ResultCode, text: str) -> dict[str, str]:
+    text = printable(text)
     if len(text) > RESULT_STRING_LIMIT:
         text = text[: RESULT_STRING_LIMIT - 1] + "…"
-    return {"taskId": task_id, "resultCode": code.value, "resultString": text}
+    return {"taskId": echoed(task_id) or "", "resultCode": code.value, "resultString": text}
 
 
 def _succeeded(task_id: str, result: ObjectResult) -> dict[str, str]:
@@ -199,6 +217,14 @@ def run_task(task: BatchTask, options: JobOptions, settings: Settings) -> dict[s
     return _succeeded(task.task_id, result)
 
 
+def _ignored_fields(ignored: dict[str, str]) -> dict[str, Any]:
+    """The log fields naming unknown userArguments keys: the first MAX_LISTED_ERRORS, each cut to 100 characters,
+    and how many there were when that is more (300,000 keys made a 3 MB log line for every task)."""
+    names = [printable(name[:100]) for name in sorted(ignored)[:MAX_LISTED_ERRORS]]
+    count = len(ignored) if len(ignored) > MAX_LISTED_ERRORS else None
+    return {"ignored_user_arguments": names, "ignored_user_argument_count": count}
+
+
 def _job_options(event: dict[str, Any], job: dict[str, Any]) -> JobOptions:
     """The job's options, or InvalidRequest (for an unknown schema too), which fails every task alike."""
     schema = event.get("invocationSchemaVersion")
@@ -208,8 +234,9 @@ def _job_options(event: dict[str, Any], job: dict[str, Any]) -> JobOptions:
 
 
 def _tasks(event: dict[str, Any]) -> list[Any]:
+    """The tasks to answer: the first MAX_TASKS."""
     raw_tasks = event.get("tasks")
-    return raw_tasks if isinstance(raw_tasks, list) else []
+    return raw_tasks[:MAX_TASKS] if isinstance(raw_tasks, list) else []
 
 
 def _task_id(raw: Any, index: int) -> str:
@@ -224,9 +251,9 @@ def _task_id(raw: Any, index: int) -> str:
 
 def _response(event: dict[str, Any], results: list[dict[str, str]]) -> dict[str, Any]:
     return {
-        "invocationSchemaVersion": event.get("invocationSchemaVersion"),
+        "invocationSchemaVersion": echoed(event.get("invocationSchemaVersion")),
         "treatMissingKeysAs": TREAT_MISSING_KEYS_AS,
-        "invocationId": event.get("invocationId"),
+        "invocationId": echoed(event.get("invocationId")),
         "results": results,
     }
 
@@ -251,13 +278,16 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
     except InvalidRequest as exc:
         options = exc
     results = []
-    if not tasks:  # Batch sends one task per invocation; an empty list still gets a log line
+    job_id, named_schema = echoed(job.get("id")), echoed(schema)  # as logged: bounded, as the answer repeats them
+    left_out = len(event["tasks"]) - len(tasks) if isinstance(event.get("tasks"), list) else 0
+    if not tasks or left_out:  # Batch sends one task per invocation: none, or too many, get a line of their own
         with request_log(request_id, "batch", settings.log_level):
-            annotate(job_id=job.get("id"), schema=schema, status=400, error="invalid_request", tasks=0)
+            annotate(job_id=job_id, schema=named_schema, status=400, error="invalid_request")
+            annotate(tasks=len(tasks) + left_out, tasks_left_out=left_out or None)
     for index, raw in enumerate(tasks):
         task_id = _task_id(raw, index)
         with request_log(f"{request_id}#{index}", "batch", settings.log_level):
-            annotate(job_id=job.get("id"), task_id=task_id, schema=schema)
+            annotate(job_id=job_id, task_id=echoed(task_id), schema=named_schema)
             try:
                 if isinstance(options, InvalidRequest):
                     raise options
@@ -267,6 +297,6 @@ def handle(event: dict[str, Any], request_id: str, settings: Settings) -> dict[s
                 results.append(_result(task_id, ResultCode.PERMANENT_FAILURE, f"{exc.code}: {exc.message}"))
                 continue
             if options.ignored:
-                annotate(ignored_user_arguments=sorted(options.ignored))
+                annotate(**_ignored_fields(options.ignored))
             results.append(run_task(task, options, settings))
     return _response(event, results)

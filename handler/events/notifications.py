@@ -27,6 +27,8 @@ from typing import Any
 from handler.config import Settings
 from handler.errors import BadRequest, printable
 from handler.events.s3 import (
+    MAX_RECORDS,
+    PAST_MAX_RECORDS,
     TEST_EVENT,
     UPLOAD_DETAIL_TYPES,
     ObjectNotice,
@@ -163,10 +165,17 @@ def _open(what: str, message: Any) -> Notification | BadRequest:
 
 
 def _process_message(
-    kind: str, message: Any, request_id: str, label: str, settings: Settings, outcome: Outcome, **fields: Any
+    kind: str,
+    message: Any,
+    request_id: str,
+    label: str,
+    settings: Settings,
+    outcome: Outcome,
+    opened: Notification | BadRequest | None = None,
+    **fields: Any,
 ) -> None:
     """One message's objects, each with its own log line; a message that names none gets one line of its own."""
-    opened = _open(kind, message)
+    opened = _open(kind, message) if opened is None else opened
     if isinstance(opened, Notification) and opened.notices:
         process_notices(opened.notices, request_id, kind, settings, outcome, prefix=f"{label}.", **fields)
         return
@@ -207,7 +216,7 @@ def handle_sqs(event: dict[str, Any], request_id: str, settings: Settings) -> di
         message_id = _message_id(record.get("messageId"))
         attributes = record.get("attributes")
         count = attributes.get("ApproximateReceiveCount") if isinstance(attributes, dict) else None
-        fields = {"message_id": message_id, "receive_count": count if isinstance(count, str) else None}
+        fields: dict[str, Any] = {"message_id": message_id, "receive_count": count if isinstance(count, str) else None}
         outcome = Outcome()
         if holding:
             with request_log(f"{request_id}#{index}", SQS, settings.log_level):
@@ -233,7 +242,8 @@ def handle_async(kind: str, event: dict[str, Any], request_id: str, settings: Se
     for index, message in enumerate(messages):
         message_id = message.get("MessageId" if kind == SNS else "id") if isinstance(message, dict) else None
         fields = {"message_id": printable(message_id[:100]) if isinstance(message_id, str) else None}
-        _process_message(kind, message, request_id, str(index), settings, outcome, **fields)
+        unread = BadRequest(PAST_MAX_RECORDS) if index >= MAX_RECORDS else None  # SNS sends one record
+        _process_message(kind, message, request_id, str(index), settings, outcome, opened=unread, **fields)
     raise_if_failed(outcome, len(messages))
     return outcome.summary()
 

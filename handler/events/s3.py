@@ -92,6 +92,13 @@ class ObjectResult:
     """The version the event or task named, when it is not the current one."""
 
 
+def _named(text: str) -> str:
+    """A bucket, key or version id as an answer or log line names it: cut to MAX_MESSAGE_CHARS (room for any key
+    S3 holds) and escaped where UTF-8 cannot carry it. A record naming a key of 2,000,000 "é", which S3 refuses,
+    was logged whole (a 12 MB line) and left out of the answer as too large to list."""
+    return printable(bounded(text))
+
+
 MAX_SUMMARY_BYTES = 1_048_576
 """An answer lists objects while their JSON fits in this, then counts the rest (`omitted`): a hand-written event
 of 60,000 malformed records (1.6 MB) was answered with 6.9 MB, more than the 6 MB Lambda can return."""
@@ -108,11 +115,11 @@ class Outcome:
         if result.disposition is Disposition.WRITTEN:
             self.written.append(str(result.result_uri))
         elif result.disposition is Disposition.REJECTED:
-            self.rejected.append({"key": printable(result.key), **(result.error or {})})
+            self.rejected.append({"key": _named(result.key), **(result.error or {})})
         elif result.disposition is Disposition.ALREADY_PRESENT:
-            self.skipped.append({"key": printable(result.key), "reason": "result exists for this ETag"})
+            self.skipped.append({"key": _named(result.key), "reason": "result exists for this ETag"})
         else:
-            self.skipped.append({"key": printable(result.key), "reason": result.disposition.value})
+            self.skipped.append({"key": _named(result.key), "reason": result.disposition.value})
 
     def summary(self) -> dict[str, Any]:
         """What became of each object, as far as MAX_SUMMARY_BYTES allows; `omitted` counts the rest, if any."""
@@ -172,11 +179,21 @@ class ObjectNotice:
         return replace(notice, key=unquote_plus(notice.key))
 
 
+MAX_RECORDS = 10
+"""S3 names one object per notification. A hand-written one's records past this many are rejected unread: 2,000
+records naming objects cost 2,000 S3 calls one after another (1.3 ms each against moto in process; at 10 ms a call
+from Lambda, near the 29 s timeout, and a 6 MB synchronous event holds 60,000), repeated by each retry. Ten uploads at
+~1 s each (docs/deploy.md §8) fit the timeout."""
+PAST_MAX_RECORDS = f"S3 names one object per notification; records past the first {MAX_RECORDS} are not read"
+
+
 def notices_in(records: list[Any]) -> list[ObjectNotice | BadRequest]:
-    """Each S3 record's notice, or the 400 that rejects that record alone."""
+    """Each S3 record's notice, or the 400 that rejects that record alone; records past MAX_RECORDS are rejected."""
     notices: list[ObjectNotice | BadRequest] = []
-    for record in records:
+    for index, record in enumerate(records):
         try:
+            if index >= MAX_RECORDS:
+                raise BadRequest(PAST_MAX_RECORDS)
             notices.append(ObjectNotice.from_record(record))
         except BadRequest as exc:
             notices.append(exc)
@@ -304,7 +321,7 @@ def process_object(
     """
     from handler.inputs import s3 as s3io
 
-    annotate(bucket=bucket, key=key)
+    annotate(bucket=_named(bucket), key=_named(key))
     try:  # a location S3 cannot hold: nothing to read, no result to name
         s3io.check_bucket_name(bucket)
         s3io.check_key(key)
@@ -331,7 +348,7 @@ def process_object(
         return _rejected(key, exc)
     etag = head.etag.strip('"')
     if version_id is not None and head.version_id is not None and version_id != head.version_id:
-        annotate(status="skipped", version_id=printable(version_id), current_version_id=head.version_id)
+        annotate(status="skipped", version_id=_named(version_id), current_version_id=head.version_id)
         return ObjectResult(key, Disposition.NOT_CURRENT_VERSION, result_uri, version_id=version_id)
     existing = None if overwrite else s3io.head_metadata(out_bucket, out_key)
     if existing is not None and answers(existing, etag, tasks):
@@ -365,7 +382,7 @@ def process_notice(notice: ObjectNotice | BadRequest, settings: Settings, outcom
         outcome.add(_rejected("", notice))
         return
     if not notice.upload:
-        annotate(bucket=notice.bucket, key=notice.key, event_name=notice.event_name, status="skipped")
+        annotate(bucket=_named(notice.bucket), key=_named(notice.key), event_name=notice.event_name, status="skipped")
         outcome.add(ObjectResult(notice.key, Disposition.NOT_AN_UPLOAD))
         return
     outcome.add(process_object(notice.bucket, notice.key, settings, version_id=notice.version_id))

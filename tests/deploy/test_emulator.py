@@ -526,6 +526,62 @@ def test_s3_batch_operations_events_of_both_schemas(stack: Stack) -> None:
     assert [r["resultCode"] for r in v1.payload["results"]] == codes
 
 
+def test_hostile_non_http_events_get_answers_the_runtime_can_post_and_it_lives_on(stack: Stack) -> None:
+    """What the runtime client refuses before our handler runs (50,000 nested `[`, a 100,000-digit integer, NaN)
+    is its own Runtime.UnmarshalError; the rest is answered in the documented shapes. A Batch event of 100,000
+    tasks was answered with 21 MB: the runtime could not post it and exited, and the next invoke started cold."""
+    from handler.events.batch import MAX_TASKS
+    from tests.handler.events.test_batch import MISSING, batch_event
+
+    for raw in (b"[" * 50_000, b'{"task": "caption", "min_score": ' + b"9" * 100_000 + b"}", b'{"min_score": NaN}'):
+        refused = stack.emulator.invoke(None, raw=raw).payload
+        assert refused["errorType"] == "Runtime.UnmarshalError" and refused["stackTrace"] == [], refused
+    for event in ([1, 2], "caption", 3, True, None, {}):
+        assert stack.emulator.invoke(event).payload["error"]["code"] == "unsupported_event"
+
+    surrogate = batch_event("2.0", [MISSING], bucket=BUCKET)
+    surrogate["tasks"][0]["taskId"] = "\ud800"
+    answer = stack.emulator.invoke(surrogate).payload
+    assert [(r["taskId"], r["resultCode"]) for r in answer["results"]] == [("\\ud800", "PermanentFailure")], answer
+
+    many = batch_event("2.0", [MISSING], bucket=BUCKET)
+    many["tasks"] = [{"taskId": "é" * 10}] * 100_000  # each malformed: no key, a PermanentFailure
+    wire = json.dumps(many, ensure_ascii=False).encode()  # 3.6 MB: with ASCII escapes it would not be an event
+    assert len(wire) <= LAMBDA_RESPONSE_LIMIT
+    posted = stack.emulator.invoke(None, raw=wire)
+    assert len(posted.raw) <= LAMBDA_RESPONSE_LIMIT and len(posted.payload["results"]) == MAX_TASKS
+
+    health = stack.emulator.invoke(api_v2("GET", "/health", b"", "application/json"))
+    assert json_body(health.payload)["load_count"] == 1, "the runtime restarted and loaded the model again"
+    assert stack.emulator.process.poll() is None
+
+
+def test_a_10000_message_sqs_batch_of_hostile_bodies_standard_and_fifo(stack: Stack) -> None:
+    """Lambda's largest SQS batch, through the runtime: a lone surrogate, an SNS Message encoded twice and plain
+    garbage are dropped (logged); a notification padded with 1,000,000 spaces is read, and its missing object is
+    listed for retry. On a FIFO queue every message after it is held back and listed too (9,998 ids)."""
+    from tests.handler.events.test_notifications import sns_envelope
+
+    template = json.loads((EVENTS / "sqs_s3_upload.json").read_text())["Records"][0]
+    padded = " " * 1_000_000 + json.dumps(s3_put(BUCKET, "uploads/never-queued.jpg", 10))
+    twice = json.dumps(sns_envelope(json.dumps(json.dumps(s3_put(BUCKET, "uploads/never-queued.jpg", 10)))))
+    bodies = ["\ud800", padded, twice] + ["x"] * 9_997
+    for queue, listed in (("florence-uploads", 1), ("florence-uploads.fifo", 9_999)):
+        records = [
+            {
+                "messageId": f"m-{index}",
+                "body": body,
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"{template['eventSourceARN'].rsplit(':', 1)[0]}:{queue}",
+            }
+            for index, body in enumerate(bodies)
+        ]
+        answered = stack.emulator.invoke({"Records": records})
+        assert answered.payload == {"batchItemFailures": [{"itemIdentifier": f"m-{i}"} for i in range(1, 1 + listed)]}
+        assert answered.report.duration_ms < 29_000 and len(answered.raw) <= LAMBDA_RESPONSE_LIMIT
+        print(f"SQS {queue}: 10,000 messages in {answered.report.duration_ms:.0f} ms, {len(answered.raw)} bytes back")
+
+
 def test_nothing_is_written_outside_tmp(stack: Stack) -> None:
     assert _tree(stack.task_root) == stack.before["task_root"], "the function wrote next to its code"
     assert _tree(stack.artifact) == stack.before["artifact"], "the function wrote into the artifact"

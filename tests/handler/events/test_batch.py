@@ -13,7 +13,7 @@ from handler.app import event_kind, lambda_handler
 from handler.config import LAMBDA_PAYLOAD_BYTES
 from handler.errors import ModelUnavailable, UpstreamError
 from handler.events import batch
-from tests.conftest import REPO_ROOT, image_bytes
+from tests.conftest import REPO_ROOT, image_bytes, runtime_posts
 from tests.handler.events.test_s3 import (  # noqa: F401  (s3: the moto fixture)
     BUCKET,
     S3_FAULTS,
@@ -190,6 +190,86 @@ def test_an_answer_never_outgrows_its_event(s3) -> None:  # noqa: F811
     assert len(json.dumps(answer, ensure_ascii=False).encode()) < len(wire)
     assert [r["taskId"] for r in answer["results"]] == ["0", "1", "2", "3", "4", "5"]
     assert {r["resultCode"] for r in answer["results"]} == {"PermanentFailure"}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("taskId", "\ud800"),
+        ("invocationId", "\udfff"),
+        ("invocationSchemaVersion", "2.0\ud800"),
+        ("taskId", "é" * 2_900_000),
+        ("invocationId", "é" * 2_900_000),
+        ("invocationSchemaVersion", [0] * 2_000_000),
+    ],
+    ids=[
+        "surrogate-taskId",
+        "surrogate-invocationId",
+        "surrogate-schema",
+        "huge-taskId",
+        "huge-invocationId",
+        "list-schema",
+    ],
+)
+def test_fields_the_answer_repeats_are_posted_whole_and_small(
+    s3,  # noqa: F811
+    field: str,
+    value: object,
+) -> None:
+    """A taskId "\\ud800" was repeated as is, which the runtime cannot encode as UTF-8 (on python3.12+ runtimes its
+    process exited: a 502); 2.9 million "é" made a 17 MB post in this image, a 2,000,000-item list schema a 6 MB one."""
+    event = batch_event("2.0", [MISSING])
+    if field == "taskId":
+        event["tasks"][0][field] = value
+    else:
+        event[field] = value
+    answer = lambda_handler(event, Context())
+    for post in runtime_posts(answer):
+        assert len(post) < 200_000, post[:300]
+    assert [r["resultCode"] for r in answer["results"]] == ["PermanentFailure"], str(answer)[:300]
+    repeated = answer["results"][0]["taskId"] if field == "taskId" else answer[field]
+    if isinstance(value, str) and len(value) < 100:
+        assert repeated == value.encode("utf-8", "backslashreplace").decode()  # escaped, not dropped
+    assert answer["invocationId"] == (batch_event("2.0", [])["invocationId"] if field != "invocationId" else repeated)
+
+
+def test_tasks_past_max_tasks_are_left_out_so_the_answer_stays_small(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Batch sends one task; 100,000 hand-written ones (a 3.6 MB event) were each answered, 15 MB in UTF-8 and 19 MB
+    as this image posts it: the runtime could not post that, and exited (a 502; the next invoke started cold)."""
+    event = batch_event("2.0", [MISSING])
+    event["tasks"] = [{**event["tasks"][0], "taskId": "é" * 10}] * 100_000
+    capsys.readouterr()
+    answer = lambda_handler(event, Context())
+    for post in runtime_posts(answer):
+        assert len(post) < 20_000, len(post)
+    assert [r["taskId"] for r in answer["results"]] == ["é" * 10] * batch.MAX_TASKS
+    assert {r["resultCode"] for r in answer["results"]} == {"PermanentFailure"}  # the object is missing
+    log = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(log) == batch.MAX_TASKS + 1  # the tasks left out were not run
+    assert [(line["status"], line["tasks"], line["tasks_left_out"]) for line in log if "tasks" in line] == [
+        (400, 100_000, 100_000 - batch.MAX_TASKS)
+    ]
+
+
+def test_unknown_user_arguments_are_logged_by_their_first_names_and_a_count(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """300,000 unknown userArguments keys, one of them 2 MB long, were all logged on the task's line: 5.3 MB."""
+    from handler.errors import MAX_LISTED_ERRORS
+
+    arguments = {f"k{index:06d}": "v" for index in range(300_000)} | {"a" + "x" * 2_000_000: "v", "tasks": "caption"}
+    capsys.readouterr()
+    answer = lambda_handler(batch_event("2.0", [MISSING], user_arguments=arguments), Context())
+    assert [r["resultCode"] for r in answer["results"]] == ["PermanentFailure"]  # the missing object, as ever
+    out = capsys.readouterr().out
+    assert len(out) < 10_000, len(out)
+    (line,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert line["ignored_user_arguments"] == ["a" + "x" * 99] + [f"k{index:06d}" for index in range(9)]
+    assert line["ignored_user_argument_count"] == 300_001 and len(line["ignored_user_arguments"]) == MAX_LISTED_ERRORS
 
 
 @pytest.mark.parametrize(
@@ -395,3 +475,16 @@ def test_a_job_for_other_tasks_keeps_what_the_result_already_holds(s3) -> None: 
     s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG", (50, 40)))  # a new image: nothing to keep
     lambda_handler(batch_event("2.0", [GOOD], user_arguments={"tasks": "detect"}), Context())
     assert "caption" not in _stored(s3, GOOD)
+
+
+def test_a_version_id_utf8_cannot_carry_is_answered_escaped(s3) -> None:  # noqa: F811
+    """A task naming s3VersionId "\\ud800" of an object in a versioned bucket is skipped as not current, and its
+    resultString quoted the version as is: a post the runtime cannot encode where it posts UTF-8."""
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=BUCKET, Key=GOOD, Body=image_bytes("PNG"))
+    event = batch_event("2.0", [GOOD])
+    event["tasks"][0]["s3VersionId"] = "\ud800"
+    answer = lambda_handler(event, Context())
+    (result,) = answer["results"]
+    assert result["resultCode"] == "Succeeded" and result["resultString"].startswith("skipped: version \\ud800 of")
+    runtime_posts(answer)  # raises UnicodeEncodeError where the runtime could not post it

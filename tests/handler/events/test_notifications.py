@@ -456,3 +456,22 @@ def test_wrapped_notifications_with_any_field_changed_are_answered(
         assert response["error"]["code"] == "unsupported_event" and event_kind(event) == "unknown", response
     else:
         assert set(response) == set(NOTHING) and response["failed"] == [], response
+
+
+def test_sns_records_past_max_records_are_rejected_unread(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """SNS delivers one record per invocation; a hand-written event of 2,000, each naming a missing object, made
+    2,000 S3 calls one after another (each retry again). Only the first MAX_RECORDS are read."""
+    from handler.events.s3 import MAX_RECORDS
+    from handler.inputs import s3 as s3io
+
+    heads: list[str] = []
+    head = s3io.head
+    monkeypatch.setattr(s3io, "head", lambda bucket, key, *rest: heads.append(key) or head(bucket, key, *rest))
+    event = sns_event(s3_body("gone/0.png"))
+    event["Records"] = [
+        {**event["Records"][0], "Sns": {**event["Records"][0]["Sns"], "Message": s3_body(f"gone/{index}.png")}}
+        for index in range(2_000)
+    ]
+    with pytest.raises(S3BatchError, match=f"^{MAX_RECORDS} of 2000 records failed"):
+        lambda_handler(event, Context())
+    assert heads == [f"gone/{index}.png" for index in range(MAX_RECORDS)]

@@ -394,3 +394,39 @@ def test_an_answer_for_any_number_of_records_is_one_lambda_can_return(s3) -> Non
     assert len(json.dumps(summary, ensure_ascii=False).encode()) <= MAX_SUMMARY_BYTES + 100 < LAMBDA_PAYLOAD_BYTES
     assert summary["rejected"][0]["code"] == "bad_request" and len(summary["rejected"]) + summary["omitted"] == 60_000
     assert "omitted" not in lambda_handler({"Records": [{"eventSource": "aws:s3"}]}, Context())  # only when cut
+
+
+def test_a_record_naming_a_huge_key_or_version_logs_a_bounded_line(s3, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record whose key was 2,000,000 "é" was rejected (S3 keys are at most 1,024 bytes), and one naming an old
+    version of 2,000,000 "é" was skipped, but each was logged whole: a 12 MB line, as json.dumps escapes it."""
+    from handler.errors import MAX_MESSAGE_CHARS
+
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=BUCKET, Key="a.png", Body=image_bytes("PNG"))
+    huge = "é" * 2_000_000
+    old_version = s3_event("a.png")
+    old_version["Records"][0]["s3"]["object"]["versionId"] = huge
+    capsys.readouterr()
+    summary = lambda_handler({"Records": s3_event(huge)["Records"] + old_version["Records"]}, Context())
+    assert [r["code"] for r in summary["rejected"]] == ["bad_request"]
+    assert [s["reason"] for s in summary["skipped"]] == ["not the current version"]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(len(line) < 7 * MAX_MESSAGE_CHARS for line in lines), [len(x) for x in lines]
+    rejected, skipped = (json.loads(line) for line in lines)
+    assert rejected["key"].startswith("é" * MAX_MESSAGE_CHARS) and skipped["version_id"].startswith("é" * 100)
+
+
+def test_records_past_max_records_are_rejected_unread(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 sends one record; a hand-written event of 2,000 naming missing objects made 2,000 S3 calls one after
+    another (each retry again), which from Lambda outlasts the 29 s timeout. Only the first MAX_RECORDS are read."""
+    from handler.events.s3 import MAX_RECORDS
+
+    heads: list[str] = []
+    head = s3io.head
+    monkeypatch.setattr(s3io, "head", lambda bucket, key, *rest: heads.append(key) or head(bucket, key, *rest))
+    with pytest.raises(S3BatchError, match=f"^{MAX_RECORDS} of 2000 records failed"):
+        lambda_handler(s3_event(*(f"gone/{index}.png" for index in range(2_000))), Context())
+    assert heads == [f"gone/{index}.png" for index in range(MAX_RECORDS)]
+    summary = lambda_handler(s3_event(*["folder/"] * 2_000), Context())  # folder markers: skipped, never read
+    assert len(summary["skipped"]) == MAX_RECORDS and len(summary["rejected"]) == 2_000 - MAX_RECORDS
+    assert summary["rejected"][0]["message"].endswith(f"records past the first {MAX_RECORDS} are not read")
