@@ -22,20 +22,20 @@ from handler.errors import Misconfigured
 from handler.events.notifications import MAX_MESSAGE_BYTES
 from handler.events.s3 import S3BatchError
 from tests.conftest import REPO_ROOT, image_bytes
-from tests.handler.events.test_s3 import BUCKET, KEYS, s3, s3_answers, s3_event  # noqa: F401  (s3: the moto fixture)
+from tests.handler.events.test_s3 import (  # noqa: F401  (s3: the moto fixture)
+    BUCKET,
+    KEYS,
+    S3_TEST_EVENT,
+    s3,
+    s3_answers,
+    s3_event,
+)
 from tests.handler.test_app import Context
 from tests.handler.test_hostile_corpus import PROPERTY, json_values
 
 EVENTS = REPO_ROOT / "events"
 NOTHING = {"written": [], "skipped": [], "rejected": [], "failed": []}
-TEST_EVENT = {
-    "Service": "Amazon S3",
-    "Event": "s3:TestEvent",
-    "Time": "2026-12-01T02:30:00.000Z",
-    "Bucket": BUCKET,
-    "RequestId": "5582815E1AEA5ADF",
-    "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YstdA6Knx4Ip8EXAMPLE",
-}
+TEST_EVENT = S3_TEST_EVENT
 
 
 def _sample(name: str) -> dict[str, Any]:

@@ -343,16 +343,20 @@ def test_events_that_are_not_uploads_and_folder_markers_are_skipped(s3) -> None:
         assert len(lambda_handler(s3_event("kept.png", event_name=name), Context())["written"]) == 1, name
 
 
+S3_TEST_EVENT = {
+    "Service": "Amazon S3",
+    "Event": "s3:TestEvent",
+    "Time": "2026-12-01T02:30:00.000Z",
+    "Bucket": BUCKET,
+    "RequestId": "5582815E1AEA5ADF",
+    "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YstdA6Knx4Ip8EXAMPLE",
+}
+"""What S3 sends, without Records, when a notification is configured."""
+
+
 def test_the_s3_test_event_is_answered(s3) -> None:
     """S3 sends it, without Records, when a notification is configured; before it was an unsupported event (400)."""
-    test_event = {
-        "Service": "Amazon S3",
-        "Event": "s3:TestEvent",
-        "Time": "2026-12-01T02:30:00.000Z",
-        "Bucket": BUCKET,
-        "RequestId": "5582815E1AEA5ADF",
-        "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YstdA6Knx4Ip8EXAMPLE",
-    }
+    test_event = S3_TEST_EVENT
     assert lambda_handler(test_event, Context()) == {"written": [], "skipped": [], "rejected": [], "failed": []}
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from handler.config import LAMBDA_PAYLOAD_BYTES
 from handler.logs import logger
 from tests.conftest import image_bytes
 from tests.handler.test_app import Context, _multipart, _v1, _v2
+from tests.handler.test_hostile_corpus import LogLines
 
 PNG = image_bytes("PNG", (48, 32))
 
@@ -180,20 +180,9 @@ ENVELOPE = settings(
 )
 
 
-class _LogLines(logging.Handler):
-    """The request log's JSON lines, to hold the logged status to the returned one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(record.getMessage()))
-
-
 @pytest.fixture
-def log_lines(serving_env: Path) -> Iterator[_LogLines]:
-    lines = _LogLines()
+def log_lines(serving_env: Path) -> Iterator[LogLines]:
+    lines = LogLines()
     logger().addHandler(lines)
     try:
         yield lines
@@ -227,7 +216,7 @@ def log_lines(serving_env: Path) -> Iterator[_LogLines]:
     content_length="9" * 5000,
 )
 def test_any_envelope_is_answered_in_the_error_shape_never_a_500(
-    log_lines: _LogLines,
+    log_lines: LogLines,
     entry: str,
     method: str,
     path: str,
@@ -286,7 +275,7 @@ def test_alb_query_strings_are_decoded_once(ctx: Context, query: dict[str, str],
 
 
 def test_an_app_that_cannot_be_built_is_ours_a_500_not_a_bad_event(
-    log_lines: _LogLines, monkeypatch: pytest.MonkeyPatch
+    log_lines: LogLines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Building FastAPI is our code: its failure was answered 400 `bad_event`, "malformed HTTP event"."""
     import handler.app
