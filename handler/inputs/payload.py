@@ -72,7 +72,13 @@ def _decode_base64(value: str, max_bytes: int) -> bytes:
 
 
 def image_from(payload: ImagePayload, settings: Settings) -> bytes:
-    """The image bytes a validated payload names; 422 when it names none, 400/403/404/413/502/503 from S3."""
+    """The image bytes a validated payload names; 422 when it names none or both, 400/403/404/413/502/503 from S3.
+
+    Both named was answered for the inline image alone, without a word: a caller who meant the S3 object
+    got another image's caption.
+    """
+    if payload.image_base64 is not None and payload.s3 is not None:
+        raise InvalidRequest('JSON body has both "image_base64" and "s3": send one image')
     if payload.image_base64 is not None:
         return _decode_base64(payload.image_base64, settings.max_image_bytes)
     if payload.s3 is not None:

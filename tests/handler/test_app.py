@@ -191,6 +191,10 @@ def test_direct_invoke_min_score_filters_boxes(ctx: Context) -> None:
         ({"task": "detect", "min_score": 1.5, "image_base64": "aGk="}, "invalid_request"),
         ({"task": "detect", "min_score": True, "image_base64": "aGk="}, "invalid_request"),
         ({"task": "detect", "min_score": "lots", "image_base64": "aGk="}, "invalid_request"),
+        (
+            {"task": "caption", "image_base64": "aGk=", "s3": {"bucket": "allowed-bucket", "key": "k"}},
+            "invalid_request",
+        ),
     ],
 )
 def test_direct_invoke_errors_are_plain_dicts(ctx: Context, event: dict, code: str) -> None:

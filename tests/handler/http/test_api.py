@@ -165,6 +165,14 @@ def test_422_bad_json(client: TestClient, body: bytes) -> None:
     _assert_error(_raw(client, "/caption", body, "application/json"), 422, "invalid_request")
 
 
+def test_a_json_body_naming_two_images_is_a_422(client: TestClient, png_bytes: bytes) -> None:
+    """It was answered for the inline image alone: a caller who meant the S3 object got another image's caption."""
+    body = {"image_base64": base64.b64encode(png_bytes).decode(), "s3": {"bucket": "allowed-bucket", "key": "a.png"}}
+    response = client.post("/caption", json=body)
+    _assert_error(response, 422, "invalid_request")
+    assert "both" in response.json()["error"]["message"]
+
+
 def test_422_bad_parameters(client: TestClient, png_bytes: bytes) -> None:
     _assert_error(_raw(client, "/analyze?tasks=caption,segment", png_bytes), 422, "invalid_request")
     _assert_error(_raw(client, "/detect?format=gif", png_bytes), 422, "invalid_request")
