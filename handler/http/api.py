@@ -188,6 +188,26 @@ class OptionalCors:
         await RequestLogMiddleware(answer_preflight)(scope, receive, send)
 
 
+class HeadWithoutBody:
+    """A HEAD answer is GET's status and headers with no body (RFC 9110 9.3.2). uvicorn drops the body
+    itself; Mangum does not, so through API Gateway `HEAD /docs` returned the whole page."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app(scope, receive, send_without_body)
+
+
 class OptionalTrailingSlash:
     """`POST /caption/` is `POST /caption`: routing sees the path without its trailing slash."""
 
@@ -213,6 +233,7 @@ def create_app() -> FastAPI:
     app.add_middleware(OptionalTrailingSlash)
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(OptionalCors)
+    app.add_middleware(HeadWithoutBody)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -23,6 +23,7 @@ def demo_html() -> str:
 
 
 @router.get("/", response_class=HTMLResponse, tags=["demo"], summary="Demo page")
+@router.head("/", include_in_schema=False)  # link checkers and monitors; GET's headers, no body
 def demo_page() -> HTMLResponse:
     """A page to try the API in a browser: pick or drop an image, see the caption and scored boxes."""
     return HTMLResponse(demo_html())

@@ -333,3 +333,18 @@ def test_cors_headers_reach_the_lambda_response(
     preflight = lambda_handler(make("OPTIONS", "/caption", b"", preflight_headers), ctx)
     assert preflight["statusCode"] == 200
     assert {k.lower(): v for k, v in preflight["headers"].items()}["access-control-allow-origin"] == origin["origin"]
+
+
+@pytest.mark.parametrize("make", [_v1, _v2], ids=["v1", "v2"])
+def test_head_answers_what_get_answers_without_a_body(make, ctx: Context) -> None:
+    """Mangum returns whatever body the app sends (uvicorn drops it for HEAD): `HEAD /docs` came back
+    200 with the 1,029-byte page, `HEAD /health` with its JSON, and `HEAD /` (the demo page) was a 405."""
+    for path in ("/", "/health", "/docs", "/openapi.json"):
+        get = lambda_handler(make("GET", path, b"", {}), ctx)
+        head = lambda_handler(make("HEAD", path, b"", {}), ctx)
+        assert get["statusCode"] == head["statusCode"] == 200, (path, head)
+        assert get["body"] and head["body"] == "", (path, head["body"][:80])
+        assert head["headers"]["content-length"] == get["headers"]["content-length"], path
+        assert head["headers"]["content-type"] == get["headers"]["content-type"], path
+    not_allowed = lambda_handler(make("HEAD", "/caption", b"", {}), ctx)
+    assert not_allowed["statusCode"] == 405 and not_allowed["body"] == ""

@@ -234,7 +234,9 @@ def test_any_envelope_is_answered_in_the_error_shape_never_a_500(
     assert status < 500 or status == 503, response
     assert [line["status"] for line in log_lines.lines] == [status], (status, log_lines.lines)
     assert len(json.dumps(response, ensure_ascii=False).encode()) <= LAMBDA_PAYLOAD_BYTES
-    if status >= 400:
+    if method == "HEAD":  # GET's status and headers, never a body (RFC 9110 9.3.2)
+        assert response["body"] == "", response
+    elif status >= 400:
         _error(response, status, json.loads(response["body"])["error"]["code"])
 
 
