@@ -8,6 +8,7 @@ so Selenium Manager never downloads a browser.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,7 @@ def browser() -> Iterator:
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read by _console_errors
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -49,6 +51,16 @@ def _wait_for(driver, condition, what: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, WAIT_S).until(condition, message=f"page never showed {what}")
+
+
+def _console_errors(driver) -> list[str]:
+    """The console's errors since the last call, less the ones Chromium logs for every answer that is
+    not a 2xx from `analyze`: the tests provoke those on purpose, and the page shows them itself."""
+    provoked = re.compile(
+        r"/analyze\?tasks=\S+ - Failed to load resource: the server responded with a status of [45]\d\d"
+    )
+    entries = driver.get_log("browser")
+    return [e["message"] for e in entries if e["level"] == "SEVERE" and not provoked.search(e["message"])]
 
 
 def _visible_boxes(driver) -> list:
@@ -116,6 +128,8 @@ def test_demo_page_shows_caption_scored_boxes_and_the_slider_hides_weak_ones(
         assert browser.find_element(By.ID, "error").text.startswith("Not an image we can read")
         assert _visible_boxes(browser) == [] and browser.find_element(By.ID, "caption").text == ""
 
+        assert _console_errors(browser) == []
+
     assert Image.open(screenshot).format == "PNG"
     print(f"browser test: {time.perf_counter() - started:.1f} s, screenshot {screenshot}")
 
@@ -144,6 +158,17 @@ def test_demo_page_says_when_the_model_is_unavailable(browser, tmp_path: Path) -
         browser.find_element(By.ID, "file").send_keys(str(image))
         _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
         assert browser.find_element(By.ID, "error").text.startswith("Model unavailable")
+        assert _console_errors(browser) == []
+
+
+def test_demo_page_loads_without_console_errors(browser, tmp_path: Path) -> None:
+    """Chromium asks for /favicon.ico, a 404 here: that was a console error on every page load."""
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")  # what earlier tests left
+        browser.get(server + "/")
+        browser.find_element("id", "drop")
+        time.sleep(0.5)  # the favicon request follows the load
+        assert _console_errors(browser) == []
 
 
 _FETCH = """
