@@ -204,3 +204,48 @@ def test_a_page_on_another_origin_reads_answers_and_errors_only_when_allowed(
             assert "Florence-2" in browser.title  # the same page, served to another origin
             refused = browser.execute_async_script(_FETCH, f"{api}/caption", headers, list(png_bytes))
             assert "failed" in refused, refused
+
+
+_DELAY_FIRST_ANSWER = """
+// The network, slowed for the first call only: its answer reaches the page 2 s late.
+const realFetch = window.fetch;
+let calls = 0;
+window.lateAnswerArrived = false;
+window.fetch = async (...args) => {
+  const first = calls++ === 0;
+  try {
+    return await realFetch(...args);
+  } finally {  // answered or failed (a page may abort it), late all the same
+    if (first) {
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      window.lateAnswerArrived = true;
+    }
+  }
+};
+"""
+
+
+def test_a_slow_answer_to_an_older_upload_never_replaces_the_newer_one(
+    browser, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    """Pick a photo, then at once a file that is not an image: the photo's answer, arriving last,
+    used to put its caption and boxes under the second file's name and error."""
+    from selenium.webdriver.common.by import By
+
+    with live_server(tiny_artifact) as server:
+        browser.get_log("browser")  # what earlier tests left
+        browser.get(server + "/")
+        browser.execute_script(_DELAY_FIRST_ANSWER)
+        photo, not_an_image = tmp_path / "photo.png", tmp_path / "second.png"
+        Image.new("RGB", (64, 48), "red").save(photo)
+        not_an_image.write_bytes(b"these bytes are not a picture")
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        browser.find_element(By.ID, "file").send_keys(str(not_an_image))
+        _wait_for(browser, lambda d: d.execute_script("return window.lateAnswerArrived"), "the late answer")
+        time.sleep(0.5)  # the page handles it
+        assert browser.find_element(By.ID, "error").text.startswith("Not an image we can read")
+        assert browser.find_element(By.ID, "caption").text == ""
+        assert browser.find_elements(By.CSS_SELECTOR, "#stage .box") == []
+        assert browser.find_element(By.ID, "sha").text == "-"
+        assert browser.find_element(By.ID, "photo").get_attribute("alt") == "second.png"
+        assert _console_errors(browser) == []
