@@ -249,3 +249,59 @@ def test_a_slow_answer_to_an_older_upload_never_replaces_the_newer_one(
         assert browser.find_element(By.ID, "sha").text == "-"
         assert browser.find_element(By.ID, "photo").get_attribute("alt") == "second.png"
         assert _console_errors(browser) == []
+
+
+_ANSWER_WITH = """
+// The network answers `analyze` with this JSON: labels come from fine-tuned data, so any text can be one.
+const answer = arguments[0];
+window.fetch = async () => new Response(JSON.stringify(answer), {headers: {"content-type": "application/json"}});
+"""
+
+
+def test_hostile_labels_long_text_and_many_boxes_render_as_text_inside_the_page(browser, tmp_path: Path) -> None:
+    """Labels `constructor` and `__proto__` got no colour (`det.label in {}` is true for them, so their
+    border was set to a function's text)."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    labels = ["<img src=x onerror=alert(1)>", "constructor", "__proto__", "toString", "w" * 300, "cat"]
+    detections = [
+        {"label": labels[i % len(labels)], "box": [i % 10 * 60, i // 10 * 45, i % 10 * 60 + 50, i // 10 * 45 + 40],
+         "score": round(i / 100, 4)}
+        for i in range(100)
+    ]  # fmt: skip
+    answer = {
+        "model_sha": "0123456789ab",
+        "image": {"width": 600, "height": 450, "format": "PNG", "bytes": 1},
+        "timings_ms": {"decode": 1.0, "total": 2.0},
+        "caption": "<b>bold</b>" + "x" * 3000,
+        "caption_score": 0.5,
+        "detections": detections,
+    }
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+        browser.execute_script(_ANSWER_WITH, answer)
+        image = tmp_path / "photo.png"
+        Image.new("RGB", (600, 450), "white").save(image)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "caption").text, "a caption")
+
+        assert browser.find_element(By.ID, "caption").get_attribute("textContent") == answer["caption"]
+        boxes = browser.find_elements(By.CSS_SELECTOR, "#stage .box")
+        assert [box.get_attribute("textContent") for box in boxes] == [
+            f"{d['label']} {d['score']:.2f}" for d in detections
+        ]
+        assert browser.find_elements(By.CSS_SELECTOR, "img") == [browser.find_element(By.ID, "photo")]
+        assert browser.find_elements(By.CSS_SELECTOR, "b") == []
+        borders = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#stage .box'), (box) => box.style.borderColor)"
+        )
+        assert all(borders) and len(set(borders)) == len(labels), sorted(set(borders))
+        assert browser.find_element(By.ID, "shown").text == "100 of 100 boxes shown"
+        try:
+            alert = browser.switch_to.alert.text
+        except NoAlertPresentException:
+            alert = None
+        assert alert is None
+        assert _console_errors(browser) == []
