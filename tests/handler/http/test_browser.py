@@ -260,7 +260,7 @@ window.fetch = async () => new Response(JSON.stringify(answer), {headers: {"cont
 
 def test_hostile_labels_long_text_and_many_boxes_render_as_text_inside_the_page(browser, tmp_path: Path) -> None:
     """Labels `constructor` and `__proto__` got no colour (`det.label in {}` is true for them, so their
-    border was set to a function's text)."""
+    border was set to a function's text); a 3,000-character caption made the page 35,603 px wide."""
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
@@ -299,6 +299,10 @@ def test_hostile_labels_long_text_and_many_boxes_render_as_text_inside_the_page(
         )
         assert all(borders) and len(set(borders)) == len(labels), sorted(set(borders))
         assert browser.find_element(By.ID, "shown").text == "100 of 100 boxes shown"
+        width, viewport = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert width <= viewport, f"the page is {width} px wide in a {viewport} px window"
         try:
             alert = browser.switch_to.alert.text
         except NoAlertPresentException:
