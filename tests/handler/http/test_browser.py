@@ -309,3 +309,30 @@ def test_hostile_labels_long_text_and_many_boxes_render_as_text_inside_the_page(
             alert = None
         assert alert is None
         assert _console_errors(browser) == []
+
+
+_COUNT_CALLS = """
+const realFetch = window.fetch;
+window.apiCalls = 0;
+window.fetch = (...args) => { window.apiCalls += 1; return realFetch(...args); };
+"""
+
+
+def test_a_file_over_the_byte_limit_is_refused_before_it_is_uploaded(browser, tmp_path: Path) -> None:
+    """A file over MAX_IMAGE_BYTES was uploaded whole (minutes for a phone's video on a slow link) only to
+    get the 413; through API Gateway, past 6 MB, the answer is API Gateway's own and not ours."""
+    from selenium.webdriver.common.by import By
+
+    with live_server(tmp_path / "no-artifact-needed", {"MAX_IMAGE_BYTES": "1000"}) as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+        browser.execute_script(_COUNT_CALLS)
+        image = tmp_path / "big photo.bmp"
+        Image.new("RGB", (40, 40), "white").save(image)  # 4,854 bytes
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
+        assert browser.find_element(By.ID, "error").text == (
+            "Too large: big photo.bmp is 4,854 bytes; this service takes images of at most 1,000 bytes."
+        )
+        assert browser.execute_script("return window.apiCalls") == 0
+        assert _console_errors(browser) == []
