@@ -336,3 +336,39 @@ def test_a_file_over_the_byte_limit_is_refused_before_it_is_uploaded(browser, tm
         )
         assert browser.execute_script("return window.apiCalls") == 0
         assert _console_errors(browser) == []
+
+
+_RECORD_PICKER = """
+// Opening the OS file chooser would block a headless browser: record that the page asked for it.
+window.pickerOpened = 0;
+HTMLInputElement.prototype.click = function () { if (this.type === "file") window.pickerOpened += 1; };
+document.body.style.minHeight = "3000px";  // a page that can scroll, as on a phone
+"""
+
+
+def test_the_file_picker_is_reached_and_opened_with_the_keyboard_alone(browser, tmp_path: Path) -> None:
+    """Tab reaches the drop zone, with a focus ring, and Enter or Space opens the picker. The zone was a
+    `generic` element to a screen reader (no role), and Space, besides opening the picker, scrolled the
+    page by a screenful (662 px here)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+        browser.execute_script(_RECORD_PICKER)
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        drop = browser.find_element(By.ID, "drop")
+        assert browser.switch_to.active_element == drop
+        assert drop.aria_role == "button" and "choose" in drop.accessible_name.lower(), (
+            drop.aria_role,
+            drop.accessible_name,
+        )
+        assert drop.value_of_css_property("outline-style") not in ("none", ""), "no focus ring"
+        ActionChains(browser).send_keys(Keys.ENTER).perform()
+        ActionChains(browser).send_keys(Keys.SPACE).perform()
+        assert browser.execute_script("return window.pickerOpened") == 2
+        time.sleep(0.6)  # Chromium scrolls smoothly: a Space that scrolls has moved the page by now
+        assert browser.execute_script("return window.scrollY") == 0, "Space scrolled the page as well"
+        assert _console_errors(browser) == []
