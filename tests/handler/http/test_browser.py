@@ -372,3 +372,34 @@ def test_the_file_picker_is_reached_and_opened_with_the_keyboard_alone(browser, 
         time.sleep(0.6)  # Chromium scrolls smoothly: a Space that scrolls has moved the page by now
         assert browser.execute_script("return window.scrollY") == 0, "Space scrolled the page as well"
         assert _console_errors(browser) == []
+
+
+def test_an_answer_without_boxes_says_so_and_the_slider_still_works(browser, tmp_path: Path) -> None:
+    """With no boxes the line beside the slider was empty, the same as before any answer, so a page with
+    a caption and no boxes did not say whether detection found nothing."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    answer = {
+        "model_sha": "0123456789ab",
+        "image": {"width": 64, "height": 48, "format": "PNG", "bytes": 1},
+        "timings_ms": {"decode": 1.0, "total": 2.0},
+        "caption": "a white square",
+        "caption_score": 0.9,
+        "detections": [],
+    }
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+        browser.execute_script(_ANSWER_WITH, answer)
+        image = tmp_path / "photo.png"
+        Image.new("RGB", (64, 48), "white").save(image)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "caption").text, "a caption")
+        assert browser.find_element(By.ID, "shown").text == "no boxes found"
+        slider = browser.find_element(By.ID, "slider")
+        slider.click()
+        slider.send_keys(Keys.END)
+        assert browser.find_element(By.ID, "slider-value").text == "1.00"
+        assert browser.find_element(By.ID, "shown").text == "no boxes found"
+        assert _console_errors(browser) == []
