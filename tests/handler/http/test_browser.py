@@ -403,3 +403,22 @@ def test_an_answer_without_boxes_says_so_and_the_slider_still_works(browser, tmp
         assert browser.find_element(By.ID, "slider-value").text == "1.00"
         assert browser.find_element(By.ID, "shown").text == "no boxes found"
         assert _console_errors(browser) == []
+
+
+def test_the_same_file_picked_again_is_sent_again(browser, tmp_path: Path) -> None:
+    """After "Not allowed: check the API key", a user types the key and picks the same photo again: the
+    input's value had not changed, so no change event came and nothing was sent."""
+    from selenium.webdriver.common.by import By
+
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+        browser.execute_script(_COUNT_CALLS)
+        image = tmp_path / "photo.png"
+        Image.new("RGB", (64, 48), "white").save(image)
+        for attempt in (1, 2):
+            browser.find_element(By.ID, "file").send_keys(str(image))
+            time.sleep(0.5)  # the change event, if any, has been handled
+            assert browser.execute_script("return window.apiCalls") == attempt
+            _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
+        assert _console_errors(browser) == []
