@@ -422,3 +422,34 @@ def test_the_same_file_picked_again_is_sent_again(browser, tmp_path: Path) -> No
             assert browser.execute_script("return window.apiCalls") == attempt
             _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
         assert _console_errors(browser) == []
+
+
+_DROP_ON_BODY = """
+// A file dropped just outside the drop zone: the browser's default is to open it in place of the page.
+window.apiCalls = 0;
+window.fetch = async () => { window.apiCalls += 1; return new Response("{}", {status: 503}); };
+const transfer = new DataTransfer();
+transfer.items.add(new File([new Uint8Array([137, 80, 78, 71])], "photo.png", {type: "image/png"}));
+const over = new DragEvent("dragover", {bubbles: true, cancelable: true, dataTransfer: transfer});
+const drop = new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: transfer});
+const kept = [document.body.dispatchEvent(over), document.body.dispatchEvent(drop)];
+return {overDefault: kept[0], dropDefault: kept[1]};
+"""
+
+
+def test_a_file_dropped_beside_the_drop_zone_is_analyzed_not_opened_in_place_of_the_page(
+    browser, tmp_path: Path
+) -> None:
+    """Missing the dashed zone by a pixel let Chromium do its default: open the image in the tab,
+    leaving the page (and any answer on it)."""
+    from selenium.webdriver.common.by import By
+
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+        defaults = browser.execute_script(_DROP_ON_BODY)
+        assert defaults == {"overDefault": False, "dropDefault": False}, "the browser's default would run"
+        assert browser.execute_script("return window.apiCalls") == 1
+        assert browser.find_element(By.ID, "photo").get_attribute("alt") == "photo.png"
+        _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
+        assert _console_errors(browser) == []
