@@ -453,3 +453,20 @@ def test_a_file_dropped_beside_the_drop_zone_is_analyzed_not_opened_in_place_of_
         assert browser.find_element(By.ID, "photo").get_attribute("alt") == "photo.png"
         _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
         assert _console_errors(browser) == []
+
+
+def test_a_network_failure_is_reported_and_the_page_stays_usable(browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), "white").save(image)
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+    # The server is gone: the upload cannot connect.
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
+    assert browser.find_element(By.ID, "error").text.startswith("Could not reach the API")
+    assert browser.find_element(By.ID, "status").text == ""
+    errors = _console_errors(browser)
+    assert all("/analyze?tasks=" in e and "ERR_CONNECTION_REFUSED" in e for e in errors), errors
