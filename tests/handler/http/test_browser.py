@@ -47,10 +47,10 @@ def browser() -> Iterator:
         driver.quit()
 
 
-def _wait_for(driver, condition, what: str) -> None:
+def _wait_for(driver, condition, what: str, seconds: float = WAIT_S) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, WAIT_S).until(condition, message=f"page never showed {what}")
+    WebDriverWait(driver, seconds).until(condition, message=f"page never showed {what}")
 
 
 def _console_errors(driver) -> list[str]:
@@ -470,3 +470,24 @@ def test_a_network_failure_is_reported_and_the_page_stays_usable(browser, tmp_pa
     assert browser.find_element(By.ID, "status").text == ""
     errors = _console_errors(browser)
     assert all("/analyze?tasks=" in e and "ERR_CONNECTION_REFUSED" in e for e in errors), errors
+
+
+def test_a_file_the_browser_cannot_show_leaves_no_broken_image(browser, tmp_path: Path) -> None:
+    """A PDF (or a HEIC, which Chromium does not decode) was shown as a broken-image icon with the file
+    name beside the server's "not an image" message."""
+    from selenium.webdriver.common.by import By
+
+    with live_server(tmp_path / "no-artifact-needed") as server:
+        browser.get_log("browser")
+        browser.get(server + "/")
+        document = tmp_path / "doc.pdf"
+        document.write_bytes(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n")
+        browser.find_element(By.ID, "file").send_keys(str(document))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "an error message")
+        assert browser.find_element(By.ID, "error").text.startswith("Unsupported file type")
+        _wait_for(browser, lambda d: not d.find_element(By.ID, "photo").is_displayed(), "the photo hidden", 5)
+        image = tmp_path / "photo.png"
+        Image.new("RGB", (64, 48), "white").save(image)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        _wait_for(browser, lambda d: d.find_element(By.ID, "photo").is_displayed(), "the next photo")
+        assert _console_errors(browser) == []
