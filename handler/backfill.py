@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -77,6 +78,9 @@ LOCAL_ATTEMPTS = 3
 """Tries `--local` gives an object that is overwritten while it is analyzed (Batch redrives such a task)."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
+TERMINATED_EXIT = 143
+"""Exit status after SIGTERM (`kill`, `timeout`, a container stopping), as shells report it."""
+INTERRUPTED = "interrupted; results written so far are kept, the same command resumes"
 DEFAULT_BATCH_PREFIX = "batch/"
 """Manifests and reports without `--stack` or `--batch-prefix`: the template's own `BatchPrefix` default."""
 
@@ -362,18 +366,31 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     return job_id
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so both stop a run the same way."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 @dataclass
 class LocalSummary:
     done: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: KeyboardInterrupt | None = None
+    """The Ctrl-C or SIGTERM that ended the run early, if one did."""
+    not_started: int = 0
+    """Images of the plan the run did not reach (one stopped mid-way is among them): a rerun does them."""
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        stopped = f"; stopped with {self.not_started} not done" if self.stopped else ""
         return (
             f"done {self.done}, skipped {self.skipped}, failed {len(self.failed)}"
-            f" in {self.seconds:.1f} s ({rate:.2f} images/s)"
+            f" in {self.seconds:.1f} s ({rate:.2f} images/s){stopped}"
         )
 
 
@@ -391,25 +408,40 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
 
     summary = LocalSummary(skipped=sum(found.skipped.values()))
     start = time.perf_counter()
-    for candidate in tqdm(found.candidates, desc="backfill", unit="image"):
-        try:
-            for _ in range(LOCAL_ATTEMPTS):  # overwritten while analyzed: read the new upload, as Batch redrives
-                result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
-                if result.disposition is not Disposition.SUPERSEDED:
-                    break
-        except Exception as exc:  # one object must not stop the rest; it is listed at the end
-            summary.failed.append(_one_line(f"{candidate.key}: {getattr(exc, 'message', exc)}"))
-            continue
-        if result.disposition is Disposition.WRITTEN:
-            summary.done += 1
-        elif result.disposition is Disposition.REJECTED:
-            summary.failed.append(_one_line(f"{candidate.key}: {(result.error or {}).get('code')}"))
-        elif result.disposition is Disposition.SUPERSEDED:  # no result written: a rerun must pick it up
-            summary.failed.append(_one_line(f"{candidate.key}: {result.disposition.value} {LOCAL_ATTEMPTS} times"))
-        else:
-            summary.skipped += 1
+    progress = tqdm(found.candidates, desc="backfill", unit="image")
+    reached = 0
+    try:  # Ctrl-C or SIGTERM: stop, but still report what failed so far (a bad image's error result
+        # makes a rerun skip it, so this run is the only one that names it)
+        for reached, candidate in enumerate(progress):  # noqa: B007  (reached: read after a stop)
+            _process_local(config, candidate.key, summary)
+        reached = len(found.candidates)
+    except KeyboardInterrupt as exc:
+        summary.stopped = exc
+    finally:
+        progress.close()
+    summary.not_started = len(found.candidates) - reached
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _process_local(config: BackfillConfig, key: str, summary: LocalSummary) -> None:
+    """One image through the function's code, counted in `summary`."""
+    try:
+        for _ in range(LOCAL_ATTEMPTS):  # overwritten while analyzed: read the new upload, as Batch redrives
+            result = process_object(config.bucket, key, config.settings, config.tasks, config.overwrite)
+            if result.disposition is not Disposition.SUPERSEDED:
+                break
+    except Exception as exc:  # one object must not stop the rest; it is listed at the end
+        summary.failed.append(_one_line(f"{key}: {getattr(exc, 'message', exc)}"))
+        return
+    if result.disposition is Disposition.WRITTEN:
+        summary.done += 1
+    elif result.disposition is Disposition.REJECTED:
+        summary.failed.append(_one_line(f"{key}: {(result.error or {}).get('code')}"))
+    elif result.disposition is Disposition.SUPERSEDED:  # no result written: a rerun must pick it up
+        summary.failed.append(_one_line(f"{key}: {result.disposition.value} {LOCAL_ATTEMPTS} times"))
+    else:
+        summary.skipped += 1
 
 
 def run(config: BackfillConfig, clients: Clients) -> int:
@@ -423,6 +455,8 @@ def run(config: BackfillConfig, clients: Clients) -> int:
         for failure in summary.failed:
             print(f"failed: {failure}")
         print(summary.line())
+        if summary.stopped is not None:
+            raise summary.stopped  # main() says so and exits 130 (Ctrl-C) or 143 (SIGTERM)
         return 1 if summary.failed else 0
     if not found.candidates:
         print("nothing to do: no job created")
@@ -552,17 +586,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from botocore.exceptions import BotoCoreError, ClientError
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(config, Clients(region))
     except (BotoCoreError, ClientError) as exc:
         print(f"python -m handler.backfill: AWS refused: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"python -m handler.backfill: terminated (SIGTERM); {INTERRUPTED}", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
-        print(
-            "python -m handler.backfill: interrupted; results written so far are kept, the same command resumes",
-            file=sys.stderr,
-        )
+        print(f"python -m handler.backfill: {INTERRUPTED}", file=sys.stderr)
         return INTERRUPTED_EXIT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ import copy
 import csv
 import io
 import json
+import os
 import re
+import signal
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -411,6 +414,85 @@ def test_an_interrupted_local_run_resumes_without_redoing_work(
     assert f"s3://{BUCKET}/: 2 objects to process" in out and "has a result 1" in out
     assert out.strip().splitlines()[-1].startswith("done 2, skipped 2, failed 0")  # its result, the done image
     assert sorted(_keys(s3, "results/")) == sorted(f"results/{key}.json" for key in IMAGES)
+
+
+def _stopping_at(third: Callable[[], None]) -> Callable[..., Any]:
+    """`process_object` that calls `third` (a Ctrl-C, a SIGTERM) when the third image starts."""
+    real = backfill.process_object
+    started: list[str] = []
+
+    def stopping(bucket: str, key: str, *args: Any) -> Any:
+        started.append(key)
+        if len(started) == 3:
+            third()
+        return real(bucket, key, *args)
+
+    return stopping
+
+
+def _bad_first_then_two() -> list[str]:
+    return ["in/0-bad.png", "in/1.png", "in/2.png", "in/3.png"]
+
+
+def _keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_still_reports_what_failed_before_it(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--local` over a bad image and three good ones, Ctrl-C at the third: it printed only "interrupted",
+    no failure and no counts; the bad image's error result then made the rerun skip it ("has a result")
+    and exit 0, so no run ever named it."""
+    keys = _bad_first_then_two()
+    s3.put_object(Bucket=BUCKET, Key=keys[0], Body=b"shopping list")
+    for key in keys[1:]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+    monkeypatch.setattr(backfill, "process_object", _stopping_at(_keyboard_interrupt))
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == backfill.INTERRUPTED_EXIT
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert "failed: in/0-bad.png: bad_image" in lines
+    assert lines[-1].startswith("done 1, skipped 0, failed 1 in ") and lines[-1].endswith("stopped with 2 not done")
+    assert err.strip().splitlines()[-1] == f"python -m handler.backfill: {backfill.INTERRUPTED}"
+    assert sorted(_keys(s3, "results/")) == ["results/in/0-bad.png.json", "results/in/1.png.json"]
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_summary(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGTERM (`kill`, `timeout`, a container stopping) mid-run killed the process at once: no failure
+    list, no counts, no message, status -15. Now it stops as Ctrl-C does, with status 143, and the
+    same command resumes."""
+    keys = _bad_first_then_two()
+    s3.put_object(Bucket=BUCKET, Key=keys[0], Body=b"shopping list")
+    for key in keys[1:]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+
+    def unhandled(signum: int, frame: Any) -> None:  # Python's default would end pytest too
+        pytest.fail("SIGTERM reached the caller's handler: main() installed none")
+
+    real, before = backfill.process_object, signal.signal(signal.SIGTERM, unhandled)
+    try:
+        monkeypatch.setattr(backfill, "process_object", _stopping_at(lambda: os.kill(os.getpid(), signal.SIGTERM)))
+        assert backfill.main(["--bucket", BUCKET, "--local"]) == backfill.TERMINATED_EXIT
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # main() put the caller's handler back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    out, err = capsys.readouterr()
+    assert "failed: in/0-bad.png: bad_image" in out.splitlines()
+    assert out.strip().splitlines()[-1].endswith("stopped with 2 not done")
+    assert err.strip().splitlines()[-1] == f"python -m handler.backfill: terminated (SIGTERM); {backfill.INTERRUPTED}"
+
+    monkeypatch.setattr(backfill, "process_object", real)  # the rerun does only the two left
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    assert (
+        capsys.readouterr().out.strip().splitlines()[-1].startswith("done 2, skipped 4, failed 0")
+    )  # 2 done, their 2 results
 
 
 def test_with_output_bucket_each_source_bucket_has_its_own_results(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
