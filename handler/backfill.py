@@ -36,11 +36,11 @@ from typing import Any
 from urllib.parse import quote
 
 from handler.config import SettingError, Settings
-from handler.errors import BadRequest
+from handler.errors import BadRequest, ModelUnavailable
 from handler.events.s3 import Disposition, answers, is_folder_marker, process_object, result_key, result_prefix
 from handler.florence.tasks import Task, tasks_from
 from handler.inputs.s3 import check_bucket_name
-from handler.service import ALL_TASKS
+from handler.service import ALL_TASKS, runtime_for
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """Names worth an invocation; anything else would cost one to learn it is not an image."""
@@ -406,6 +406,11 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
     except ImportError as exc:
         raise SystemExit("--local needs tqdm (pip install tqdm) and the serve dependencies") from exc
 
+    if found.candidates:
+        try:  # before the first image: a missing artifact would otherwise fail every image, one line each
+            runtime_for(config.settings).manifest()
+        except ModelUnavailable as exc:
+            raise SystemExit(f"python -m handler.backfill: --local: {exc.message}") from exc
     summary = LocalSummary(skipped=sum(found.skipped.values()))
     start = time.perf_counter()
     progress = tqdm(found.candidates, desc="backfill", unit="image")

@@ -124,6 +124,24 @@ def test_local_reports_objects_that_fail(s3, capsys: pytest.CaptureFixture[str])
     assert lines[-1].startswith("done 1, skipped 0, failed 2")
 
 
+def test_local_without_a_model_stops_before_the_first_image(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ARTIFACT_DIR unset or wrong: every image of the plan failed in turn with the same 'model unavailable'
+    line (10,000 images, 10,000 lines) and the summary 'failed 3'; now one line, before any image is read."""
+    for index in range(3):
+        s3.put_object(Bucket=BUCKET, Key=f"in/{index}.png", Body=image_bytes("PNG"))
+    monkeypatch.setenv("ARTIFACT_DIR", "/no/such/artifact")
+    monkeypatch.setattr(backfill, "process_object", lambda *args: pytest.fail("an image was processed"))
+    with pytest.raises(SystemExit) as exited:
+        backfill.main(["--bucket", BUCKET, "--local"])
+    assert str(exited.value.code).startswith("python -m handler.backfill: --local: model unavailable: ")
+    assert "/no/such/artifact" in str(exited.value.code) and _keys(s3, "results/") == {}
+    assert backfill.main(["--bucket", BUCKET, "--local", "--dry-run"]) == 0  # a plan needs no model
+
+
 def _namespaced(path: str) -> str:
     return "/".join(S3CONTROL_NS + part for part in path.split("/"))
 
