@@ -37,7 +37,15 @@ from urllib.parse import quote
 
 from handler.config import SettingError, Settings
 from handler.errors import BadRequest, ModelUnavailable
-from handler.events.s3 import Disposition, answers, is_folder_marker, process_object, result_key, result_prefix
+from handler.events.s3 import (
+    ERROR_METADATA,
+    Disposition,
+    answers,
+    is_folder_marker,
+    process_object,
+    result_key,
+    result_prefix,
+)
 from handler.florence.tasks import Task, tasks_from
 from handler.inputs.s3 import check_bucket_name
 from handler.service import ALL_TASKS, runtime_for
@@ -219,14 +227,20 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
         done_at = results.get(out_key)
         if not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
             etags[out_key] = obj["ETag"].strip('"')
-    answered = _heads(
-        s3, out_bucket, list(etags), lambda key, head: answers(head.get("Metadata", {}), etags[key], config.tasks)
-    )
+    failed: set[str] = set()  # answered with an error document (bad_image, too_large): not done, but final
+
+    def answered_by(key: str, head: dict[str, Any]) -> bool:
+        metadata = head.get("Metadata", {})
+        if ERROR_METADATA in metadata:
+            failed.add(key)
+        return answers(metadata, etags[key], config.tasks)
+
+    answered = _heads(s3, out_bucket, list(etags), answered_by)
     for obj, out_key in images:
         if obj["Key"] in unreadable:
             found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
-        elif out_key in answered:
-            found.skipped["has a result"] += 1  # the function would skip it too
+        elif out_key in answered:  # the function would skip it too
+            found.skipped["has an error result" if out_key in failed else "has a result"] += 1
         else:
             found.candidates.append(Candidate(obj["Key"], int(obj["Size"])))
     return found

@@ -142,6 +142,19 @@ def test_local_without_a_model_stops_before_the_first_image(
     assert backfill.main(["--bucket", BUCKET, "--local", "--dry-run"]) == 0  # a plan needs no model
 
 
+def test_a_rerun_counts_images_that_failed_apart_from_done_ones(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """After a --local run where in/fake.png failed (bad_image, exit 1), the rerun and --dry-run said
+    'has a result 2' and exit 0, as if both images were captioned: the error result was counted as done."""
+    s3.put_object(Bucket=BUCKET, Key="in/fake.png", Body=b"shopping list")
+    s3.put_object(Bucket=BUCKET, Key="in/real.png", Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "in/", "--local"]) == 1
+    capsys.readouterr()
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "in/", "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"s3://{BUCKET}/in/: 0 objects to process, 0.0 MiB; skipped: has a result 1, has an error result 1"
+    )
+
+
 def _namespaced(path: str) -> str:
     return "/".join(S3CONTROL_NS + part for part in path.split("/"))
 
