@@ -499,6 +499,15 @@ def _bucket(text: str) -> str:
     return text
 
 
+def _prefix(text: str) -> str:
+    """A `--prefix` is a key prefix: `s3://bucket/photos/` matched no key, and the plan found 0 objects."""
+    if text.lower().startswith("s3://"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URI, not a key prefix: give --bucket and, e.g., --prefix photos/"
+        )
+    return text
+
+
 def _folder(text: str) -> str:
     """A `--batch-prefix`: `jobs` made the keys `jobsmanifests/...` and `jobsreports/...`, beside the folder meant."""
     if not text.endswith("/") or text.startswith("/"):
@@ -531,7 +540,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
     defaults = BackfillConfig(bucket="")
     parser = argparse.ArgumentParser(prog="python -m handler.backfill", description=__doc__.splitlines()[0])
     parser.add_argument("--bucket", required=True, type=_bucket, help="bucket holding the images")
-    parser.add_argument("--prefix", default=defaults.prefix, help="only keys under this prefix (default: all)")
+    parser.add_argument(
+        "--prefix", type=_prefix, default=defaults.prefix, help="only keys under this prefix (default: all)"
+    )
     parser.add_argument("--tasks", type=_tasks, default=defaults.tasks, help="caption,detect (default: both)")
     parser.add_argument(
         "--overwrite", action="store_true", help="recompute objects that already have a result (default: off)"

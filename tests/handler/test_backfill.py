@@ -364,6 +364,8 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
         # A job without its ARNs listed the whole bucket first, then exited 1.
         (["--bucket", BUCKET], "a Batch Operations job needs --stack, or --function-arn and --role-arn"),
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN], "needs --stack, or --function-arn and --role-arn"),
+        # It found 0 objects (no key starts with "s3://") and exited 0.
+        (["--bucket", BUCKET, "--dry-run", "--prefix", f"s3://{BUCKET}/photos/"], "argument --prefix: 's3://"),
     ],
 )
 def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
