@@ -89,6 +89,8 @@ INTERRUPTED_EXIT = 130
 TERMINATED_EXIT = 143
 """Exit status after SIGTERM (`kill`, `timeout`, a container stopping), as shells report it."""
 INTERRUPTED = "interrupted; results written so far are kept, the same command resumes"
+JOB_ONLY_FLAGS = ("--function-arn", "--role-arn", "--priority")
+"""Flags that only set the Batch Operations job, which `--local` does not create."""
 DEFAULT_BATCH_PREFIX = "batch/"
 """Manifests and reports without `--stack` or `--batch-prefix`: the template's own `BatchPrefix` default."""
 
@@ -582,13 +584,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
     parser.add_argument(
         "--priority",
         type=_priority,
-        default=defaults.priority,
+        default=None,  # None: not given (refused with --local); the dataclass holds the default
         help=f"Batch Operations job priority, 0 or more (default: {defaults.priority})",
     )
     parser.add_argument("--region", help="AWS region (default: your AWS configuration's)")
     args = parser.parse_args(argv)
     if not (args.stack or args.local or args.dry_run or (args.function_arn and args.role_arn)):
         parser.error("a Batch Operations job needs --stack, or --function-arn and --role-arn (or use --local)")
+    if args.local:
+        for flag in JOB_ONLY_FLAGS:
+            if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+                parser.error(f"argument {flag}: not allowed with --local, which creates no Batch Operations job")
     config = BackfillConfig(
         bucket=args.bucket,
         prefix=args.prefix,
@@ -602,7 +608,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
         report_bucket=args.report_bucket,
         batch_prefix=args.batch_prefix,
         suffixes=tuple(s.strip() for s in args.suffixes.split(",") if s.strip()),
-        priority=args.priority,
+        priority=defaults.priority if args.priority is None else args.priority,
     )
     return config, args.region
 

@@ -366,6 +366,10 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN], "needs --stack, or --function-arn and --role-arn"),
         # It found 0 objects (no key starts with "s3://") and exited 0.
         (["--bucket", BUCKET, "--dry-run", "--prefix", f"s3://{BUCKET}/photos/"], "argument --prefix: 's3://"),
+        # --local ran, ignoring the flags of a job it does not create, and exited 0.
+        (["--bucket", BUCKET, "--local", "--function-arn", FUNCTION_ARN], "argument --function-arn: not allowed with"),
+        (["--bucket", BUCKET, "--local", "--role-arn", ROLE_ARN], "argument --role-arn: not allowed with --local"),
+        (["--bucket", BUCKET, "--local", "--priority", "10"], "argument --priority: not allowed with --local"),
     ],
 )
 def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
