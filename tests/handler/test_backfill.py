@@ -91,6 +91,26 @@ def test_dry_run_counts_and_writes_nothing(s3, capsys: pytest.CaptureFixture[str
     assert _keys(s3) == before
 
 
+def test_dry_run_sends_no_write_request_at_all(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """Stronger than comparing keys: in a versioned bucket any PutObject (even of the same bytes), copy or
+    delete leaves a version or a delete marker, and a manifest upload an open multipart upload."""
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    _fill(s3)
+    s3.put_object(Bucket=BUCKET, Key="photos/gone.png", Body=image_bytes("PNG"))
+    s3.delete_object(Bucket=BUCKET, Key="photos/gone.png")  # a delete marker: not listed, not planned
+
+    def versions() -> list[tuple[str, str]]:
+        answer = s3.list_object_versions(Bucket=BUCKET)
+        entries = answer.get("Versions", []) + answer.get("DeleteMarkers", [])
+        return sorted((entry["Key"], entry["VersionId"]) for entry in entries)
+
+    before = versions()
+    for flags in ([], ["--local"], ["--overwrite"], ["--function-arn", FUNCTION_ARN, "--role-arn", ROLE_ARN]):
+        assert backfill.main(["--bucket", BUCKET, "--dry-run", *flags]) == 0
+    assert versions() == before and "Uploads" not in s3.list_multipart_uploads(Bucket=BUCKET)
+    assert "photos/gone.png" not in capsys.readouterr().out
+
+
 def test_local_runs_the_function_code_and_a_second_run_does_nothing(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     _fill(s3)
     assert backfill.main(["--bucket", BUCKET, "--prefix", "photos/", "--local"]) == 0
