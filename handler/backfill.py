@@ -248,6 +248,16 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     return found
 
 
+def beside_folder(prefix: str, candidates: list[Candidate]) -> list[str]:
+    """Keys a `--prefix` without its '/' takes from beside the folder it names (`photos` -> `photos2/a.png`),
+    when it takes keys from that folder too: most likely the folder alone was meant (S3 prefixes are not
+    folders). None when every key is beside it (`2024-` for `2024-01.png`: a prefix meant as one)."""
+    if not prefix or prefix.endswith("/"):
+        return []
+    beside = [c.key for c in candidates if not c.key.startswith(f"{prefix}/")]
+    return beside if len(beside) < len(candidates) else []
+
+
 def manifest_csv(bucket: str, candidates: list[Candidate]) -> bytes:
     """Batch Operations' CSV manifest: `bucket,key` rows, keys URL-encoded (the function decodes them)."""
     buffer = io.StringIO()
@@ -469,6 +479,14 @@ def run(config: BackfillConfig, clients: Clients) -> int:
     _resolve_stack(config, clients)
     found = plan(config, clients)
     print(found.describe(config.bucket, config.prefix))
+    beside = beside_folder(config.prefix, found.candidates)
+    if beside:
+        print(
+            f"python -m handler.backfill: note: --prefix {_one_line(config.prefix)!r} also takes {len(beside)} objects"
+            f" beside the folder {_one_line(config.prefix)}/ (first: {_one_line(beside[0])}); for that folder alone,"
+            f" use --prefix {_one_line(config.prefix)}/",
+            file=sys.stderr,
+        )
     if config.dry_run:
         return 0
     if config.local:

@@ -111,6 +111,26 @@ def test_dry_run_sends_no_write_request_at_all(s3, capsys: pytest.CaptureFixture
     assert "photos/gone.png" not in capsys.readouterr().out
 
 
+def test_a_prefix_without_its_slash_names_the_keys_it_takes_beside_the_folder(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--prefix photos planned photos/a.png and photos2/b.png alike, silently: the job would caption (and
+    bill) a second folder. It still does (a prefix is a prefix), but says so on stderr."""
+    for key in ("photos/a.png", "photos2/b.png", "photos.png", "2024-01.png", "2024-02.png"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--dry-run", "--prefix", "photos"]) == 0
+    out, err = capsys.readouterr()
+    assert f"s3://{BUCKET}/photos: 3 objects to process" in out
+    assert err.strip().splitlines() == [
+        "python -m handler.backfill: note: --prefix 'photos' also takes 2 objects beside the folder photos/"
+        " (first: photos.png); for that folder alone, use --prefix photos/"
+    ]
+    for meant in ("photos/", "2024-"):  # a folder; a prefix of names, with no folder of that name
+        assert backfill.main(["--bucket", BUCKET, "--dry-run", "--prefix", meant]) == 0
+        assert capsys.readouterr().err == ""
+
+
 def test_local_runs_the_function_code_and_a_second_run_does_nothing(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     _fill(s3)
     assert backfill.main(["--bucket", BUCKET, "--prefix", "photos/", "--local"]) == 0
