@@ -91,6 +91,9 @@ TERMINATED_EXIT = 143
 INTERRUPTED = "interrupted; results written so far are kept, the same command resumes"
 JOB_ONLY_FLAGS = ("--function-arn", "--role-arn", "--priority")
 """Flags that only set the Batch Operations job, which `--local` does not create."""
+ARCHIVED = "archived (restore it first)"
+ERROR_RESULT = "has an error result"
+"""Plan skips that leave an image without a caption: `--local`'s last line names them again."""
 DEFAULT_BATCH_PREFIX = "batch/"
 """Manifests and reports without `--stack` or `--batch-prefix`: the template's own `BatchPrefix` default."""
 
@@ -240,9 +243,9 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     answered = _heads(s3, out_bucket, list(etags), answered_by)
     for obj, out_key in images:
         if obj["Key"] in unreadable:
-            found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
+            found.skipped[ARCHIVED] += 1  # every task would fail, and fail the job
         elif out_key in answered:  # the function would skip it too
-            found.skipped["has an error result" if out_key in failed else "has a result"] += 1
+            found.skipped[ERROR_RESULT if out_key in failed else "has a result"] += 1
         else:
             found.candidates.append(Candidate(obj["Key"], int(obj["Size"])))
     return found
@@ -410,13 +413,17 @@ class LocalSummary:
     """The Ctrl-C or SIGTERM that ended the run early, if one did."""
     not_started: int = 0
     """Images of the plan the run did not reach (one stopped mid-way is among them): a rerun does them."""
+    uncaptioned: dict[str, int] = field(default_factory=dict)
+    """Of `skipped`, the plan's images left without a caption ({ARCHIVED: 2}), by reason."""
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
         stopped = f"; stopped with {self.not_started} not done" if self.stopped else ""
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.uncaptioned.items()))
         return (
             f"done {self.done}, skipped {self.skipped}, failed {len(self.failed)}"
             f" in {self.seconds:.1f} s ({rate:.2f} images/s){stopped}"
+            + (f"; not captioned: {reasons}" if reasons else "")
         )
 
 
@@ -437,7 +444,8 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
             runtime_for(config.settings).manifest()
         except ModelUnavailable as exc:
             raise SystemExit(f"python -m handler.backfill: --local: {exc.message}") from exc
-    summary = LocalSummary(skipped=sum(found.skipped.values()))
+    uncaptioned = {reason: found.skipped[reason] for reason in (ARCHIVED, ERROR_RESULT) if found.skipped[reason]}
+    summary = LocalSummary(skipped=sum(found.skipped.values()), uncaptioned=uncaptioned)
     start = time.perf_counter()
     progress = tqdm(found.candidates, desc="backfill", unit="image")
     reached = 0

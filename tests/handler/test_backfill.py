@@ -628,6 +628,23 @@ def test_archived_images_are_counted_not_planned(s3) -> None:  # noqa: F811
         s3.get_object(Bucket=BUCKET, Key="old/deep.png")
 
 
+def test_local_s_last_line_names_the_images_it_left_without_a_caption(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An archived image and one whose result is an error were folded into 'skipped 2' with the results
+    and folder markers; the plan line that told them apart had scrolled away above the progress bar."""
+    s3.put_object(Bucket=BUCKET, Key="old/deep.png", Body=image_bytes("PNG"), StorageClass="DEEP_ARCHIVE")
+    s3.put_object(Bucket=BUCKET, Key="old/fake.png", Body=b"shopping list")
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "old/", "--local"]) == 1  # fake.png: bad_image
+    s3.put_object(Bucket=BUCKET, Key="old/new.png", Body=image_bytes("PNG"))
+    capsys.readouterr()
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "old/", "--local"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done 1, skipped 2, failed 0 in ")
+    assert last.endswith("; not captioned: archived (restore it first) 1, has an error result 1"), last
+
+
 def test_the_manifest_is_sse_s3_in_a_bucket_whose_default_is_kms(s3) -> None:  # noqa: F811
     """Batch Operations does not read CSV manifests encrypted with SSE-KMS: in a bucket whose default
     encryption is KMS (common for existing buckets: --report-bucket defaults to --bucket) the manifest
