@@ -645,6 +645,28 @@ def test_local_s_last_line_names_the_images_it_left_without_a_caption(
     assert last.endswith("; not captioned: archived (restore it first) 1, has an error result 1"), last
 
 
+def test_results_inside_the_listed_prefix_are_never_captioned(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """OUTPUT_PREFIX under --prefix, and --suffixes '' (every key): the results written by the first run
+    are listed with the images, and must be counted as results, never planned as inputs."""
+    monkeypatch.setenv("OUTPUT_PREFIX", "photos/results/")
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    s3.put_object(Bucket=BUCKET, Key="photos/results.png", Body=image_bytes("PNG"))  # beside the folder: an image
+    flags = ["--bucket", BUCKET, "--prefix", "photos/", "--suffixes", "", "--local"]
+    assert backfill.main(flags) == 0
+    assert sorted(_keys(s3, "photos/results/")) == [
+        "photos/results/photos/a.png.json",
+        "photos/results/photos/results.png.json",
+    ]
+    capsys.readouterr()
+    assert backfill.main(flags) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == f"s3://{BUCKET}/photos/: 0 objects to process, 0.0 MiB; skipped: has a result 2, result 2"
+
+
 def test_the_manifest_is_sse_s3_in_a_bucket_whose_default_is_kms(s3) -> None:  # noqa: F811
     """Batch Operations does not read CSV manifests encrypted with SSE-KMS: in a bucket whose default
     encryption is KMS (common for existing buckets: --report-bucket defaults to --bucket) the manifest
