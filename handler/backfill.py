@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -35,11 +36,19 @@ from typing import Any
 from urllib.parse import quote
 
 from handler.config import SettingError, Settings
-from handler.errors import BadRequest
-from handler.events.s3 import Disposition, answers, is_folder_marker, process_object, result_key, result_prefix
+from handler.errors import BadRequest, ModelUnavailable
+from handler.events.s3 import (
+    ERROR_METADATA,
+    Disposition,
+    answers,
+    is_folder_marker,
+    process_object,
+    result_key,
+    result_prefix,
+)
 from handler.florence.tasks import Task, tasks_from
 from handler.inputs.s3 import check_bucket_name
-from handler.service import ALL_TASKS
+from handler.service import ALL_TASKS, runtime_for
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """Names worth an invocation; anything else would cost one to learn it is not an image."""
@@ -77,6 +86,14 @@ LOCAL_ATTEMPTS = 3
 """Tries `--local` gives an object that is overwritten while it is analyzed (Batch redrives such a task)."""
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C, as shells report SIGINT; every result written so far is kept."""
+TERMINATED_EXIT = 143
+"""Exit status after SIGTERM (`kill`, `timeout`, a container stopping), as shells report it."""
+INTERRUPTED = "interrupted; results written so far are kept, the same command resumes"
+JOB_ONLY_FLAGS = ("--function-arn", "--role-arn", "--priority")
+"""Flags that only set the Batch Operations job, which `--local` does not create."""
+ARCHIVED = "archived (restore it first)"
+ERROR_RESULT = "has an error result"
+"""Plan skips that leave an image without a caption: `--local`'s last line names them again."""
 DEFAULT_BATCH_PREFIX = "batch/"
 """Manifests and reports without `--stack` or `--batch-prefix`: the template's own `BatchPrefix` default."""
 
@@ -215,17 +232,33 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
         done_at = results.get(out_key)
         if not config.overwrite and done_at is not None and done_at >= obj["LastModified"]:
             etags[out_key] = obj["ETag"].strip('"')
-    answered = _heads(
-        s3, out_bucket, list(etags), lambda key, head: answers(head.get("Metadata", {}), etags[key], config.tasks)
-    )
+    failed: set[str] = set()  # answered with an error document (bad_image, too_large): not done, but final
+
+    def answered_by(key: str, head: dict[str, Any]) -> bool:
+        metadata = head.get("Metadata", {})
+        if ERROR_METADATA in metadata:
+            failed.add(key)
+        return answers(metadata, etags[key], config.tasks)
+
+    answered = _heads(s3, out_bucket, list(etags), answered_by)
     for obj, out_key in images:
         if obj["Key"] in unreadable:
-            found.skipped["archived (restore it first)"] += 1  # every task would fail, and fail the job
-        elif out_key in answered:
-            found.skipped["has a result"] += 1  # the function would skip it too
+            found.skipped[ARCHIVED] += 1  # every task would fail, and fail the job
+        elif out_key in answered:  # the function would skip it too
+            found.skipped[ERROR_RESULT if out_key in failed else "has a result"] += 1
         else:
             found.candidates.append(Candidate(obj["Key"], int(obj["Size"])))
     return found
+
+
+def beside_folder(prefix: str, candidates: list[Candidate]) -> list[str]:
+    """Keys a `--prefix` without its '/' takes from beside the folder it names (`photos` -> `photos2/a.png`),
+    when it takes keys from that folder too: most likely the folder alone was meant (S3 prefixes are not
+    folders). None when every key is beside it (`2024-` for `2024-01.png`: a prefix meant as one)."""
+    if not prefix or prefix.endswith("/"):
+        return []
+    beside = [c.key for c in candidates if not c.key.startswith(f"{prefix}/")]
+    return beside if len(beside) < len(candidates) else []
 
 
 def manifest_csv(bucket: str, candidates: list[Candidate]) -> bytes:
@@ -362,18 +395,35 @@ def submit(config: BackfillConfig, found: Plan, clients: Clients) -> str:
     return job_id
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so both stop a run the same way."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 @dataclass
 class LocalSummary:
     done: int = 0
     skipped: int = 0
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: KeyboardInterrupt | None = None
+    """The Ctrl-C or SIGTERM that ended the run early, if one did."""
+    not_started: int = 0
+    """Images of the plan the run did not reach (one stopped mid-way is among them): a rerun does them."""
+    uncaptioned: dict[str, int] = field(default_factory=dict)
+    """Of `skipped`, the plan's images left without a caption ({ARCHIVED: 2}), by reason."""
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        stopped = f"; stopped with {self.not_started} not done" if self.stopped else ""
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.uncaptioned.items()))
         return (
             f"done {self.done}, skipped {self.skipped}, failed {len(self.failed)}"
-            f" in {self.seconds:.1f} s ({rate:.2f} images/s)"
+            f" in {self.seconds:.1f} s ({rate:.2f} images/s){stopped}"
+            + (f"; not captioned: {reasons}" if reasons else "")
         )
 
 
@@ -389,33 +439,62 @@ def run_local(config: BackfillConfig, found: Plan) -> LocalSummary:
     except ImportError as exc:
         raise SystemExit("--local needs tqdm (pip install tqdm) and the serve dependencies") from exc
 
-    summary = LocalSummary(skipped=sum(found.skipped.values()))
+    if found.candidates:
+        try:  # before the first image: a missing artifact would otherwise fail every image, one line each
+            runtime_for(config.settings).manifest()
+        except ModelUnavailable as exc:
+            raise SystemExit(f"python -m handler.backfill: --local: {exc.message}") from exc
+    uncaptioned = {reason: found.skipped[reason] for reason in (ARCHIVED, ERROR_RESULT) if found.skipped[reason]}
+    summary = LocalSummary(skipped=sum(found.skipped.values()), uncaptioned=uncaptioned)
     start = time.perf_counter()
-    for candidate in tqdm(found.candidates, desc="backfill", unit="image"):
-        try:
-            for _ in range(LOCAL_ATTEMPTS):  # overwritten while analyzed: read the new upload, as Batch redrives
-                result = process_object(config.bucket, candidate.key, config.settings, config.tasks, config.overwrite)
-                if result.disposition is not Disposition.SUPERSEDED:
-                    break
-        except Exception as exc:  # one object must not stop the rest; it is listed at the end
-            summary.failed.append(_one_line(f"{candidate.key}: {getattr(exc, 'message', exc)}"))
-            continue
-        if result.disposition is Disposition.WRITTEN:
-            summary.done += 1
-        elif result.disposition is Disposition.REJECTED:
-            summary.failed.append(_one_line(f"{candidate.key}: {(result.error or {}).get('code')}"))
-        elif result.disposition is Disposition.SUPERSEDED:  # no result written: a rerun must pick it up
-            summary.failed.append(_one_line(f"{candidate.key}: {result.disposition.value} {LOCAL_ATTEMPTS} times"))
-        else:
-            summary.skipped += 1
+    progress = tqdm(found.candidates, desc="backfill", unit="image")
+    reached = 0
+    try:  # Ctrl-C or SIGTERM: stop, but still report what failed so far (a bad image's error result
+        # makes a rerun skip it, so this run is the only one that names it)
+        for reached, candidate in enumerate(progress):  # noqa: B007  (reached: read after a stop)
+            _process_local(config, candidate.key, summary)
+        reached = len(found.candidates)
+    except KeyboardInterrupt as exc:
+        summary.stopped = exc
+    finally:
+        progress.close()
+    summary.not_started = len(found.candidates) - reached
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _process_local(config: BackfillConfig, key: str, summary: LocalSummary) -> None:
+    """One image through the function's code, counted in `summary`."""
+    try:
+        for _ in range(LOCAL_ATTEMPTS):  # overwritten while analyzed: read the new upload, as Batch redrives
+            result = process_object(config.bucket, key, config.settings, config.tasks, config.overwrite)
+            if result.disposition is not Disposition.SUPERSEDED:
+                break
+    except Exception as exc:  # one object must not stop the rest; it is listed at the end
+        summary.failed.append(_one_line(f"{key}: {getattr(exc, 'message', exc)}"))
+        return
+    if result.disposition is Disposition.WRITTEN:
+        summary.done += 1
+    elif result.disposition is Disposition.REJECTED:
+        summary.failed.append(_one_line(f"{key}: {(result.error or {}).get('code')}"))
+    elif result.disposition is Disposition.SUPERSEDED:  # no result written: a rerun must pick it up
+        summary.failed.append(_one_line(f"{key}: {result.disposition.value} {LOCAL_ATTEMPTS} times"))
+    else:
+        summary.skipped += 1
 
 
 def run(config: BackfillConfig, clients: Clients) -> int:
     _resolve_stack(config, clients)
     found = plan(config, clients)
     print(found.describe(config.bucket, config.prefix))
+    beside = beside_folder(config.prefix, found.candidates)
+    if beside:
+        print(
+            f"python -m handler.backfill: note: --prefix {_one_line(config.prefix)!r} also takes {len(beside)} objects"
+            f" beside the folder {_one_line(config.prefix)}/ (first: {_one_line(beside[0])}); for that folder alone,"
+            f" use --prefix {_one_line(config.prefix)}/",
+            file=sys.stderr,
+        )
     if config.dry_run:
         return 0
     if config.local:
@@ -423,6 +502,8 @@ def run(config: BackfillConfig, clients: Clients) -> int:
         for failure in summary.failed:
             print(f"failed: {failure}")
         print(summary.line())
+        if summary.stopped is not None:
+            raise summary.stopped  # main() says so and exits 130 (Ctrl-C) or 143 (SIGTERM)
         return 1 if summary.failed else 0
     if not found.candidates:
         print("nothing to do: no job created")
@@ -443,6 +524,15 @@ def _bucket(text: str) -> str:
         check_bucket_name(text)
     except BadRequest as exc:
         raise argparse.ArgumentTypeError(exc.message) from exc
+    return text
+
+
+def _prefix(text: str) -> str:
+    """A `--prefix` is a key prefix: `s3://bucket/photos/` matched no key, and the plan found 0 objects."""
+    if text.lower().startswith("s3://"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URI, not a key prefix: give --bucket and, e.g., --prefix photos/"
+        )
     return text
 
 
@@ -478,7 +568,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
     defaults = BackfillConfig(bucket="")
     parser = argparse.ArgumentParser(prog="python -m handler.backfill", description=__doc__.splitlines()[0])
     parser.add_argument("--bucket", required=True, type=_bucket, help="bucket holding the images")
-    parser.add_argument("--prefix", default=defaults.prefix, help="only keys under this prefix (default: all)")
+    parser.add_argument(
+        "--prefix", type=_prefix, default=defaults.prefix, help="only keys under this prefix (default: all)"
+    )
     parser.add_argument("--tasks", type=_tasks, default=defaults.tasks, help="caption,detect (default: both)")
     parser.add_argument(
         "--overwrite", action="store_true", help="recompute objects that already have a result (default: off)"
@@ -518,13 +610,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
     parser.add_argument(
         "--priority",
         type=_priority,
-        default=defaults.priority,
+        default=None,  # None: not given (refused with --local); the dataclass holds the default
         help=f"Batch Operations job priority, 0 or more (default: {defaults.priority})",
     )
     parser.add_argument("--region", help="AWS region (default: your AWS configuration's)")
     args = parser.parse_args(argv)
     if not (args.stack or args.local or args.dry_run or (args.function_arn and args.role_arn)):
         parser.error("a Batch Operations job needs --stack, or --function-arn and --role-arn (or use --local)")
+    if args.local:
+        for flag in JOB_ONLY_FLAGS:
+            if getattr(args, flag.removeprefix("--").replace("-", "_")) is not None:
+                parser.error(f"argument {flag}: not allowed with --local, which creates no Batch Operations job")
     config = BackfillConfig(
         bucket=args.bucket,
         prefix=args.prefix,
@@ -538,7 +634,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BackfillConfig, str | Non
         report_bucket=args.report_bucket,
         batch_prefix=args.batch_prefix,
         suffixes=tuple(s.strip() for s in args.suffixes.split(",") if s.strip()),
-        priority=args.priority,
+        priority=defaults.priority if args.priority is None else args.priority,
     )
     return config, args.region
 
@@ -552,17 +648,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from botocore.exceptions import BotoCoreError, ClientError
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(config, Clients(region))
     except (BotoCoreError, ClientError) as exc:
         print(f"python -m handler.backfill: AWS refused: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"python -m handler.backfill: terminated (SIGTERM); {INTERRUPTED}", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
-        print(
-            "python -m handler.backfill: interrupted; results written so far are kept, the same command resumes",
-            file=sys.stderr,
-        )
+        print(f"python -m handler.backfill: {INTERRUPTED}", file=sys.stderr)
         return INTERRUPTED_EXIT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

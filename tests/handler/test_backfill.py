@@ -12,9 +12,12 @@ import copy
 import csv
 import io
 import json
+import os
 import re
+import signal
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -88,6 +91,46 @@ def test_dry_run_counts_and_writes_nothing(s3, capsys: pytest.CaptureFixture[str
     assert _keys(s3) == before
 
 
+def test_dry_run_sends_no_write_request_at_all(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """Stronger than comparing keys: in a versioned bucket any PutObject (even of the same bytes), copy or
+    delete leaves a version or a delete marker, and a manifest upload an open multipart upload."""
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    _fill(s3)
+    s3.put_object(Bucket=BUCKET, Key="photos/gone.png", Body=image_bytes("PNG"))
+    s3.delete_object(Bucket=BUCKET, Key="photos/gone.png")  # a delete marker: not listed, not planned
+
+    def versions() -> list[tuple[str, str]]:
+        answer = s3.list_object_versions(Bucket=BUCKET)
+        entries = answer.get("Versions", []) + answer.get("DeleteMarkers", [])
+        return sorted((entry["Key"], entry["VersionId"]) for entry in entries)
+
+    before = versions()
+    for flags in ([], ["--local"], ["--overwrite"], ["--function-arn", FUNCTION_ARN, "--role-arn", ROLE_ARN]):
+        assert backfill.main(["--bucket", BUCKET, "--dry-run", *flags]) == 0
+    assert versions() == before and "Uploads" not in s3.list_multipart_uploads(Bucket=BUCKET)
+    assert "photos/gone.png" not in capsys.readouterr().out
+
+
+def test_a_prefix_without_its_slash_names_the_keys_it_takes_beside_the_folder(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--prefix photos planned photos/a.png and photos2/b.png alike, silently: the job would caption (and
+    bill) a second folder. It still does (a prefix is a prefix), but says so on stderr."""
+    for key in ("photos/a.png", "photos2/b.png", "photos.png", "2024-01.png", "2024-02.png"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--dry-run", "--prefix", "photos"]) == 0
+    out, err = capsys.readouterr()
+    assert f"s3://{BUCKET}/photos: 3 objects to process" in out
+    assert err.strip().splitlines() == [
+        "python -m handler.backfill: note: --prefix 'photos' also takes 2 objects beside the folder photos/"
+        " (first: photos.png); for that folder alone, use --prefix photos/"
+    ]
+    for meant in ("photos/", "2024-"):  # a folder; a prefix of names, with no folder of that name
+        assert backfill.main(["--bucket", BUCKET, "--dry-run", "--prefix", meant]) == 0
+        assert capsys.readouterr().err == ""
+
+
 def test_local_runs_the_function_code_and_a_second_run_does_nothing(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     _fill(s3)
     assert backfill.main(["--bucket", BUCKET, "--prefix", "photos/", "--local"]) == 0
@@ -119,6 +162,37 @@ def test_local_reports_objects_that_fail(s3, capsys: pytest.CaptureFixture[str])
     assert "failed: in/fake.png: bad_image" in lines
     assert "failed: in/two\\nlines\\u200b.png: bad_image" in lines  # it was split over two lines
     assert lines[-1].startswith("done 1, skipped 0, failed 2")
+
+
+def test_local_without_a_model_stops_before_the_first_image(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ARTIFACT_DIR unset or wrong: every image of the plan failed in turn with the same 'model unavailable'
+    line (10,000 images, 10,000 lines) and the summary 'failed 3'; now one line, before any image is read."""
+    for index in range(3):
+        s3.put_object(Bucket=BUCKET, Key=f"in/{index}.png", Body=image_bytes("PNG"))
+    monkeypatch.setenv("ARTIFACT_DIR", "/no/such/artifact")
+    monkeypatch.setattr(backfill, "process_object", lambda *args: pytest.fail("an image was processed"))
+    with pytest.raises(SystemExit) as exited:
+        backfill.main(["--bucket", BUCKET, "--local"])
+    assert str(exited.value.code).startswith("python -m handler.backfill: --local: model unavailable: ")
+    assert "/no/such/artifact" in str(exited.value.code) and _keys(s3, "results/") == {}
+    assert backfill.main(["--bucket", BUCKET, "--local", "--dry-run"]) == 0  # a plan needs no model
+
+
+def test_a_rerun_counts_images_that_failed_apart_from_done_ones(s3, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """After a --local run where in/fake.png failed (bad_image, exit 1), the rerun and --dry-run said
+    'has a result 2' and exit 0, as if both images were captioned: the error result was counted as done."""
+    s3.put_object(Bucket=BUCKET, Key="in/fake.png", Body=b"shopping list")
+    s3.put_object(Bucket=BUCKET, Key="in/real.png", Body=image_bytes("PNG"))
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "in/", "--local"]) == 1
+    capsys.readouterr()
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "in/", "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"s3://{BUCKET}/in/: 0 objects to process, 0.0 MiB; skipped: has a result 1, has an error result 1"
+    )
 
 
 def _namespaced(path: str) -> str:
@@ -330,6 +404,12 @@ def test_missing_arns_and_bad_flags_are_named(s3, capsys: pytest.CaptureFixture[
         # A job without its ARNs listed the whole bucket first, then exited 1.
         (["--bucket", BUCKET], "a Batch Operations job needs --stack, or --function-arn and --role-arn"),
         (["--bucket", BUCKET, "--function-arn", FUNCTION_ARN], "needs --stack, or --function-arn and --role-arn"),
+        # It found 0 objects (no key starts with "s3://") and exited 0.
+        (["--bucket", BUCKET, "--dry-run", "--prefix", f"s3://{BUCKET}/photos/"], "argument --prefix: 's3://"),
+        # --local ran, ignoring the flags of a job it does not create, and exited 0.
+        (["--bucket", BUCKET, "--local", "--function-arn", FUNCTION_ARN], "argument --function-arn: not allowed with"),
+        (["--bucket", BUCKET, "--local", "--role-arn", ROLE_ARN], "argument --role-arn: not allowed with --local"),
+        (["--bucket", BUCKET, "--local", "--priority", "10"], "argument --priority: not allowed with --local"),
     ],
 )
 def test_bad_flags_stop_at_the_flag(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -413,6 +493,85 @@ def test_an_interrupted_local_run_resumes_without_redoing_work(
     assert sorted(_keys(s3, "results/")) == sorted(f"results/{key}.json" for key in IMAGES)
 
 
+def _stopping_at(third: Callable[[], None]) -> Callable[..., Any]:
+    """`process_object` that calls `third` (a Ctrl-C, a SIGTERM) when the third image starts."""
+    real = backfill.process_object
+    started: list[str] = []
+
+    def stopping(bucket: str, key: str, *args: Any) -> Any:
+        started.append(key)
+        if len(started) == 3:
+            third()
+        return real(bucket, key, *args)
+
+    return stopping
+
+
+def _bad_first_then_two() -> list[str]:
+    return ["in/0-bad.png", "in/1.png", "in/2.png", "in/3.png"]
+
+
+def _keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_still_reports_what_failed_before_it(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--local` over a bad image and three good ones, Ctrl-C at the third: it printed only "interrupted",
+    no failure and no counts; the bad image's error result then made the rerun skip it ("has a result")
+    and exit 0, so no run ever named it."""
+    keys = _bad_first_then_two()
+    s3.put_object(Bucket=BUCKET, Key=keys[0], Body=b"shopping list")
+    for key in keys[1:]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+    monkeypatch.setattr(backfill, "process_object", _stopping_at(_keyboard_interrupt))
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == backfill.INTERRUPTED_EXIT
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert "failed: in/0-bad.png: bad_image" in lines
+    assert lines[-1].startswith("done 1, skipped 0, failed 1 in ") and lines[-1].endswith("stopped with 2 not done")
+    assert err.strip().splitlines()[-1] == f"python -m handler.backfill: {backfill.INTERRUPTED}"
+    assert sorted(_keys(s3, "results/")) == ["results/in/0-bad.png.json", "results/in/1.png.json"]
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_summary(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGTERM (`kill`, `timeout`, a container stopping) mid-run killed the process at once: no failure
+    list, no counts, no message, status -15. Now it stops as Ctrl-C does, with status 143, and the
+    same command resumes."""
+    keys = _bad_first_then_two()
+    s3.put_object(Bucket=BUCKET, Key=keys[0], Body=b"shopping list")
+    for key in keys[1:]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=image_bytes("PNG"))
+
+    def unhandled(signum: int, frame: Any) -> None:  # Python's default would end pytest too
+        pytest.fail("SIGTERM reached the caller's handler: main() installed none")
+
+    real, before = backfill.process_object, signal.signal(signal.SIGTERM, unhandled)
+    try:
+        monkeypatch.setattr(backfill, "process_object", _stopping_at(lambda: os.kill(os.getpid(), signal.SIGTERM)))
+        assert backfill.main(["--bucket", BUCKET, "--local"]) == backfill.TERMINATED_EXIT
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # main() put the caller's handler back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    out, err = capsys.readouterr()
+    assert "failed: in/0-bad.png: bad_image" in out.splitlines()
+    assert out.strip().splitlines()[-1].endswith("stopped with 2 not done")
+    assert err.strip().splitlines()[-1] == f"python -m handler.backfill: terminated (SIGTERM); {backfill.INTERRUPTED}"
+
+    monkeypatch.setattr(backfill, "process_object", real)  # the rerun does only the two left
+    assert backfill.main(["--bucket", BUCKET, "--local"]) == 0
+    assert (
+        capsys.readouterr().out.strip().splitlines()[-1].startswith("done 2, skipped 4, failed 0")
+    )  # 2 done, their 2 results
+
+
 def test_with_output_bucket_each_source_bucket_has_its_own_results(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """The plan looks for a result where the function writes it: the same key done in one bucket is not done in another."""
     monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
@@ -467,6 +626,45 @@ def test_archived_images_are_counted_not_planned(s3) -> None:  # noqa: F811
     assert found.skipped == {"archived (restore it first)": 2}
     with pytest.raises(Exception, match="InvalidObjectState"):  # why: what each task would have met
         s3.get_object(Bucket=BUCKET, Key="old/deep.png")
+
+
+def test_local_s_last_line_names_the_images_it_left_without_a_caption(
+    s3,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An archived image and one whose result is an error were folded into 'skipped 2' with the results
+    and folder markers; the plan line that told them apart had scrolled away above the progress bar."""
+    s3.put_object(Bucket=BUCKET, Key="old/deep.png", Body=image_bytes("PNG"), StorageClass="DEEP_ARCHIVE")
+    s3.put_object(Bucket=BUCKET, Key="old/fake.png", Body=b"shopping list")
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "old/", "--local"]) == 1  # fake.png: bad_image
+    s3.put_object(Bucket=BUCKET, Key="old/new.png", Body=image_bytes("PNG"))
+    capsys.readouterr()
+    assert backfill.main(["--bucket", BUCKET, "--prefix", "old/", "--local"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done 1, skipped 2, failed 0 in ")
+    assert last.endswith("; not captioned: archived (restore it first) 1, has an error result 1"), last
+
+
+def test_results_inside_the_listed_prefix_are_never_captioned(
+    s3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """OUTPUT_PREFIX under --prefix, and --suffixes '' (every key): the results written by the first run
+    are listed with the images, and must be counted as results, never planned as inputs."""
+    monkeypatch.setenv("OUTPUT_PREFIX", "photos/results/")
+    s3.put_object(Bucket=BUCKET, Key="photos/a.png", Body=image_bytes("PNG"))
+    s3.put_object(Bucket=BUCKET, Key="photos/results.png", Body=image_bytes("PNG"))  # beside the folder: an image
+    flags = ["--bucket", BUCKET, "--prefix", "photos/", "--suffixes", "", "--local"]
+    assert backfill.main(flags) == 0
+    assert sorted(_keys(s3, "photos/results/")) == [
+        "photos/results/photos/a.png.json",
+        "photos/results/photos/results.png.json",
+    ]
+    capsys.readouterr()
+    assert backfill.main(flags) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == f"s3://{BUCKET}/photos/: 0 objects to process, 0.0 MiB; skipped: has a result 2, result 2"
 
 
 def test_the_manifest_is_sse_s3_in_a_bucket_whose_default_is_kms(s3) -> None:  # noqa: F811
