@@ -258,6 +258,20 @@ window.fetch = async () => new Response(JSON.stringify(answer), {headers: {"cont
 """
 
 
+def _show_answer(browser, server: str, tmp_path: Path, answer: dict) -> None:
+    """Open the page with the network answering `answer`, pick a white image of the answer's size, and
+    wait for its caption."""
+    from selenium.webdriver.common.by import By
+
+    browser.get_log("browser")
+    browser.get(server + "/")
+    browser.execute_script(_ANSWER_WITH, answer)
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (answer["image"]["width"], answer["image"]["height"]), "white").save(image)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    _wait_for(browser, lambda d: d.find_element(By.ID, "caption").text, "a caption")
+
+
 def test_hostile_labels_long_text_and_many_boxes_render_as_text_inside_the_page(browser, tmp_path: Path) -> None:
     """Labels `constructor` and `__proto__` got no colour (`det.label in {}` is true for them, so their
     border was set to a function's text); a 3,000-character caption made the page 35,603 px wide."""
@@ -279,13 +293,7 @@ def test_hostile_labels_long_text_and_many_boxes_render_as_text_inside_the_page(
         "detections": detections,
     }
     with live_server(tmp_path / "no-artifact-needed") as server:
-        browser.get_log("browser")
-        browser.get(server + "/")
-        browser.execute_script(_ANSWER_WITH, answer)
-        image = tmp_path / "photo.png"
-        Image.new("RGB", (600, 450), "white").save(image)
-        browser.find_element(By.ID, "file").send_keys(str(image))
-        _wait_for(browser, lambda d: d.find_element(By.ID, "caption").text, "a caption")
+        _show_answer(browser, server, tmp_path, answer)
 
         assert browser.find_element(By.ID, "caption").get_attribute("textContent") == answer["caption"]
         boxes = browser.find_elements(By.CSS_SELECTOR, "#stage .box")
@@ -389,13 +397,7 @@ def test_an_answer_without_boxes_says_so_and_the_slider_still_works(browser, tmp
         "detections": [],
     }
     with live_server(tmp_path / "no-artifact-needed") as server:
-        browser.get_log("browser")
-        browser.get(server + "/")
-        browser.execute_script(_ANSWER_WITH, answer)
-        image = tmp_path / "photo.png"
-        Image.new("RGB", (64, 48), "white").save(image)
-        browser.find_element(By.ID, "file").send_keys(str(image))
-        _wait_for(browser, lambda d: d.find_element(By.ID, "caption").text, "a caption")
+        _show_answer(browser, server, tmp_path, answer)
         assert browser.find_element(By.ID, "shown").text == "no boxes found"
         slider = browser.find_element(By.ID, "slider")
         slider.click()
