@@ -116,9 +116,14 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def quoted(text: str) -> str:
+    """What the caller sent, as an answer or a log line repeats it: `bounded`, then `printable`."""
+    return printable(bounded(text))
+
+
 def error_body(code: str, message: str) -> dict:
     """The one error shape, with a message bounded in length and safe to serialize."""
-    return {"error": {"code": code, "message": printable(bounded(message))}}
+    return {"error": {"code": code, "message": quoted(message)}}
 
 
 def validation_message(errors: Iterable[Any]) -> str:

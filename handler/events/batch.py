@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from handler.config import Settings
-from handler.errors import MAX_LISTED_ERRORS, InvalidRequest, ServiceError, bounded, printable
+from handler.errors import MAX_LISTED_ERRORS, InvalidRequest, ServiceError, printable, quoted
 from handler.events.s3 import Disposition, ObjectResult, process_object
 from handler.florence.tasks import Task
 from handler.inputs.payload import check_bucket
@@ -148,7 +148,7 @@ def echoed(value: Any) -> str | None:
     as in this image: 6 bytes per accented letter): a taskId of "\\ud800" made an answer it could not encode, and one
     of 2.9 million "é" an answer of 17 MB; either way the runtime process exited without answering.
     """
-    return printable(bounded(value)) if isinstance(value, str) else None
+    return quoted(value) if isinstance(value, str) else None
 
 
 def _result(task_id: str, code: ResultCode, text: str) -> dict[str, str]:

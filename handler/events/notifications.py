@@ -40,6 +40,7 @@ from handler.events.s3 import (
     process_notice,
     process_notices,
     raise_if_failed,
+    records_from,
 )
 from handler.logs import annotate, request_log
 
@@ -65,15 +66,6 @@ class Notification:
     event_name: str | None = None
 
 
-def _records_from(event: Any, source_field: str, source: str) -> bool:
-    records = event.get("Records") if isinstance(event, dict) else None
-    return (
-        bool(records)
-        and isinstance(records, list)
-        and all(isinstance(r, dict) and r.get(source_field) == source for r in records)
-    )
-
-
 def is_eventbridge_event(event: Any) -> bool:
     return isinstance(event, dict) and event.get("source") == EVENTBRIDGE_SOURCE and "detail-type" in event
 
@@ -81,9 +73,9 @@ def is_eventbridge_event(event: Any) -> bool:
 def wrapped_kind(event: Any) -> str | None:
     """`sqs`, `sns` or `eventbridge` for an event of that shape, else None (the shape alone decides: what each
     message holds is checked message by message, so one bad message never refuses the batch)."""
-    if _records_from(event, "eventSource", "aws:sqs"):
+    if records_from(event, "eventSource", "aws:sqs"):
         return SQS
-    if _records_from(event, "EventSource", "aws:sns"):
+    if records_from(event, "EventSource", "aws:sns"):
         return SNS
     if is_eventbridge_event(event):
         return EVENTBRIDGE

@@ -32,9 +32,8 @@ from handler.errors import (
     NotFound,
     ServiceError,
     TooLarge,
-    bounded,
     error_body,
-    printable,
+    quoted,
 )
 from handler.florence.tasks import Task
 from handler.logs import annotate, request_log
@@ -92,13 +91,6 @@ class ObjectResult:
     """The version the event or task named, when it is not the current one."""
 
 
-def _named(text: str) -> str:
-    """A bucket, key or version id as an answer or log line names it: cut to MAX_MESSAGE_CHARS (room for any key
-    S3 holds) and escaped where UTF-8 cannot carry it. A record naming a key of 2,000,000 "é", which S3 refuses,
-    was logged whole (a 12 MB line) and left out of the answer as too large to list."""
-    return printable(bounded(text))
-
-
 MAX_SUMMARY_BYTES = 1_048_576
 """An answer lists objects while their JSON fits in this, then counts the rest (`omitted`): a hand-written event
 of 60,000 malformed records (1.6 MB) was answered with 6.9 MB, more than the 6 MB Lambda can return."""
@@ -115,11 +107,11 @@ class Outcome:
         if result.disposition is Disposition.WRITTEN:
             self.written.append(str(result.result_uri))
         elif result.disposition is Disposition.REJECTED:
-            self.rejected.append({"key": _named(result.key), **(result.error or {})})
+            self.rejected.append({"key": quoted(result.key), **(result.error or {})})
         elif result.disposition is Disposition.ALREADY_PRESENT:
-            self.skipped.append({"key": _named(result.key), "reason": "result exists for this ETag"})
+            self.skipped.append({"key": quoted(result.key), "reason": "result exists for this ETag"})
         else:
-            self.skipped.append({"key": _named(result.key), "reason": result.disposition.value})
+            self.skipped.append({"key": quoted(result.key), "reason": result.disposition.value})
 
     def summary(self) -> dict[str, Any]:
         """What became of each object, as far as MAX_SUMMARY_BYTES allows; `omitted` counts the rest, if any."""
@@ -163,7 +155,7 @@ class ObjectNotice:
             raise BadRequest(f"{what}'s bucket name and object key must be non-empty strings")
         if version_id is not None and not isinstance(version_id, str):
             raise BadRequest(f"{what}'s object version id must be a string")
-        return cls(bucket, key, version_id, printable(bounded(str(event_name))), upload)
+        return cls(bucket, key, version_id, quoted(str(event_name)), upload)
 
     @classmethod
     def from_record(cls, record: Any) -> ObjectNotice:
@@ -204,13 +196,18 @@ def is_test_event(event: Any) -> bool:
     return isinstance(event, dict) and event.get("Event") == TEST_EVENT and "Records" not in event
 
 
-def is_s3_event(event: Any) -> bool:
+def records_from(event: Any, source_field: str, source: str) -> bool:
+    """Whether `event` is a non-empty list of `Records` whose `source_field` all name `source` (`aws:s3`, `aws:sqs`...)."""
     records = event.get("Records") if isinstance(event, dict) else None
-    return is_test_event(event) or (
+    return (
         bool(records)
         and isinstance(records, list)
-        and all(isinstance(r, dict) and r.get("eventSource") == "aws:s3" for r in records)
+        and all(isinstance(r, dict) and r.get(source_field) == source for r in records)
     )
+
+
+def is_s3_event(event: Any) -> bool:
+    return is_test_event(event) or records_from(event, "eventSource", "aws:s3")
 
 
 def is_folder_marker(key: str) -> bool:
@@ -321,7 +318,8 @@ def process_object(
     """
     from handler.inputs import s3 as s3io
 
-    annotate(bucket=_named(bucket), key=_named(key))
+    # Quoted, not whole: a record naming a key of 2,000,000 "é" (which S3 refuses) made a 12 MB log line.
+    annotate(bucket=quoted(bucket), key=quoted(key))
     try:  # a location S3 cannot hold: nothing to read, no result to name
         s3io.check_bucket_name(bucket)
         s3io.check_key(key)
@@ -348,7 +346,7 @@ def process_object(
         return _rejected(key, exc)
     etag = head.etag.strip('"')
     if version_id is not None and head.version_id is not None and version_id != head.version_id:
-        annotate(status="skipped", version_id=_named(version_id), current_version_id=head.version_id)
+        annotate(status="skipped", version_id=quoted(version_id), current_version_id=head.version_id)
         return ObjectResult(key, Disposition.NOT_CURRENT_VERSION, result_uri, version_id=version_id)
     existing = None if overwrite else s3io.head_metadata(out_bucket, out_key)
     if existing is not None and answers(existing, etag, tasks):
@@ -382,7 +380,7 @@ def process_notice(notice: ObjectNotice | BadRequest, settings: Settings, outcom
         outcome.add(_rejected("", notice))
         return
     if not notice.upload:
-        annotate(bucket=_named(notice.bucket), key=_named(notice.key), event_name=notice.event_name, status="skipped")
+        annotate(bucket=quoted(notice.bucket), key=quoted(notice.key), event_name=notice.event_name, status="skipped")
         outcome.add(ObjectResult(notice.key, Disposition.NOT_AN_UPLOAD))
         return
     outcome.add(process_object(notice.bucket, notice.key, settings, version_id=notice.version_id))
