@@ -42,6 +42,7 @@ from handler.events.s3 import (
     Disposition,
     answers,
     is_folder_marker,
+    is_result,
     process_object,
     result_key,
     result_prefix,
@@ -217,7 +218,7 @@ def plan(config: BackfillConfig, clients: Clients) -> Plan:
     images: list[tuple[dict[str, Any], str]] = []  # (listed object, its result's key), in listing order
     for obj in _objects(s3, config.bucket, config.prefix):
         key = obj["Key"]
-        if out_bucket == config.bucket and key.startswith(settings.output_prefix):
+        if is_result(config.bucket, key, settings):
             found.skipped["result"] += 1
         elif own_files and key.startswith(own_files):
             found.skipped["manifest or report"] += 1

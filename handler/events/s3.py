@@ -210,6 +210,16 @@ def is_s3_event(event: Any) -> bool:
     return is_test_event(event) or records_from(event, "eventSource", "aws:s3")
 
 
+def is_result(bucket: str, key: str, settings: Settings) -> bool:
+    """Whether `key` lies where this service writes its results: never an image to caption.
+
+    Only in the bucket results go to: with OUTPUT_BUCKET elsewhere, a source bucket's own results/ folder
+    holds images like any other (backfill planned them, and every task was skipped). The function and
+    backfill's plan both read this rule.
+    """
+    return (settings.output_bucket or bucket) == bucket and key.startswith(settings.output_prefix)
+
+
 def is_folder_marker(key: str) -> bool:
     """The console's "Create folder" writes an empty object whose key ends in '/'; it is never an image."""
     return key.endswith("/")
@@ -325,15 +335,13 @@ def process_object(
         s3io.check_key(key)
     except BadRequest as exc:
         return _rejected(key, exc)
-    out_bucket = settings.output_bucket or bucket
-    # Only where results are written: with OUTPUT_BUCKET elsewhere, a source bucket's own results/
-    # folder holds images like any other (backfill planned them, and every task was skipped).
-    if out_bucket == bucket and key.startswith(settings.output_prefix):
+    if is_result(bucket, key, settings):
         annotate(status="skipped")
         return ObjectResult(key, Disposition.UNDER_OUTPUT_PREFIX)
     if is_folder_marker(key):
         annotate(status="skipped")
         return ObjectResult(key, Disposition.FOLDER_MARKER)
+    out_bucket = settings.output_bucket or bucket
     try:  # before any work: botocore would refuse the name only when the result is written
         s3io.check_bucket_name(out_bucket)
     except BadRequest as exc:
