@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from handler.config import SettingError, Settings, settings
-from handler.errors import Misconfigured, error_body
+from handler.errors import Misconfigured, error_body, shape_of
 from handler.logs import request_id_from, request_log
 
 TEXT_MIME_TYPES = ["application/json", "application/problem+json", "text/plain", "text/html"]
@@ -146,12 +146,11 @@ def _unsupported(event: Any) -> dict[str, Any]:
     from handler.logs import annotate
 
     annotate(status=400, error="unsupported_event")
-    keys = sorted(map(str, event))[:10] if isinstance(event, dict) else type(event).__name__
     return error_body(
         "unsupported_event",
         "expected an API Gateway/Function URL event, an S3 event (directly, or through SQS, SNS or EventBridge),"
         " an S3 Batch Operations event, or a direct invoke"
-        f' {{"task": ..., "image_base64" | "s3": ...}}; got {keys}',
+        f' {{"task": ..., "image_base64" | "s3": ...}}; got {shape_of(event)}',
     )
 
 

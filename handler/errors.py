@@ -116,6 +116,11 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def shape_of(value: Any) -> str:
+    """What an unexpected event or message looked like, for its error: its first ten keys, or its type."""
+    return printable(str(sorted(map(str, value))[:10])) if isinstance(value, dict) else type(value).__name__
+
+
 def quoted(text: str) -> str:
     """What the caller sent, as an answer or a log line repeats it: `bounded`, then `printable`."""
     return printable(bounded(text))

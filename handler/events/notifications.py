@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handler.config import Settings
-from handler.errors import BadRequest, printable
+from handler.errors import BadRequest, printable, shape_of
 from handler.events.s3 import (
     MAX_RECORDS,
     PAST_MAX_RECORDS,
@@ -95,11 +95,6 @@ def _json(text: Any, what: str) -> Any:
         raise BadRequest(f"{what} is not JSON: {exc}") from exc
 
 
-def _shape(payload: Any) -> str:
-    keys = sorted(map(str, payload))[:10] if isinstance(payload, dict) else type(payload).__name__
-    return printable(str(keys))
-
-
 def _eventbridge_notice(event: dict[str, Any]) -> ObjectNotice:
     """EventBridge's S3 event; unlike a notification record's, its `detail.object.key` is not URL-encoded."""
     try:
@@ -125,7 +120,7 @@ def _sns_notification(envelope: Any) -> Notification:
     answered with nothing to do.
     """
     if not _is_sns_envelope(envelope):
-        raise BadRequest(f"SNS message without Type and TopicArn: {_shape(envelope)}")
+        raise BadRequest(f"SNS message without Type and TopicArn: {shape_of(envelope)}")
     if envelope["Type"] != "Notification":
         return Notification(event_name=f"SNS {printable(envelope['Type'][:100])}")
     return _notification(_json(envelope.get("Message"), "SNS Message"), through_sns=True)
@@ -142,7 +137,7 @@ def _notification(payload: Any, through_sns: bool = False) -> Notification:
         return Notification([_eventbridge_notice(payload)])
     if not through_sns and _is_sns_envelope(payload):
         return _sns_notification(payload)
-    raise BadRequest(f"not an S3 notification, S3 test event or EventBridge S3 event: {_shape(payload)}")
+    raise BadRequest(f"not an S3 notification, S3 test event or EventBridge S3 event: {shape_of(payload)}")
 
 
 def _open(what: str, message: Any) -> Notification | BadRequest:
