@@ -455,7 +455,9 @@ def load_artifact(artifact_dir: str | Path, pinned_sha256: str = "") -> LoadedAr
 
     model = load_model(model_path)
     model.eval()
-    pack_int8_layers(model, mapped_from=model_path)
+    # The C decoder step packs its own copies of the decoder's int8 weights; fbgemm packs the rest.
+    model.text.native_decoder(mapped_from=model_path)
+    pack_int8_layers(model, mapped_from=model_path, skip=model.text.natively_packed())
     # Packing copied the int8 weights; the mapped pickle pages it read are now mostly dead.
     # Pages still in use fault back in from the file, which holds the bytes the sha256 check read.
     drop_file_pages(model_path)

@@ -10,6 +10,7 @@ packed weights, so outputs are bit-identical to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,15 @@ class Int8Linear(CachesNotPickled, nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def pack_int8_layers(model: nn.Module, threads: int | None = None, mapped_from: str | Path | None = None) -> int:
+def pack_int8_layers(
+    model: nn.Module,
+    threads: int | None = None,
+    mapped_from: str | Path | None = None,
+    skip: Iterable[nn.Module] = (),
+) -> int:
     """Pack every int8 layer of `model` (each `Int8Linear`, and the tied embedding / `lm_head`, anything
     with `weight_int8` and `packed()`) on `threads` threads (torch's intra-op count by default), largest
-    first; returns how many.
+    first; returns how many. Layers in `skip` (those the C decoder step packed for itself) are left.
 
     `mapped_from`: the file the weights are memory-mapped from (the artifact's `model.pt`). Each layer's
     mapped pages are dropped as soon as it is packed, as the loader drops the whole file afterwards: with
@@ -97,10 +103,13 @@ def pack_int8_layers(model: nn.Module, threads: int | None = None, mapped_from: 
     """
     from handler.florence.memory import drop_tensor_pages, file_mappings
 
+    skipped = {id(m) for m in skip}
     layers: list[Any] = [
         m
         for m in model.modules()
-        if callable(getattr(m, "packed", None)) and isinstance(getattr(m, "weight_int8", None), torch.Tensor)
+        if callable(getattr(m, "packed", None))
+        and isinstance(getattr(m, "weight_int8", None), torch.Tensor)
+        and id(m) not in skipped
     ]
     layers.sort(key=lambda m: m.weight_int8.numel(), reverse=True)
     among = file_mappings(mapped_from) if mapped_from is not None else []

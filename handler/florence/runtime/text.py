@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from handler.florence.runtime.decoder_step import decode_execution, decoder_step, embedding_rows
 from handler.florence.runtime.int8 import Int8Linear
+from handler.florence.runtime.native.step import NativeDecoder
 from handler.florence.runtime.pickling import CachesNotPickled
 
 POSITION_OFFSET = 2
@@ -189,6 +191,13 @@ def _pad_memories(memories: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return padded, mask
 
 
+def _memory_lengths(mem_mask: torch.Tensor | None, batch: int, length: int) -> list[int]:
+    """Each row's real memory length from `_pad_memories`' additive mask (padding is at the end)."""
+    if mem_mask is None:
+        return [length] * batch
+    return [int(n) for n in torch.isfinite(mem_mask.reshape(batch, -1)).sum(-1).tolist()]
+
+
 def _keep_rows(
     keep: list[int],
     caches: list[torch.Tensor],
@@ -231,9 +240,13 @@ class _DecodeWeights:
 
 
 class TextModel(CachesNotPickled, nn.Module):
-    """BART encoder + decoder + tied lm_head with a lean greedy loop."""
+    """BART encoder + decoder + tied lm_head with a lean greedy loop.
 
-    caches = ("_decode_weights",)
+    The decoder step runs in C (`native.step.NativeDecoder`) where that extension is built and the CPU
+    has AVX2, else as the TorchScript step (`decoder_step.decoder_step`) on fbgemm's kernels.
+    """
+
+    caches = ("_decode_weights", "_native", "_native_tried")
 
     def __init__(
         self,
@@ -253,6 +266,35 @@ class TextModel(CachesNotPickled, nn.Module):
         self.dec_positions = nn.Parameter(dec_positions, requires_grad=False)
         self.dec_norm, self.dec_layers = dec_norm, nn.ModuleList(dec_layers)
         self._decode_weights: _DecodeWeights | None = None
+        self._native: NativeDecoder | None = None
+        self._native_tried: bool | None = None
+
+    def native_decoder(self, mapped_from: str | Path | None = None) -> NativeDecoder | None:
+        """The C decoder step, packed on first call (None where it is not built or not usable here).
+
+        `artifact.load_artifact` calls it before fbgemm packs the other layers, with the artifact's
+        file, so the decoder's int8 weights are packed once, for the C step only.
+        """
+        if not self._native_tried:
+            self._native_tried = True
+            self._native = NativeDecoder.build(self, self.decoder_layers(), mapped_from)
+        return self._native
+
+    def use_native_decoder(self, enabled: bool) -> None:
+        """Choose the decoder step: the C one (packed on first use) or the TorchScript one (parity checks, A/B)."""
+        if enabled:
+            self._native_tried = bool(self._native_tried and self._native is not None)
+        else:
+            self._native, self._native_tried = None, True
+
+    def natively_packed(self) -> list[nn.Module]:
+        """The int8 modules the C step serves from its own packed copies (fbgemm need not pack them)."""
+        if self._native is None:
+            return []
+        step_linears = [
+            m for layer in self.decoder_layers() for m in (layer.qkv, layer.o, layer.cq, layer.co, layer.fc1, layer.fc2)
+        ]
+        return [*step_linears, self.lm_head]
 
     def encode(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         length = inputs_embeds.shape[1]
@@ -285,12 +327,21 @@ class TextModel(CachesNotPickled, nn.Module):
         caches: list[torch.Tensor],
         cross: list[tuple[torch.Tensor, torch.Tensor]],
         mem_mask: torch.Tensor | None = None,
+        memory_lengths: list[int] | None = None,
     ) -> torch.Tensor:
         """(B, vocab) logits for the (B, 1) `tokens` at position `step`, writing their keys/values into `caches`.
+
+        `mem_mask` hides the padding of shorter encoder memories (`_pad_memories`); `memory_lengths`
+        says the same as each row's real length, which the C step takes (derived from the mask if not given).
 
         Runs inside `decode_execution()`, which the caller enters once for a whole decode: entered and
         left around every step, it cost 56 µs of a 4.4 ms base-size step.
         """
+        native = self.native_decoder()
+        if native is not None:
+            if memory_lengths is None:
+                memory_lengths = _memory_lengths(mem_mask, cross[0][0].shape[0], cross[0][0].shape[2])
+            return native.step_logits(tokens, step, caches, cross, memory_lengths, torch.get_num_threads())
         norm, weights = cast(nn.LayerNorm, self.dec_norm), self.decode_weights()
         return decoder_step(
             tokens,
@@ -363,6 +414,7 @@ class TextModel(CachesNotPickled, nn.Module):
         """
         started = time.perf_counter()
         memory, mem_mask = _pad_memories([r.memory for r in requests])
+        memory_lengths = [r.memory.shape[1] for r in requests]
         longest = max(r.max_new_tokens for r in requests)
         caches = self.self_attention_caches(len(requests), longest + 1)
         cross = [layer.cross_kv(memory) for layer in self.decoder_layers()]
@@ -374,7 +426,7 @@ class TextModel(CachesNotPickled, nn.Module):
         tokens = torch.full((len(requests), 1), start_id, dtype=torch.long)
         with decode_execution():
             for step in range(longest):
-                step_logits = self.step_logits(tokens, step, caches, cross, mem_mask)
+                step_logits = self.step_logits(tokens, step, caches, cross, mem_mask, memory_lengths)
                 # numpy's argmax is vectorized (4 µs over 51,290 logits), torch's CPU argmax is not (44 µs);
                 # both return the first index of the maximum.
                 best = step_logits.numpy().argmax(-1).tolist()
@@ -416,6 +468,7 @@ class TextModel(CachesNotPickled, nn.Module):
                 if not keep:
                     break
                 active = [active[row] for row in keep]
+                memory_lengths = [memory_lengths[row] for row in keep]
                 caches, cross, mem_mask = _keep_rows(keep, caches, cross, mem_mask)
                 tokens = torch.tensor(next_ids, dtype=torch.long).view(-1, 1)
         return [d for d in done if d is not None]
