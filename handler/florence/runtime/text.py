@@ -277,7 +277,7 @@ class TextModel(CachesNotPickled, nn.Module):
         """
         if not self._native_tried:
             self._native_tried = True
-            self._native = NativeDecoder.build(self, self.decoder_layers(), mapped_from)
+            self._native = NativeDecoder.build(self, self.decoder_layers(), POSITION_OFFSET, mapped_from)
         return self._native
 
     def use_native_decoder(self, enabled: bool) -> None:

@@ -221,8 +221,11 @@ class NativeDecoder:
         self._state: _StepState | None = None
 
     @classmethod
-    def build(cls, text: Any, layers: list[Any], mapped_from: str | Path | None = None) -> NativeDecoder | None:
+    def build(
+        cls, text: Any, layers: list[Any], position_offset: int, mapped_from: str | Path | None = None
+    ) -> NativeDecoder | None:
         """Pack `text`'s decoder layers (`DecoderLayer`s) and tied head for the C step, or None without it.
+        `position_offset`: the decoder's first row of its learned position table (BART's 2).
 
         `mapped_from`: the artifact file the int8 weights are mapped from; each matrix's mapped pages
         are dropped once it is packed, as `int8.pack_int8_layers` does for fbgemm's copies.
@@ -265,8 +268,6 @@ class NativeDecoder:
             dec_norm.bias.detach().float().contiguous(),
         )
         keep.extend([table, positions, norm_weight, norm_bias])
-        from handler.florence.runtime.text import POSITION_OFFSET
-
         width = int(positions.shape[1])
         model = _Model(
             layers=len(layers),
@@ -274,7 +275,7 @@ class NativeDecoder:
             heads=int(layers[0].heads),
             ffn=int(layers[0].fc1.out_features),
             vocab=int(table.shape[0]),
-            position_offset=POSITION_OFFSET,
+            position_offset=position_offset,
             positions=int(positions.shape[0]),
             layer=ctypes.cast(structs, ctypes.c_void_p),
             head=head_linear.struct(),
