@@ -8,16 +8,25 @@ rule is also run against a broken copy of the template, so a rule that can never
 from __future__ import annotations
 
 import copy
+import ctypes
 import json
+import platform
 import re
-from pathlib import Path
-from typing import Any
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from handler.config import API_GATEWAY_TIMEOUT_S, Settings
 from handler.errors import GATEWAY_ERRORS, error_body
 from tests.conftest import REPO_ROOT
+
+if TYPE_CHECKING:
+    from setuptools import Extension
 
 ROOT = REPO_ROOT
 TEMPLATE = ROOT / "template.yaml"
@@ -521,11 +530,16 @@ def test_s3_policy_is_limited_to_the_two_prefixes() -> None:
 # --- the image -----------------------------------------------------------------------------------
 
 
-def _final_stage(text: str) -> list[tuple[str, str]]:
+def _stages(text: str) -> list[list[tuple[str, str]]]:
+    """Each stage's instructions as (KEYWORD, arguments), from its FROM on, continuation lines joined."""
     lines = [l.strip() for l in re.sub(r"\\\n", " ", text).splitlines() if l.strip() and not l.strip().startswith("#")]
     steps = [(l.split(" ", 1)[0].upper(), l.split(" ", 1)[1]) for l in lines]
-    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
-    return steps[last_from:]
+    starts = [i for i, (k, _) in enumerate(steps) if k == "FROM"]
+    return [steps[start:end] for start, end in zip(starts, [*starts[1:], len(steps)], strict=True)]
+
+
+def _final_stage(text: str) -> list[tuple[str, str]]:
+    return _stages(text)[-1]
 
 
 def test_image_matches_the_handler_and_lambda_conventions() -> None:
@@ -592,6 +606,74 @@ def test_image_build_pins_the_artifacts_runtime(tiny_artifact: Path, tmp_path: P
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     mismatch = subprocess.run(["sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True)
     assert mismatch.returncode != 0 and "BASE_IMAGE" in mismatch.stderr
+
+
+def _setup_extension() -> Extension:
+    """The one extension setup.py declares (its `setup()` call captured, nothing built)."""
+    import runpy
+    from unittest import mock
+
+    declared: dict[str, Any] = {}
+    with mock.patch("setuptools.setup", lambda **kwargs: declared.update(kwargs)):
+        runpy.run_path(str(ROOT / "setup.py"))
+    (extension,) = declared["ext_modules"]
+    return extension
+
+
+def _copy_build_inputs(workdir: Path, build: list[tuple[str, str]]) -> None:
+    """What the build stage's plain COPY steps put in its WORKDIR (the artifact's manifest aside), in `workdir`."""
+    for keyword, rest in build:
+        if keyword == "COPY" and "$" not in rest and not rest.startswith("--"):
+            *sources, target = rest.split()
+            for source in sources:
+                destination = workdir / target / Path(source).name if target.endswith("/") else workdir / target
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ROOT / source, destination)
+
+
+def _run_build_stage_compile(workdir: Path, build: list[tuple[str, str]]) -> subprocess.CompletedProcess:
+    """The build stage's compile step, run in `workdir` with this interpreter standing in for the image's venv."""
+    steps = [rest for keyword, rest in build if keyword == "RUN" and "setup.py build_ext" in rest]
+    assert steps, "the build stage never runs setup.py build_ext: the image would ship no decoder step in C"
+    shell = steps[0].replace("/opt/venv/bin/python", sys.executable)
+    return subprocess.run(["sh", "-c", shell], cwd=workdir, capture_output=True, text=True, timeout=300)
+
+
+def test_image_compiles_the_decoder_step_in_the_build_stage_and_ships_it(tmp_path: Path) -> None:
+    """The build stage compiles setup.py's extension from what it copies in; the final stage copies the library
+    into the folder it is loaded from (after handler/, so a host's build never stands in) and has no compiler."""
+    if shutil.which(str(sysconfig.get_config_var("CC")).split()[0]) is None:
+        pytest.skip("no C compiler to run the build stage's compile step with")
+    stages = _stages(DOCKERFILE.read_text())
+    build, final = next(s for s in stages if s[0][1].lower().endswith(" as build")), stages[-1]
+    extension = _setup_extension()
+    package, _, stem = extension.name.rpartition(".")
+    folder = package.replace(".", "/")
+    library = f"{folder}/{stem}{sysconfig.get_config_var('EXT_SUFFIX')}"
+    workdir = PurePosixPath(next(rest for keyword, rest in build if keyword == "WORKDIR"))
+
+    _copy_build_inputs(tmp_path / "good", build)
+    built = _run_build_stage_compile(tmp_path / "good", build)
+    assert built.returncode == 0 and (tmp_path / "good" / library).is_file(), built.stdout + built.stderr
+    assert ctypes.CDLL(str(tmp_path / "good" / library)).fl_best_isa() in (0, 1, 2)
+
+    copies = [(i, rest.split()) for i, (keyword, rest) in enumerate(final) if keyword == "COPY"]
+    shipped = [
+        (i, arguments[-1])
+        for i, arguments in copies
+        if arguments[0] == "--from=build" and PurePosixPath(arguments[1]) in (workdir / folder, workdir / library)
+    ]
+    assert [target for _, target in shipped] == [f"${{LAMBDA_TASK_ROOT}}/{folder}/"], final
+    handler_copy = next(i for i, arguments in copies if arguments[0] == "handler/")
+    assert shipped[0][0] > handler_copy, "handler/ from the build context is copied over the compiled library"
+    runs = " ".join(rest for keyword, rest in final if keyword == "RUN")
+    assert not re.search(r"\b(apt-get|gcc|setup\.py)\b", runs), "the final stage installs or runs a compiler"
+
+    if platform.machine() == "x86_64":  # where its kernels run, a library that does not build stops the build
+        _copy_build_inputs(tmp_path / "broken", build)
+        (tmp_path / "broken" / extension.sources[0]).write_text("#error not C\n")
+        failed = _run_build_stage_compile(tmp_path / "broken", build)
+        assert failed.returncode != 0 and "did not compile" in failed.stderr, failed.stdout + failed.stderr
 
 
 def test_cors_preflight_alone_skips_auth_and_only_when_cors_is_on() -> None:
