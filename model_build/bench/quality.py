@@ -11,7 +11,7 @@ from pathlib import Path
 
 from handler.florence.tasks import Task
 from model_build.data.synth import check_data_or_synth_out
-from model_build.export.quality import QualityReport, split_quality, teacher_forced_fidelity
+from model_build.export.quality import BASE_FIDELITY_IMAGES, QualityReport, split_quality, teacher_forced_fidelity
 from model_build.settings import SEED_BOUNDS, setting
 
 
@@ -30,7 +30,9 @@ class QualityConfig:
     base_size: bool = setting(True, help="also teacher-force both int8 paths along fp32 at Florence-2-base size")
     caption_tokens: int = setting(20, help="pinned caption length at base size", minimum=1)
     detect_tokens: int = setting(60, help="pinned <OD> length at base size", minimum=1)
-    base_images: int = setting(4, help="random images the base-size teacher-forced steps are pooled over", minimum=1)
+    base_images: int = setting(
+        BASE_FIDELITY_IMAGES, help="random images the base-size teacher-forced steps are pooled over", minimum=1
+    )
 
 
 def check_quality(config: QualityConfig) -> QualityReport:

@@ -35,6 +35,7 @@ from model_build.bench.baseline import (
 )
 from model_build.bench.peer import peer_rows, streaming_floor
 from model_build.bench.results import BenchResult, ColdStart, DecodeFloor, Hardware, LatencyRow, Stats
+from model_build.export.quality import BASE_FIDELITY_IMAGES
 from model_build.settings import output_file, output_folder, setting
 
 
@@ -58,7 +59,9 @@ class BenchConfig:
         None, help="folder for benchmarks.{md,json,png} (default: docs/, none with --quick)", check=output_folder
     )
     fidelity_images: int | None = setting(
-        None, help="random images the teacher-forced quality rows pool (default 4, quick 2)", minimum=1
+        None,
+        help=f"random images the teacher-forced quality rows pool (default {BASE_FIDELITY_IMAGES}, quick 2)",
+        minimum=1,
     )
     ort: bool = setting(True, help="time ONNX Runtime int8 as a peer (needs onnx, onnxscript, onnxruntime: dev extra)")
 
@@ -69,7 +72,7 @@ class BenchConfig:
             runs=self.runs or (2 if self.quick else 9),
             warmup=self.warmup if self.warmup is not None else (1 if self.quick else 2),
             cold_runs=self.cold_runs or (1 if self.quick else 3),
-            fidelity_images=self.fidelity_images or (2 if self.quick else 4),
+            fidelity_images=self.fidelity_images or (2 if self.quick else BASE_FIDELITY_IMAGES),
             out=self.out if self.out is not None else (None if self.quick else Path("docs")),
         )
 

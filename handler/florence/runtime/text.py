@@ -179,20 +179,34 @@ class Decoded:
     """Wall time from the start of the decode until this sequence finished."""
 
 
-def _pad_memories(memories: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stack (1, S_i, D) memories into (B, S, D), and the additive mask hiding each one's padding."""
+def _padding_mask(lengths: list[int]) -> torch.Tensor | None:
+    """The additive (B, 1, 1, S) mask hiding the padding of memories shorter than the longest (None for one)."""
+    if len(lengths) == 1:
+        return None
+    mask = torch.zeros(len(lengths), 1, 1, max(lengths))
+    for row, length in enumerate(lengths):
+        mask[row, :, :, length:] = float("-inf")
+    return mask
+
+
+def _batched_cross_kv(layer: DecoderLayer, memories: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`layer.cross_kv` of each (1, S_i, D) memory on its own, padded to the longest and stacked: (B, heads, S, C/heads).
+
+    One int8 call over the padded batch would quantize every row's memory with one activation scale
+    (and the padding), so a task's answer would depend on the task decoded beside it. Projected one
+    by one, `/analyze`'s rows are what each task gives alone.
+    """
     if len(memories) == 1:
-        return memories[0], None
+        return layer.cross_kv(memories[0])
     longest = max(m.shape[1] for m in memories)
-    padded = torch.cat([F.pad(m, (0, 0, 0, longest - m.shape[1])) for m in memories])
-    mask = torch.zeros(len(memories), 1, 1, longest)
-    for row, m in enumerate(memories):
-        mask[row, :, :, m.shape[1] :] = float("-inf")
-    return padded, mask
+    pairs = [layer.cross_kv(m) for m in memories]
+    keys = torch.cat([F.pad(k, (0, 0, 0, longest - k.shape[2])) for k, _ in pairs])
+    values = torch.cat([F.pad(v, (0, 0, 0, longest - v.shape[2])) for _, v in pairs])
+    return keys, values
 
 
 def _memory_lengths(mem_mask: torch.Tensor | None, batch: int, length: int) -> list[int]:
-    """Each row's real memory length from `_pad_memories`' additive mask (padding is at the end)."""
+    """Each row's real memory length from `_padding_mask` (padding is at the end)."""
     if mem_mask is None:
         return [length] * batch
     return [int(n) for n in torch.isfinite(mem_mask.reshape(batch, -1)).sum(-1).tolist()]
@@ -331,7 +345,7 @@ class TextModel(CachesNotPickled, nn.Module):
     ) -> torch.Tensor:
         """(B, vocab) logits for the (B, 1) `tokens` at position `step`, writing their keys/values into `caches`.
 
-        `mem_mask` hides the padding of shorter encoder memories (`_pad_memories`); `memory_lengths`
+        `mem_mask` hides the padding of shorter encoder memories (`_padding_mask`); `memory_lengths`
         says the same as each row's real length, which the C step takes (derived from the mask if not given).
 
         Runs inside `decode_execution()`, which the caller enters once for a whole decode: entered and
@@ -413,11 +427,11 @@ class TextModel(CachesNotPickled, nn.Module):
         `keep_logits` (parity checks): kept, a 256-token `<OD>` would hold 52 MB of logits.
         """
         started = time.perf_counter()
-        memory, mem_mask = _pad_memories([r.memory for r in requests])
         memory_lengths = [r.memory.shape[1] for r in requests]
+        mem_mask = _padding_mask(memory_lengths)
         longest = max(r.max_new_tokens for r in requests)
         caches = self.self_attention_caches(len(requests), longest + 1)
-        cross = [layer.cross_kv(memory) for layer in self.decoder_layers()]
+        cross = [_batched_cross_kv(layer, [r.memory for r in requests]) for layer in self.decoder_layers()]
         active = list(range(len(requests)))  # request index of each batch row
         ids = [[start_id] for _ in requests]
         logits_seen: list[list[torch.Tensor]] = [[] for _ in requests]

@@ -285,10 +285,21 @@ def test_compiled_decoder_step_is_bit_identical_to_the_plain_function(paths, val
     """The decode loop's step (input, every layer, lm_head) runs as TorchScript; the same function run by
     Python gives the same bits, for a padded batch of two with its mask, step after step."""
     from handler.florence.runtime import decoder_step
-    from handler.florence.runtime import text as text_module
 
     assert isinstance(decoder_step.decoder_step, torch.jit.ScriptFunction)  # compiled on this torch
     _, fast, _ = paths
+    text = fast.text
+    text.use_native_decoder(False)  # the TorchScript step, which serves where the C step is not built
+    try:
+        _assert_compiled_step_is_the_plain_one(fast, val_images, monkeypatch)
+    finally:
+        text.use_native_decoder(True)
+
+
+def _assert_compiled_step_is_the_plain_one(fast, val_images, monkeypatch) -> None:
+    from handler.florence.runtime import decoder_step
+    from handler.florence.runtime import text as text_module
+
     text = fast.text
     with torch.inference_mode():
         features = fast.image_features(fast.image_spec.to_pixels(val_images[1]))
