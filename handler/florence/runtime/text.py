@@ -459,7 +459,12 @@ class TextModel(CachesNotPickled, nn.Module):
                         next_id = best[row]
                     chosen.append(next_id)
                 chosen_ids = torch.tensor(chosen)
-                chosen_probabilities = chosen_token_probabilities(step_logits, chosen_ids).tolist()
+                # Row by row: torch's softmax over two or more rows runs as an OpenMP region, whose worker
+                # thread then spins for milliseconds against the C step's threads (a batch-of-two step
+                # took 4-8 ms instead of 2.2); over one row it runs on this thread alone.
+                chosen_probabilities = [
+                    float(chosen_token_probabilities(step_logits[row], chosen_ids[row])) for row in range(len(chosen))
+                ]
                 finished, next_ids = [], []
                 for row, index in enumerate(active):
                     request, next_id = requests[index], chosen[row]
