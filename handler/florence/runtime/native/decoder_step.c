@@ -455,6 +455,15 @@ static void linear(const fl_linear *L, int thread, int threads, int batch, const
 
 /* ---------------------------------------------------------------- the step */
 
+/* A post-LN residual: out = in W^T + b (this thread's rows), then every row of x = LayerNorm(x + out) on
+ * every thread alike, once all rows of `out` are written. */
+static void residual_norm(const fl_linear *L, int thread, int threads, int batch, const float *in, int64_t in_stride,
+                          float *out, int64_t out_stride, float *x, int width, const float *const norm[2], float eps) {
+    linear(L, thread, threads, batch, in, in_stride, out, out_stride, 0);
+    barrier(threads);
+    for (int b = 0; b < batch; b++) layer_norm(x + b * width, out + b * out_stride, norm[0], norm[1], eps, width);
+}
+
 static void run_job(int thread) {
     const job_t *job = &engine.job;
     const fl_model *m = job->model;
@@ -495,9 +504,7 @@ static void run_job(int thread) {
             attend(qkv + h * hw, keys, values, step + 1, hw, own->scores, A + b * width + h * hw);
         }
         barrier(threads);
-        linear(&layer->linear[1], thread, threads, batch, A, width, P, widest, 0);
-        barrier(threads);
-        for (int b = 0; b < batch; b++) layer_norm(x + b * width, P + b * widest, layer->norm[0], layer->norm[1], layer->eps[0], width);
+        residual_norm(&layer->linear[1], thread, threads, batch, A, width, P, widest, x, width, &layer->norm[0], layer->eps[0]);
         /* cross attention over each row's real memory tokens */
         linear(&layer->linear[2], thread, threads, batch, x, width, Q, widest, 0);
         barrier(threads);
@@ -508,15 +515,11 @@ static void run_job(int thread) {
                    own->scores, A + b * width + h * hw);
         }
         barrier(threads);
-        linear(&layer->linear[3], thread, threads, batch, A, width, P, widest, 0);
-        barrier(threads);
-        for (int b = 0; b < batch; b++) layer_norm(x + b * width, P + b * widest, layer->norm[2], layer->norm[3], layer->eps[1], width);
+        residual_norm(&layer->linear[3], thread, threads, batch, A, width, P, widest, x, width, &layer->norm[2], layer->eps[1]);
         /* MLP: fc1 with GELU on each thread's own rows, then fc2 */
         linear(&layer->linear[4], thread, threads, batch, x, width, Q, widest, 1);
         barrier(threads);
-        linear(&layer->linear[5], thread, threads, batch, Q, widest, A, width, 0);
-        barrier(threads);
-        for (int b = 0; b < batch; b++) layer_norm(x + b * width, A + b * width, layer->norm[4], layer->norm[5], layer->eps[2], width);
+        residual_norm(&layer->linear[5], thread, threads, batch, Q, widest, A, width, x, width, &layer->norm[4], layer->eps[2]);
     }
     linear(&m->head, thread, threads, batch, x, width, job->logits, m->vocab, 0);
 }
