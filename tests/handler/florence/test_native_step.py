@@ -9,6 +9,8 @@ would alone, and the thread count changes nothing.
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import signal
 import time
 
@@ -67,7 +69,10 @@ def _teacher_forced_logits(fast, memory, teacher: list[int], native: bool) -> to
 
 
 def test_the_c_step_is_built_and_serves_here(fast):
-    """CI's machine is x86-64 with AVX2: `pip install` must have built the step, and the model must use it."""
+    """Where `pip install` could compile it (x86-64, a C compiler on PATH) the step must be built and used:
+    a build that quietly failed would leave the service on the slower TorchScript step."""
+    if platform.machine() not in ("x86_64", "AMD64") or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no x86-64 C compiler here: the extension is optional, the TorchScript step serves")
     assert native_step.library_path() is not None, "setup.py did not build handler/florence/runtime/native"
     assert native_step.library() is not None
     assert fast.text.native_decoder() is not None
