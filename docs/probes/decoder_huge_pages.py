@@ -70,7 +70,7 @@ def pack_decoder_in_huge_pages(text: Any) -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    layers = [m for layer in text.dec_layers for m in (layer.qkv, layer.o, layer.cq, layer.co, layer.fc1, layer.fc2)]
+    layers = [m for layer in text.dec_layers for m in layer.step_linears()]
     layers.append(text.lm_head)
     libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
     weights = [quantized_weight(layer) for layer in layers]  # the copies first, so their mappings are older

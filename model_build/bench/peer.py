@@ -73,7 +73,7 @@ def decode_bytes_per_token(fast: Any) -> int:
     """Bytes of int8 weights read per decode step (the cross-attention K/V projections run once per request)."""
     per_step = 0
     for layer in fast.text.dec_layers:
-        for linear in (layer.qkv, layer.o, layer.cq, layer.co, layer.fc1, layer.fc2):
+        for linear in layer.step_linears():
             per_step += linear.weight_int8.numel()
     return per_step + fast.text.lm_head.weight_int8.numel()
 

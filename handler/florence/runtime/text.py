@@ -130,11 +130,19 @@ class DecoderLayer(CachesNotPickled, nn.Module):
         self.heads = heads
         self._step_weights: _StepWeights | None = None
 
+    def step_linears(self) -> list[Int8Linear]:
+        """The six int8 linears a decode step runs, in the order both steps take them: self q/k/v stacked,
+        self out, cross q, cross out, fc1, fc2 (the cross k/v projections run once per request)."""
+        return [cast(Int8Linear, m) for m in (self.qkv, self.o, self.cq, self.co, self.fc1, self.fc2)]
+
+    def step_norms(self) -> list[nn.LayerNorm]:
+        """The three LayerNorms of a step: after self attention, after cross attention, after the MLP."""
+        return [cast(nn.LayerNorm, m) for m in (self.norm1, self.norm2, self.norm3)]
+
     def step_weights(self) -> _StepWeights:
         weights = self._step_weights
         if weights is None:
-            linears = [cast(Int8Linear, m) for m in (self.qkv, self.o, self.cq, self.co, self.fc1, self.fc2)]
-            norms = [cast(nn.LayerNorm, m) for m in (self.norm1, self.norm2, self.norm3)]
+            linears, norms = self.step_linears(), self.step_norms()
             weights = _StepWeights(
                 packed=[linear.packed() for linear in linears],
                 reduce_range=[linear.reduce_range for linear in linears],
@@ -305,10 +313,7 @@ class TextModel(CachesNotPickled, nn.Module):
         """The int8 modules the C step serves from its own packed copies (fbgemm need not pack them)."""
         if self._native is None:
             return []
-        step_linears = [
-            m for layer in self.decoder_layers() for m in (layer.qkv, layer.o, layer.cq, layer.co, layer.fc1, layer.fc2)
-        ]
-        return [*step_linears, self.lm_head]
+        return [*(m for layer in self.decoder_layers() for m in layer.step_linears()), self.lm_head]
 
     def encode(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         length = inputs_embeds.shape[1]

@@ -33,6 +33,7 @@
 
 #define BLOCK_ROWS 64
 #define MAX_THREADS 64
+#define WORKER_SPIN_NS 200000 /* idle workers spin this long, then sleep: a decode calls every few hundred µs */
 #define ISA_NONE 0
 #define ISA_AVX2 1
 #define ISA_AVX512_VNNI 2
@@ -53,7 +54,7 @@ typedef struct {
 } fl_layer;
 
 typedef struct {
-    int32_t layers, width, heads, ffn, vocab, position_offset, positions;
+    int32_t layers, width, heads, vocab, position_offset, positions;
     const fl_layer *layer;
     fl_linear head;
     const int8_t *table; /* (vocab, width) int8 embedding, tied to the head */
@@ -96,13 +97,12 @@ static struct {
     _Atomic int32_t finished;
     _Atomic int32_t barrier_count;
     _Atomic uint32_t barrier_generation;
-    int64_t spin_ns;
     int isa;
     job_t job;
     /* scratch, grown on demand, shared by the threads */
     float *shared;  /* qkv / projections / attention outputs / MLP hidden */
     size_t shared_floats;
-} engine = {.call_lock = PTHREAD_MUTEX_INITIALIZER, .spin_ns = 200000, .isa = -1};
+} engine = {.call_lock = PTHREAD_MUTEX_INITIALIZER, .isa = -1};
 
 typedef struct {
     float *x;        /* batch x width: the running hidden state (each thread keeps an identical copy) */
@@ -146,7 +146,7 @@ static void *worker_main(void *argument) {
     for (;;) {
         uint32_t go = atomic_load_explicit(&engine.go, memory_order_acquire);
         if (go == seen) {
-            int64_t until = now_ns() + engine.spin_ns;
+            int64_t until = now_ns() + WORKER_SPIN_NS;
             for (int spins = 0; (go = atomic_load_explicit(&engine.go, memory_order_acquire)) == seen; spins++) {
                 _mm_pause();
                 if ((spins & 255) == 255 && now_ns() > until) break;
@@ -196,14 +196,14 @@ static void *grow(void *buffer, size_t *have, size_t need, size_t item) {
 }
 
 static int ensure_scratch(const fl_model *m, const fl_state *s, int threads) {
-    int64_t widest = m->ffn > 3 * m->width ? m->ffn : 3 * m->width;
+    /* the widest output of a layer's products (q/k/v stacked, fc1) and the widest input (fc2) */
+    int64_t widest = 0, in_widest = m->head.in_padded;
     for (int l = 0; l < m->layers; l++)
-        for (int i = 0; i < 6; i++)
-            if (m->layer[l].linear[i].out_padded > widest) widest = m->layer[l].linear[i].out_padded;
-    int64_t in_widest = m->head.in_padded;
-    for (int l = 0; l < m->layers; l++)
-        for (int i = 0; i < 6; i++)
-            if (m->layer[l].linear[i].in_padded > in_widest) in_widest = m->layer[l].linear[i].in_padded;
+        for (int i = 0; i < 6; i++) {
+            const fl_linear *L = &m->layer[l].linear[i];
+            if (L->out_padded > widest) widest = L->out_padded;
+            if (L->in_padded > in_widest) in_widest = L->in_padded;
+        }
     /* shared, per row: two projection outputs and one attention output (see run_job) */
     size_t shared = (size_t)s->batch * (size_t)(2 * widest + m->width);
     engine.shared = grow(engine.shared, &engine.shared_floats, shared, sizeof(float));
@@ -546,9 +546,6 @@ int fl_use_isa(int isa) {
     pthread_mutex_unlock(&engine.call_lock);
     return engine.isa;
 }
-
-/* How long idle worker threads spin before they sleep (a decode calls every few hundred microseconds). */
-void fl_set_spin_ns(int64_t spin_ns) { engine.spin_ns = spin_ns < 0 ? 0 : spin_ns; }
 
 /* Logits (batch, vocab) of `tokens` (batch) at decoder position `step`, writing their keys and values into
  * the state's caches. Returns 0; -1 when the threads or scratch could not be had, -2 for a token, step or

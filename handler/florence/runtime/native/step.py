@@ -62,7 +62,6 @@ class _Model(ctypes.Structure):
         ("layers", ctypes.c_int32),
         ("width", ctypes.c_int32),
         ("heads", ctypes.c_int32),
-        ("ffn", ctypes.c_int32),
         ("vocab", ctypes.c_int32),
         ("position_offset", ctypes.c_int32),
         ("positions", ctypes.c_int32),
@@ -123,7 +122,6 @@ def library() -> ctypes.CDLL | None:
     ]
     loaded.fl_step.restype = ctypes.c_int
     loaded.fl_use_isa.argtypes = [ctypes.c_int]
-    loaded.fl_set_spin_ns.argtypes = [ctypes.c_int64]
     return loaded if loaded.fl_best_isa() > 0 else None
 
 
@@ -176,18 +174,24 @@ class PackedLinear:
             chunk[:real, :columns] = weight_int8[first : first + real]
             row_sum[first : first + real] = chunk[:real].sum(1, dtype=torch.int32)
             blocks = chunk.view(-1, 4, 16, in_padded // COLUMN_GROUP, COLUMN_GROUP).permute(0, 3, 1, 2, 4)
-            packed[first * in_padded : last * in_padded].view_as(blocks.contiguous()).copy_(blocks)
-        per_row = torch.zeros(out_padded, dtype=torch.float32)
-        per_row[:rows] = scale.to(torch.float32).expand(rows) if scale.numel() == 1 else scale.to(torch.float32)
-        zeros = torch.zeros(out_padded, dtype=torch.int32)
-        zeros[:rows] = (
-            zero_point.to(torch.int32).expand(rows) if zero_point.numel() == 1 else zero_point.to(torch.int32)
+            packed[first * in_padded : last * in_padded].view(blocks.shape).copy_(blocks)
+
+        def per_row(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            """One value per padded row (a single value repeated), zero in the padding rows."""
+            padded = torch.zeros(out_padded, dtype=dtype)
+            padded[:rows] = values.to(dtype).reshape(-1).expand(rows)
+            return padded
+
+        padded_bias = None if bias is None else per_row(bias, torch.float32)
+        return cls(
+            columns,
+            rows,
+            packed,
+            per_row(scale, torch.float32),
+            row_sum,
+            per_row(zero_point, torch.int32),
+            padded_bias,
         )
-        padded_bias = None
-        if bias is not None:
-            padded_bias = torch.zeros(out_padded, dtype=torch.float32)
-            padded_bias[:rows] = bias.float()
-        return cls(columns, rows, packed, per_row, row_sum, zeros, padded_bias)
 
     def struct(self) -> _Linear:
         return _Linear(
@@ -247,11 +251,10 @@ class NativeDecoder:
 
         structs = (_Layer * len(layers))()
         for index, layer in enumerate(layers):
-            norms: list[nn.LayerNorm] = [layer.norm1, layer.norm2, layer.norm3]
+            norms: list[nn.LayerNorm] = layer.step_norms()
             params = [p.detach().float().contiguous() for norm in norms for p in (norm.weight, norm.bias)]
             keep.extend(params)
-            linears = [layer.qkv, layer.o, layer.cq, layer.co, layer.fc1, layer.fc2]
-            structs[index].linear = (_Linear * 6)(*[packed(m) for m in linears])
+            structs[index].linear = (_Linear * 6)(*[packed(m) for m in layer.step_linears()])
             structs[index].norm = (ctypes.c_void_p * 6)(*[p.data_ptr() for p in params])
             structs[index].eps = (ctypes.c_float * 3)(*[float(norm.eps) for norm in norms])
         keep.append(structs)
@@ -273,7 +276,6 @@ class NativeDecoder:
             layers=len(layers),
             width=width,
             heads=int(layers[0].heads),
-            ffn=int(layers[0].fc1.out_features),
             vocab=int(table.shape[0]),
             position_offset=position_offset,
             positions=int(positions.shape[0]),
